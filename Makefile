@@ -1,0 +1,32 @@
+# Set-up and everyday commands. Everything lives in .venv; nothing is installed system-wide.
+PYTHON ?= python3
+VENV   ?= .venv
+# The torch build to install. PyPI's Linux wheels of this version carry CUDA; override e.g.
+# `make run TORCH=torch` for the newest release or a local CPU-only wheel.
+TORCH  ?= torch==2.13.0
+PROMPT ?= a lighthouse on a cliff at sunset, oil painting
+MODEL  ?=
+
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+run: install
+	$(BIN)/lumina-studio generate "$(PROMPT)" $(if $(MODEL),--model "$(MODEL)")
+
+test: install
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Denoiser backends: each answers "velocity for this latent, time and prompt"."""

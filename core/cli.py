@@ -1,0 +1,197 @@
+"""`lumina-studio` command line. Bad input exits non-zero with one clear line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import Cancelled, LuminaError, RequestError
+from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
+
+PROG = "lumina-studio"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="Lumina-Image 2.0 on your own machine.")
+    commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+
+    gen = commands.add_parser("generate", help="make images from a prompt")
+    gen.add_argument("prompt", help='the prompt ("" for an unconditional image)')
+    gen.add_argument("--model", help="a diffusers folder, a single-file DiT, or a registered model name")
+    gen.add_argument("--components", help="diffusers folder with text encoder, tokenizer and VAE for a single-file DiT")
+    gen.add_argument("--negative", default="", help="negative prompt (encoded without a system prompt)")
+    gen.add_argument("--system-prompt", default="real", help="real, align, base, aesthetics, 4grid, empty, or custom text")
+    gen.add_argument("--width", type=int, default=1024)
+    gen.add_argument("--height", type=int, default=1024)
+    gen.add_argument("--steps", type=int, help="solver steps (default 18 official, 30 diffusers)")
+    gen.add_argument("--guidance", type=float, default=4.0, help="CFG scale (1 = no guidance)")
+    gen.add_argument("--cfg-trunc", type=float, help="official: guide while t < X (0.25); diffusers: cfg_trunc_ratio (1.0)")
+    gen.add_argument("--cfg-renorm", type=float, help="official: clamp factor, 0 = off (1.0); diffusers: 0 = off, >0 = on")
+    gen.add_argument("--solver", choices=SOLVER_NAMES, help="default midpoint (official), euler (diffusers)")
+    gen.add_argument("--shift", type=float, help="time shift (default: the model's, 6)")
+    gen.add_argument("--seed", type=int, help="seed of the first image; image i uses seed + i (default: random)")
+    gen.add_argument("--count", type=int, default=1, help="number of images")
+    gen.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    gen.add_argument("--cache", default="off", help="off, or a cache threshold")
+    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    gen.add_argument("--low-vram", default="auto", choices=("auto", "on", "off"),
+                     help="keep only the component in use on the GPU (auto: when the model does not fit)")
+    gen.add_argument("--compat", default="official", choices=COMPAT_NAMES)
+    gen.add_argument("--out", help="output folder (default: the library folder)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+
+    models = commands.add_parser("models", help="list, add or remove models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
+    model_commands.add_parser("list", help="list registered models")
+    add = model_commands.add_parser("add", help="register a diffusers folder or a single-file DiT")
+    add.add_argument("path")
+    add.add_argument("--name")
+    add.add_argument("--components")
+    remove = model_commands.add_parser("remove", help="forget a registered model (files stay)")
+    remove.add_argument("name")
+    return parser
+
+
+def request_from_args(args) -> GenerationRequest:
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        system_prompt=args.system_prompt,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance=args.guidance,
+        cfg_trunc=args.cfg_trunc,
+        cfg_renorm=args.cfg_renorm,
+        solver=args.solver,
+        shift=args.shift,
+        seed=args.seed,
+        count=args.count,
+        compat=args.compat,
+    )
+    request.validate()
+    return request
+
+
+def run_generate(args) -> int:
+    request = request_from_args(args)  # fail fast, before any model is loaded
+    if args.backend != "torch":
+        raise RequestError("The ONNX Runtime backend is not available in this version yet; use --backend torch.")
+    if args.cache != "off":
+        raise RequestError("Cached sampling is not available in this version yet; use --cache off.")
+
+    from tqdm import tqdm
+
+    from .engine import Engine
+    from .metadata import check_writable
+    from .models.registry import find_model
+    from .storage import library_dir
+
+    out_dir = Path(args.out).expanduser() if args.out else library_dir()
+    check_writable(out_dir)
+    engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype, low_vram=args.low_vram)
+    engine.load()
+    for note in engine.prompt_warnings(engine.resolve(request)):
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+
+    bar = None
+
+    def on_step(index, info):
+        nonlocal bar
+        if info.step == 1:
+            bar = tqdm(total=info.total, desc=f"image {index + 1}/{request.count}", unit="step",
+                       file=sys.stderr, leave=False)
+        bar.update(1)
+
+    def on_image(result):
+        if bar is not None:
+            bar.close()
+        if args.json:
+            settings = result.settings
+            print(json.dumps({
+                "path": str(result.path),
+                "seed": settings["seed"],
+                "width": settings["width"],
+                "height": settings["height"],
+                "steps": settings["steps"],
+                "solver": settings["solver"],
+                "guidance": settings["guidance"],
+                "compat": settings["compat"],
+                "model": engine.model_info["name"],
+                "model_hash": engine.model_info["hash"],
+                "device": engine.run_info["device"],
+                "dtype": engine.run_info["dtype"],
+                "transformer_evaluations": result.evaluations,
+                "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            }), flush=True)
+        else:
+            print(f"{result.path}  (seed {result.settings['seed']}, {result.timings['total_s']:.1f} s)", flush=True)
+
+    engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image)
+    return 0
+
+
+def run_models(args) -> int:
+    from .models.registry import add_model, list_models, remove_model
+
+    if args.models_command == "list":
+        entries = list_models()
+        if not entries:
+            print("No models registered. Add one with: lumina-studio models add PATH")
+        for entry in entries:
+            size = entry.get("size_bytes", 0) / 2**30
+            print(f"{entry['name']}\t{entry['kind']}\t{size:.2f} GiB\t{entry['path']}")
+    elif args.models_command == "add":
+        entry = add_model(args.path, args.name, args.components)
+        print(f"Added '{entry['name']}' ({entry['kind']}, {entry['size_bytes'] / 2**30:.2f} GiB DiT weights).")
+    else:
+        remove_model(args.name)
+        print(f"Removed '{args.name}' (its files were not touched).")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return run_generate(args) if args.command == "generate" else run_models(args)
+    except Cancelled:
+        print(f"{PROG}: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: cancelled", file=sys.stderr)
+        return 130
+    except LuminaError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{PROG}: error: out of memory. Try a smaller size, --low-vram on, or --dtype bf16.", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line for the person, the traceback on request
+        if os.environ.get("LUMINA_STUDIO_DEBUG"):
+            traceback.print_exc()
+        name = type(exc).__name__
+        if "OutOfMemory" in name:
+            print(f"{PROG}: error: the GPU ran out of memory. Try --low-vram on or a smaller size.", file=sys.stderr)
+        else:
+            print(f"{PROG}: internal error ({name}: {exc}). Set LUMINA_STUDIO_DEBUG=1 for details.", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The engine: a loaded model that turns requests into images.
+
+request -> prompt encoding (cached) -> seeded noise -> sampling loop (grid, solver, guidance, denoiser)
+-> VAE decode -> PNG with metadata.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .backends.torch_backend import TorchDenoiser
+from .devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
+from .errors import RequestError
+from .metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
+from .models import loader
+from .models.registry import model_hash
+from .preview import LatentPreviewer
+from .prompts import PromptEncoder, full_prompt
+from .request import GenerationRequest
+from .sampling.guidance import DiffusersGuidance, OfficialGuidance
+from .sampling.sampler import StepInfo, sample
+from .sampling.schedule import diffusers_grid, official_grid
+from .sampling.solvers import make_solver
+
+StepCallback = Callable[[int, StepInfo], None]  # (image index, step info)
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    pixels: np.ndarray  # (H, W, 3) float32 in [0, 1], before rounding to 8 bits
+    settings: dict  # every resolved setting, with this image's own seed
+    record: dict  # the JSON stored in the PNG
+    evaluations: int  # transformer passes per sample (conditional and unconditional counted apart)
+    timings: dict
+    warnings: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        source: loader.ModelSource,
+        device: str = "auto",
+        dtype: str = "auto",
+        low_vram: str = "auto",
+        batch_cfg: bool | None = None,
+    ):
+        self.source = source
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.low_vram_setting = low_vram
+        # One batch of two fills a GPU better; on a CPU two single passes are as fast and skip padding.
+        self.batch_cfg = self.device.type == "cuda" if batch_cfg is None else batch_cfg
+        self.loaded = False
+        self._previewer: LatentPreviewer | None = None
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        cpu = torch.device("cpu")
+        components = self.source.components
+        self.tokenizer = loader.load_tokenizer(components)
+        self.text_encoder = loader.load_text_encoder(components, self.dtype, cpu)
+        self.dit = loader.load_dit(self.source, self.dtype, cpu)
+        self.vae = loader.load_vae(components, self.dtype, cpu)
+        if self.vae.config.latent_channels != self.dit.config.in_channels:
+            raise loader.ModelLoadError(
+                f"{components / 'vae'} makes {self.vae.config.latent_channels}-channel latents but the DiT "
+                f"expects {self.dit.config.in_channels}: the VAE belongs to another model."
+            )
+        if self.text_encoder.config.hidden_size != self.dit.config.cap_feat_dim:
+            raise loader.ModelLoadError(
+                f"The text encoder's width ({self.text_encoder.config.hidden_size}) does not match the DiT's "
+                f"caption width ({self.dit.config.cap_feat_dim}): the components belong to another model."
+            )
+        weights = sum(module_bytes(m) for m in (self.text_encoder, self.dit, self.vae))
+        self.placement = Placement(self.device, wants_low_vram(self.low_vram_setting, self.device, weights))
+        for module in (self.text_encoder, self.dit, self.vae):
+            module.to(self.placement.home)
+        max_tokens = min(256, self.dit.config.max_caption_tokens)
+        self.prompts = PromptEncoder(self.tokenizer, self.text_encoder, max_tokens=max_tokens)
+        self.default_shift = loader.default_shift(components)
+        self.hash = model_hash(self.source)
+        self.loaded = True
+
+    @property
+    def model_info(self) -> dict:
+        return {
+            "name": self.source.name,
+            "hash": self.hash,
+            "kind": "single-file" if self.source.is_single_file else "diffusers",
+            "path": str(self.source.dit if self.source.is_single_file else self.source.components),
+        }
+
+    @property
+    def run_info(self) -> dict:
+        return {
+            "backend": "torch",
+            "device": self.device.type,
+            "dtype": dtype_name(self.dtype),
+            "low_vram": self.placement.low_vram,
+            "version": __version__,
+        }
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Defaults filled in and checked against this model (sizes RoPE can address)."""
+        self.load()
+        resolved = request.with_defaults(self.default_shift)
+        max_h, max_w = self.dit.config.max_image_size()
+        if resolved.height > max_h or resolved.width > max_w:
+            raise RequestError(
+                f"{resolved.width}x{resolved.height} is larger than this model's position tables allow "
+                f"({max_w}x{max_h} at most); Lumina-Image 2.0 was trained up to about 1024x1024."
+            )
+        return resolved
+
+    def prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """Notes about the prompts: truncation (with what was cut) and an empty prompt."""
+        notes = []
+        if not request.prompt.strip():
+            notes.append("The prompt is empty: the image is unconditional (no text guides it).")
+        positive = full_prompt(request.prompt, request.system_prompt_text)
+        for label, text in (("prompt", positive), ("negative prompt", request.negative_prompt)):
+            _, cut = self.prompts.truncation(text)
+            if cut:
+                notes.append(
+                    f"The {label} is longer than {self.prompts.max_tokens} tokens (system prompt included) and was "
+                    f"truncated; this part was dropped: '{cut[:200]}'"
+                )
+        return notes
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        out_dir: Path | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_image: Callable[[GeneratedImage], None] | None = None,
+    ) -> list[GeneratedImage]:
+        """Make request.count images with seeds seed, seed+1, ...; save each to out_dir if given."""
+        req = self.resolve(request)
+        if out_dir is not None:
+            check_writable(out_dir)
+        warnings = self.prompt_warnings(req)
+        base_seed = req.seed if req.seed is not None else secrets.randbelow(2**63)
+
+        started = time.perf_counter()
+        with self.placement.use(self.text_encoder):
+            positive = self.prompts.encode(full_prompt(req.prompt, req.system_prompt_text))
+            negative = self.prompts.encode(req.negative_prompt)
+        encode_s = time.perf_counter() - started
+
+        latent_size = (req.height // 8, req.width // 8)
+        denoiser = TorchDenoiser(self.dit, positive, negative, latent_size, self.batch_cfg)
+        results = []
+        for index in range(req.count):
+            seed = base_seed + index
+            timings = {"encode_s": encode_s if index == 0 else 0.0}
+            noise = torch.randn(
+                (1, self.dit.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
+            )
+            denoiser.evaluations = 0
+            tick = time.perf_counter()
+            with self.placement.use(self.dit):
+                latent = sample(
+                    denoiser,
+                    noise.to(self.device),
+                    self._time_grid(req),
+                    make_solver(req.solver),
+                    self._guidance(req),
+                    on_step=(lambda info, i=index: on_step(i, info)) if on_step else None,
+                    should_stop=should_stop,
+                )
+            timings["sample_s"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            pixels = self.decode(latent)
+            timings["decode_s"] = time.perf_counter() - tick
+            settings = {**req.to_dict(), "seed": seed, "count": 1, "system_prompt_text": req.system_prompt_text}
+            result = self._finish(pixels, settings, denoiser.evaluations, timings, warnings)
+            if out_dir is not None:
+                tick = time.perf_counter()
+                stem = time.strftime("%Y%m%d-%H%M%S") + f"-{seed}"
+                info = png_info(a1111_parameters(settings, self.model_info), result.record)
+                result.path = write_png(result.image, out_dir, stem, info)
+                timings["save_s"] = time.perf_counter() - tick
+            timings["total_s"] = sum(timings.values())
+            results.append(result)
+            if on_image is not None:
+                on_image(result)
+        return results
+
+    def _time_grid(self, req: GenerationRequest) -> list[float]:
+        grid = diffusers_grid if req.compat == "diffusers" else official_grid
+        return grid(req.steps, req.shift)
+
+    @staticmethod
+    def _guidance(req: GenerationRequest):
+        if req.compat == "diffusers":
+            return DiffusersGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm > 0)
+        return OfficialGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm)
+
+    def _finish(self, pixels, settings, evaluations, timings, warnings) -> GeneratedImage:
+        image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+        record = {
+            "format": FORMAT,
+            "settings": settings,
+            "model": self.model_info,
+            "run": {**self.run_info, "transformer_evaluations": evaluations, "timings": timings},
+        }
+        return GeneratedImage(image, pixels, settings, record, evaluations, timings, list(warnings))
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        """Latent (1, C, h, w) -> (H, W, 3) float32 pixels in [0, 1]."""
+        config = self.vae.config
+        with self.placement.use(self.vae):
+            scaled = latent / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+            image = self.vae.decode(scaled.to(self.device, self.vae.dtype)).sample
+        image = (image.float() / 2 + 0.5).clamp(0, 1)
+        return image[0].permute(1, 2, 0).cpu().numpy()
+
+    def preview(self, info: StepInfo) -> np.ndarray:
+        """A small RGB preview (latent resolution) of the current estimate of the image."""
+        if self._previewer is None:
+            with self.placement.use(self.vae):
+                self._previewer = LatentPreviewer.fit(self.vae)
+        return self._previewer(info.denoised)

@@ -1,0 +1,1 @@
+"""Model definitions, loaders and the registry of models a person added."""

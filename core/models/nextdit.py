@@ -1,0 +1,373 @@
+"""Unified Next-DiT (Lumina-Image 2.0), written for staged, export-friendly inference.
+
+Parameter names equal diffusers' `Lumina2Transformer2DModel`, so its checkpoints load as they are.
+What differs is how the forward pass is organised:
+  * `prepare()` does everything that does not depend on the time t (caption embedding, the context
+    refiner, RoPE tables, masks) once per generation;
+  * `embed()` / `joint_blocks()` / `final()` are the three stages a cache policy or an exported graph
+    can run separately;
+  * captions stay padded with a key mask (no data-dependent compaction), and RoPE uses real cos/sin
+    tables (adjacent-pair rotation) instead of complex numbers.
+Both are mathematically equal to the stock model: masked keys contribute nothing to attention, and the
+image tokens get the same RoPE positions (caption length, row, column).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NextDiTConfig:
+    """The architecture; field names and defaults follow diffusers' config.json (2.6B release)."""
+
+    sample_size: int = 128
+    patch_size: int = 2
+    in_channels: int = 16
+    out_channels: int | None = None
+    hidden_size: int = 2304
+    num_layers: int = 26
+    num_refiner_layers: int = 2
+    num_attention_heads: int = 24
+    num_kv_heads: int = 8
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    scaling_factor: float = 1.0
+    axes_dim_rope: tuple[int, int, int] = (32, 32, 32)
+    axes_lens: tuple[int, int, int] = (300, 512, 512)
+    cap_feat_dim: int = 2304
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NextDiTConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("axes_dim_rope", "axes_lens"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def to_diffusers_dict(self) -> dict:
+        data = asdict(self)
+        data["axes_dim_rope"] = list(self.axes_dim_rope)
+        data["axes_lens"] = list(self.axes_lens)
+        return {"_class_name": "Lumina2Transformer2DModel", **data}
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def time_embed_dim(self) -> int:
+        return min(self.hidden_size, 1024)
+
+    @property
+    def latent_channels_out(self) -> int:
+        return self.out_channels or self.in_channels
+
+    @property
+    def ffn_inner_dim(self) -> int:
+        inner = 4 * self.hidden_size
+        if self.ffn_dim_multiplier is not None:
+            inner = int(self.ffn_dim_multiplier * inner)
+        return self.multiple_of * ((inner + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def max_caption_tokens(self) -> int:
+        """Caption positions RoPE has: image tokens sit at position (caption length, r, c)."""
+        return self.axes_lens[0] - 1
+
+    def max_image_size(self) -> tuple[int, int]:
+        """Largest (height, width) in pixels whose patch grid fits the RoPE tables."""
+        pixels_per_token = 8 * self.patch_size
+        return self.axes_lens[1] * pixels_per_token, self.axes_lens[2] * pixels_per_token
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in float32, as diffusers does, then scaled by the learned weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return x.to(self.weight.dtype) * self.weight
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs. x: (B, L, H, D); cos, sin: (B, L, 1, D/2) in float32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RMS-normalised queries and keys."""
+
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        dim = config.hidden_size
+        self.to_q = nn.Linear(dim, self.heads * self.head_dim, bias=False)
+        self.to_k = nn.Linear(dim, self.kv_heads * self.head_dim, bias=False)
+        self.to_v = nn.Linear(dim, self.kv_heads * self.head_dim, bias=False)
+        self.norm_q = RMSNorm(self.head_dim, eps=1e-5)
+        self.norm_k = RMSNorm(self.head_dim, eps=1e-5)
+        self.to_out = nn.ModuleList([nn.Linear(self.heads * self.head_dim, dim, bias=False)])
+
+    def forward(self, x, cos, sin, key_mask):
+        batch, length, _ = x.shape
+        q = self.norm_q(self.to_q(x).view(batch, length, self.heads, self.head_dim))
+        k = self.norm_k(self.to_k(x).view(batch, length, self.kv_heads, self.head_dim))
+        v = self.to_v(x).view(batch, length, self.kv_heads, self.head_dim)
+        q = apply_rope(q, cos, sin).transpose(1, 2)
+        k = apply_rope(k, cos, sin).transpose(1, 2)
+        v = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, enable_gqa=self.heads != self.kv_heads
+        )
+        return self.to_out[0](out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU without bias; the SiLU runs in float32 as in diffusers."""
+
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        dim, inner = config.hidden_size, config.ffn_inner_dim
+        self.linear_1 = nn.Linear(dim, inner, bias=False)
+        self.linear_2 = nn.Linear(inner, dim, bias=False)
+        self.linear_3 = nn.Linear(dim, inner, bias=False)
+
+    def forward(self, x):
+        gate = F.silu(self.linear_1(x).float()).to(x.dtype)
+        return self.linear_2(gate * self.linear_3(x))
+
+
+class Modulation(nn.Module):
+    """norm1 of a modulated block: RMS norm plus Linear(SiLU(t_emb)) -> 4 modulation vectors."""
+
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        self.linear = nn.Linear(config.time_embed_dim, 4 * config.hidden_size, bias=True)
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    """Sandwich-normed attention + FFN. Modulated blocks scale by (1 + scale) and gate by tanh(gate)."""
+
+    def __init__(self, config: NextDiTConfig, modulation: bool):
+        super().__init__()
+        self.modulation = modulation
+        eps = config.norm_eps
+        self.attn = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.norm1 = Modulation(config) if modulation else RMSNorm(config.hidden_size, eps)
+        self.norm2 = RMSNorm(config.hidden_size, eps)
+        self.ffn_norm1 = RMSNorm(config.hidden_size, eps)
+        self.ffn_norm2 = RMSNorm(config.hidden_size, eps)
+
+    def forward(self, x, cos, sin, key_mask, temb=None):
+        if not self.modulation:
+            x = x + self.norm2(self.attn(self.norm1(x), cos, sin, key_mask))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.norm1.linear(F.silu(temb)).chunk(4, dim=1)
+        attn_in = self.norm1.norm(x) * (1 + scale_msa[:, None])
+        x = x + gate_msa[:, None].tanh() * self.norm2(self.attn(attn_in, cos, sin, key_mask))
+        ffn_in = self.ffn_norm1(x) * (1 + scale_mlp[:, None])
+        return x + gate_mlp[:, None].tanh() * self.ffn_norm2(self.feed_forward(ffn_in))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of t in [0, 1] (cos first), then a 2-layer SiLU MLP."""
+
+    def __init__(self, config: NextDiTConfig, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.linear_1 = nn.Linear(frequency_dim, config.time_embed_dim)
+        self.linear_2 = nn.Linear(config.time_embed_dim, config.time_embed_dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        half = self.frequency_dim // 2
+        exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        angles = t[:, None].float() * torch.exp(exponent)[None]
+        embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(dtype)
+        return self.linear_2(F.silu(self.linear_1(embedding)))
+
+
+class TimeCaptionEmbed(nn.Module):
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedder(config)
+        self.caption_embedder = nn.Sequential(
+            RMSNorm(config.cap_feat_dim, eps=config.norm_eps),
+            nn.Linear(config.cap_feat_dim, config.hidden_size, bias=True),
+        )
+
+
+class OutputHead(nn.Module):
+    """Final layer: parameter-free LayerNorm scaled by (1 + Linear(SiLU(t_emb))), then a projection."""
+
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        patch_area = config.patch_size * config.patch_size
+        self.linear_1 = nn.Linear(config.time_embed_dim, config.hidden_size, bias=True)
+        self.linear_2 = nn.Linear(config.hidden_size, patch_area * config.latent_channels_out, bias=True)
+
+    def forward(self, x, temb):
+        scale = self.linear_1(F.silu(temb).to(x.dtype))
+        x = F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale)[:, None, :]
+        return self.linear_2(x)
+
+
+@dataclass
+class Conditioning:
+    """Everything about one batch of captions and one image size that does not depend on t."""
+
+    caption_tokens: torch.Tensor  # (B, Lc, hidden) after embedding and the context refiner
+    caption_lengths: list[int]  # real tokens per row; rows are padded to Lc
+    latent_size: tuple[int, int]  # (height, width) of the latent
+    image_rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin for the noise refiner: (B, N, 1, D/2)
+    joint_rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin for [caption; image]: (B, Lc+N, 1, D/2)
+    joint_mask: torch.Tensor | None  # (B, 1, 1, Lc+N) bool, None when no row has padding
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.caption_tokens.shape[0]
+
+    @property
+    def caption_width(self) -> int:
+        return self.caption_tokens.shape[1]
+
+
+class NextDiT(nn.Module):
+    def __init__(self, config: NextDiTConfig):
+        super().__init__()
+        self.config = config
+        patch_area = config.patch_size * config.patch_size
+        self.x_embedder = nn.Linear(patch_area * config.in_channels, config.hidden_size)
+        self.time_caption_embed = TimeCaptionEmbed(config)
+        refiners = config.num_refiner_layers
+        self.noise_refiner = nn.ModuleList([Block(config, modulation=True) for _ in range(refiners)])
+        self.context_refiner = nn.ModuleList([Block(config, modulation=False) for _ in range(refiners)])
+        self.layers = nn.ModuleList([Block(config, modulation=True) for _ in range(config.num_layers)])
+        self.norm_out = OutputHead(config)
+        self.inv_freqs = [
+            1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")[: dim // 2] / dim))
+            for dim in config.axes_dim_rope
+        ]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.weight.device
+
+    # ---- t-independent work, once per generation -------------------------------------------
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables for integer positions (B, L, 3): float64 angles, float32 results."""
+        angles = [
+            positions[..., axis, None].double() * inv.to(positions.device)
+            for axis, inv in enumerate(self.inv_freqs)
+        ]
+        angles = torch.cat(angles, dim=-1)[:, :, None, :]
+        return torch.cos(angles).float(), torch.sin(angles).float()
+
+    @torch.no_grad()
+    def prepare(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
+        """caption_features: (B, L, cap_feat_dim), right-padded; caption_mask: (B, L), 1 = real token."""
+        device = self.device
+        lengths = [int(n) for n in caption_mask.sum(dim=1).tolist()]
+        width = max(lengths)
+        features = caption_features[:, :width].to(device=device, dtype=self.dtype)
+        batch = features.shape[0]
+        rows = torch.arange(width, device=device)
+        caption_valid = rows[None, :] < torch.tensor(lengths, device=device)[:, None]
+        padded = min(lengths) != width
+
+        caption_positions = torch.zeros(batch, width, 3, dtype=torch.long, device=device)
+        caption_positions[..., 0] = rows
+        caption_rope = self.rope(caption_positions)
+        caption_mask_4d = caption_valid[:, None, None, :] if padded else None
+        tokens = self.time_caption_embed.caption_embedder(features)
+        for block in self.context_refiner:
+            tokens = block(tokens, *caption_rope, caption_mask_4d)
+
+        patch = self.config.patch_size
+        grid_h, grid_w = latent_size[0] // patch, latent_size[1] // patch
+        r, c = torch.meshgrid(
+            torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
+        )
+        image_positions = torch.stack(
+            [torch.zeros_like(r).flatten(), r.flatten(), c.flatten()], dim=-1
+        ).expand(batch, -1, -1).clone()
+        image_positions[..., 0] = torch.tensor(lengths, device=device)[:, None]
+        image_rope = self.rope(image_positions)
+        joint_rope = tuple(torch.cat([a, b], dim=1) for a, b in zip(caption_rope, image_rope))
+        joint_mask = None
+        if padded:
+            image_valid = torch.ones(batch, grid_h * grid_w, dtype=torch.bool, device=device)
+            joint_mask = torch.cat([caption_valid, image_valid], dim=1)[:, None, None, :]
+        return Conditioning(
+            caption_tokens=tokens,
+            caption_lengths=lengths,
+            latent_size=tuple(latent_size),
+            image_rope=image_rope,
+            joint_rope=joint_rope,
+            joint_mask=joint_mask,
+        )
+
+    # ---- the three per-step stages --------------------------------------------------------
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning):
+        """Latent (B, C, H, W) and t (B,) -> joint sequence (B, Lc+N, hidden) and the time embedding."""
+        temb = self.time_caption_embed.timestep_embedder(t, self.dtype)
+        batch, channels, height, width = x.shape
+        p = self.config.patch_size
+        patches = (
+            x.to(self.dtype)
+            .view(batch, channels, height // p, p, width // p, p)
+            .permute(0, 2, 4, 3, 5, 1)
+            .flatten(3)
+            .flatten(1, 2)
+        )
+        image = self.x_embedder(patches)
+        for block in self.noise_refiner:
+            image = block(image, *cond.image_rope, None, temb)
+        return torch.cat([cond.caption_tokens, image], dim=1), temb
+
+    def joint_blocks(self, hidden: torch.Tensor, temb: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        for block in self.layers:
+            hidden = block(hidden, *cond.joint_rope, cond.joint_mask, temb)
+        return hidden
+
+    def final(self, hidden: torch.Tensor, temb: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Joint sequence -> velocity (B, C_out, H, W) in float32."""
+        out = self.norm_out(hidden[:, cond.caption_width :], temb)
+        p = self.config.patch_size
+        height, width = cond.latent_size
+        return (
+            out.view(out.shape[0], height // p, width // p, p, p, self.config.latent_channels_out)
+            .permute(0, 5, 1, 3, 2, 4)
+            .reshape(out.shape[0], self.config.latent_channels_out, height, width)
+            .float()
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        hidden, temb = self.embed(x, t, cond)
+        return self.final(self.joint_blocks(hidden, temb, cond), temb, cond)

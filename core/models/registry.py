@@ -1,0 +1,83 @@
+"""The models a person added, by name, kept in models.json in the data folder; and model hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..storage import data_dir, read_json, write_json_atomic
+from .loader import ModelSource, dit_weight_files, resolve_source
+
+DEMO_NAME = "demo"
+
+
+def _registry_path() -> Path:
+    return data_dir() / "models.json"
+
+
+def list_models() -> list[dict]:
+    return read_json(_registry_path(), {"models": []}).get("models", [])
+
+
+def add_model(path: str | Path, name: str | None = None, components: str | Path | None = None) -> dict:
+    """Validate a source and remember it. Re-adding a name replaces that entry."""
+    source = resolve_source(path, components, name)
+    if source.name == DEMO_NAME:
+        raise ModelLoadError("'demo' is reserved for the built-in model; choose another name with --name.")
+    entry = {
+        "name": source.name,
+        "path": str(Path(path).expanduser().resolve()),
+        "components": str(source.components) if source.is_single_file else None,
+        "kind": "single-file" if source.is_single_file else "diffusers",
+        "size_bytes": sum(f.stat().st_size for f in dit_weight_files(source)),
+        "added": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    models = [m for m in list_models() if m["name"] != source.name] + [entry]
+    write_json_atomic(_registry_path(), {"models": models})
+    return entry
+
+
+def remove_model(name: str) -> None:
+    models = list_models()
+    if not any(m["name"] == name for m in models):
+        raise ModelLoadError(f"No model named '{name}' is registered.")
+    write_json_atomic(_registry_path(), {"models": [m for m in models if m["name"] != name]})
+
+
+def find_model(spec: str | None, components: str | Path | None = None) -> ModelSource:
+    """A path or a registered name -> ModelSource."""
+    if not spec:
+        raise ModelLoadError(
+            "No model given. Pass --model PATH (a Lumina-Image 2.0 diffusers folder, or a single-file DiT with "
+            "--components DIR) or the name of a model added with `lumina-studio models add`."
+        )
+    if spec == DEMO_NAME:
+        raise ModelLoadError(
+            "The built-in demo model is not part of this version yet. Pass --model PATH to a Lumina-Image 2.0 model."
+        )
+    if Path(spec).expanduser().exists():
+        return resolve_source(spec, components)
+    for entry in list_models():
+        if entry["name"] == spec:
+            return resolve_source(entry["path"], components or entry.get("components"), name=entry["name"])
+    raise ModelLoadError(f"Model not found: '{spec}' is neither an existing path nor a registered model name.")
+
+
+def model_hash(source: ModelSource) -> str:
+    """sha256 over the DiT's weight files, cached by path, size and modification time."""
+    files = dit_weight_files(source)
+    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    cache_path = data_dir() / "cache" / "hashes.json"
+    cache = read_json(cache_path, {})
+    if stamp in cache:
+        return cache[stamp]
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    cache[stamp] = digest.hexdigest()
+    write_json_atomic(cache_path, cache)
+    return cache[stamp]

@@ -1,0 +1,101 @@
+"""A generation request: every setting, its default, and validation with messages a person can act on.
+
+Defaults follow the authors' demo (official) or diffusers' Lumina2Pipeline (compat diffusers):
+  official:  1024x1024, midpoint, 18 steps, guidance 4.0, CFG truncation t < 0.25, renorm 1.0, shift 6
+  diffusers: 1024x1024, euler,    30 steps, guidance 4.0, cfg_trunc_ratio 1.0, normalisation on, shift 6
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from .errors import RequestError
+from .prompts import DEFAULT_SYSTEM_PROMPT, MAX_PROMPT_CHARS, system_prompt_text
+
+SOLVER_NAMES = ("euler", "midpoint", "dpm")
+COMPAT_NAMES = ("official", "diffusers")
+MAX_SEED = 2**64 - 1
+PIXELS_PER_TOKEN = 16  # 8x VAE downsampling times patch size 2
+
+DEFAULTS = {
+    "official": {"solver": "midpoint", "steps": 18, "cfg_trunc": 0.25, "cfg_renorm": 1.0},
+    "diffusers": {"solver": "euler", "steps": 30, "cfg_trunc": 1.0, "cfg_renorm": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # a name from prompts.SYSTEM_PROMPTS, or custom text
+    width: int = 1024
+    height: int = 1024
+    steps: int | None = None
+    guidance: float = 4.0
+    cfg_trunc: float | None = None
+    cfg_renorm: float | None = None
+    solver: str | None = None
+    shift: float | None = None  # None: the model's own (scheduler config), 6.0 for Lumina-Image 2.0
+    seed: int | None = None  # None: random
+    count: int = 1
+    compat: str = "official"
+
+    def with_defaults(self, model_shift: float = 6.0) -> GenerationRequest:
+        """Fill unset values from the compat mode's defaults; validates first."""
+        self.validate()
+        defaults = DEFAULTS[self.compat]
+        return replace(
+            self,
+            steps=self.steps if self.steps is not None else defaults["steps"],
+            solver=self.solver or defaults["solver"],
+            cfg_trunc=self.cfg_trunc if self.cfg_trunc is not None else defaults["cfg_trunc"],
+            cfg_renorm=self.cfg_renorm if self.cfg_renorm is not None else defaults["cfg_renorm"],
+            shift=self.shift if self.shift is not None else model_shift,
+        )
+
+    @property
+    def system_prompt_text(self) -> str:
+        return system_prompt_text(self.system_prompt)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise RequestError("The prompt and negative prompt must be text.")
+        for label, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise RequestError(
+                    f"The {label} is {len(text):,} characters long; only its first 256 tokens (a few hundred "
+                    f"words) can be used. Shorten it below {MAX_PROMPT_CHARS:,} characters."
+                )
+        self.system_prompt_text  # raises for an unknown name
+        if self.compat not in COMPAT_NAMES:
+            raise RequestError(f"Unknown compat mode '{self.compat}': use official or diffusers.")
+        for label, value in (("width", self.width), ("height", self.height)):
+            if not isinstance(value, int) or value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
+                raise RequestError(
+                    f"The {label} must be a positive multiple of 16 pixels (one model token is 16x16 px); "
+                    f"got {value}. Nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 1024}."
+                )
+        if self.steps is not None and (not isinstance(self.steps, int) or not 1 <= self.steps <= 1000):
+            raise RequestError(f"Steps must be a whole number from 1 to 1000; got {self.steps}.")
+        if not _finite(self.guidance) or self.guidance < 0:
+            raise RequestError(f"Guidance must be 0 or more (1 turns guidance off); got {self.guidance}.")
+        if self.cfg_trunc is not None and (not _finite(self.cfg_trunc) or self.cfg_trunc < 0):
+            raise RequestError(f"CFG truncation must be 0 or more; got {self.cfg_trunc}.")
+        if self.cfg_renorm is not None and (not _finite(self.cfg_renorm) or self.cfg_renorm < 0):
+            raise RequestError(f"CFG renormalisation must be 0 (off) or more; got {self.cfg_renorm}.")
+        if self.solver is not None and self.solver not in SOLVER_NAMES:
+            raise RequestError(f"Unknown solver '{self.solver}': use {', '.join(SOLVER_NAMES)}.")
+        if self.shift is not None and (not _finite(self.shift) or self.shift <= 0):
+            raise RequestError(f"Time shift must be above 0 (6 is the model's default); got {self.shift}.")
+        if not isinstance(self.count, int) or not 1 <= self.count <= 1000:
+            raise RequestError(f"Count must be a whole number from 1 to 1000; got {self.count}.")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED - self.count + 1):
+            raise RequestError(f"Seed must be a whole number from 0 to {MAX_SEED - self.count + 1}; got {self.seed}.")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

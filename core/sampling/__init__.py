@@ -1,0 +1,1 @@
+"""Time grids, guidance, solvers and the sampling loop."""

@@ -1,0 +1,1 @@
+"""Progressive multi-stage fine-tuning, run as its own process (arrives with the trainer issue)."""
