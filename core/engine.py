@@ -137,9 +137,11 @@ class Engine:
         for label, text in (("prompt", positive), ("negative prompt", request.negative_prompt)):
             _, cut = self.prompts.truncation(text)
             if cut:
+                dropped = self.prompts.count_tokens(text) - self.prompts.max_tokens
+                shown = cut if len(cut) <= 120 else cut[:120] + "..."
                 notes.append(
-                    f"The {label} is longer than {self.prompts.max_tokens} tokens (system prompt included) and was "
-                    f"truncated; this part was dropped: '{cut[:200]}'"
+                    f"The {label} is longer than {self.prompts.max_tokens} tokens (system prompt included); "
+                    f"the last {dropped} tokens are dropped: '{shown}'"
                 )
         return notes
 

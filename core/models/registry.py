@@ -57,7 +57,8 @@ def find_model(spec: str | None, components: str | Path | None = None) -> ModelS
         raise ModelLoadError(
             "The built-in demo model is not part of this version yet. Pass --model PATH to a Lumina-Image 2.0 model."
         )
-    if Path(spec).expanduser().exists():
+    looks_like_path = any(sep in spec for sep in ("/", "\\")) or spec.startswith(("~", "."))
+    if looks_like_path or Path(spec).expanduser().exists():
         return resolve_source(spec, components)
     for entry in list_models():
         if entry["name"] == spec:

@@ -1,0 +1,149 @@
+"""The command-line contract: output, --json, and one clear line (never a traceback) for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.cli import main
+from core.metadata import read_settings
+
+SMALL = ["--width", "64", "--height", "48", "--steps", "3"]
+
+
+def run_cli(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own exit for a malformed argument
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_generate_json_and_files(capsys, tiny_model, tmp_path):
+    code, out, err = run_cli(capsys, "generate", "a red circle", "--model", str(tiny_model), *SMALL,
+                             "--seed", "5", "--count", "2", "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["seed"] for r in records] == [5, 6]
+    assert all(r["transformer_evaluations"] > 0 and r["width"] == 64 and r["height"] == 48 for r in records)
+    for record in records:
+        settings = read_settings(record["path"])
+        assert settings["prompt"] == "a red circle" and settings["seed"] == record["seed"]
+
+
+def test_same_seed_same_file_contents(capsys, tiny_model, tmp_path):
+    paths = []
+    for folder in ("a", "b"):
+        run_cli(capsys, "generate", "a cat", "--model", str(tiny_model), *SMALL, "--seed", "9",
+                "--out", str(tmp_path / folder), "--json")
+        paths.append(next((tmp_path / folder).glob("*.png")))
+    from PIL import Image
+
+    assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
+
+
+def test_default_output_is_the_library(capsys, tiny_model, data_home):
+    code, out, _ = run_cli(capsys, "generate", "a cat", "--model", str(tiny_model), *SMALL, "--seed", "1")
+    assert code == 0 and Path(out.split()[0]).parent == data_home / "library"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--width", "100"], "multiple of 16"),
+        (["--height", "0"], "multiple of 16"),
+        (["--width", "8208"], "position tables"),
+        (["--steps", "0"], "Steps must be"),
+        (["--guidance", "-1"], "Guidance must be 0 or more"),
+        (["--solver", "heun"], "invalid choice"),
+        (["--system-prompt", "surreal"], "Unknown system prompt"),
+        (["--width", "abc"], "invalid int value"),
+        (["--count", "0"], "Count must be"),
+        (["--shift", "0"], "Time shift"),
+        (["--seed", "-3"], "Seed must be"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--dtype", "fp16", "--device", "cpu"], "fp16 is not supported"),
+        (["--backend", "onnx"], "ONNX Runtime backend is not available"),
+    ],
+)
+def test_bad_settings(capsys, tiny_model, tmp_path, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(tiny_model), "--out", str(tmp_path), *args)
+    assert code != 0
+    assert message in error_line(err)
+
+
+def test_prompt_far_too_long(capsys, tiny_model):
+    code, _, err = run_cli(capsys, "generate", "word " * 5000, "--model", str(tiny_model))
+    assert code == 1 and "Shorten it" in error_line(err)
+
+
+def test_long_prompt_is_truncated_with_a_warning(capsys, tiny_model, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "word " * 400, "--model", str(tiny_model), *SMALL, "--out", str(tmp_path))
+    assert code == 0 and "tokens are dropped" in err
+
+
+def test_empty_prompt_gives_a_note(capsys, tiny_model, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "", "--model", str(tiny_model), *SMALL, "--out", str(tmp_path))
+    assert code == 0 and "unconditional" in err
+
+
+def test_bad_models(capsys, tiny_model, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "a cat")
+    assert code == 1 and "No model given" in error_line(err)
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(tmp_path / "missing"))
+    assert code == 1 and "does not exist" in error_line(err)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(tmp_path / "photos"))
+    assert code == 1 and "not a diffusers model folder" in error_line(err)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(notes))
+    assert code == 1 and "neither a diffusers folder nor a checkpoint" in error_line(err)
+    data = (tiny_model / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:1000])
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(cut), "--components", str(tiny_model))
+    assert code == 1 and "truncated or corrupt" in error_line(err)
+
+
+def test_unwritable_output_folder(capsys, tiny_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(tiny_model), "--out", str(blocker / "out"))
+    assert code == 1 and "Cannot write images" in error_line(err)
+
+
+def test_models_commands(capsys, tiny_model):
+    code, out, _ = run_cli(capsys, "models", "add", str(tiny_model), "--name", "tiny")
+    assert code == 0 and "Added 'tiny'" in out
+    code, out, _ = run_cli(capsys, "models", "list")
+    assert out.startswith("tiny\tdiffusers")
+    code, out, err = run_cli(capsys, "generate", "a cat", "--model", "tiny", *SMALL, "--json")
+    assert code == 0, err
+
+
+def test_console_script_end_to_end(tiny_model, tmp_path, data_home):
+    """The installed `lumina-studio` program itself, as a person runs it."""
+    script = Path(sys.executable).parent / "lumina-studio"
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(data_home)}
+    done = subprocess.run([str(script), "generate", "a cat", "--model", str(tiny_model), *SMALL, "--seed", "3",
+                           "--out", str(tmp_path), "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["seed"] == 3
+    bad = subprocess.run([str(script), "generate", "a cat", "--model", str(tiny_model), "--width", "30"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,42 @@
+"""The registry of models a person added."""
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from core.errors import ModelLoadError
+from core.models.checkpoints import original_layout
+from core.models.registry import add_model, find_model, list_models, model_hash, remove_model
+
+
+def test_add_find_list_remove(tiny_model, tmp_path):
+    entry = add_model(tiny_model, name="tiny")
+    assert entry["kind"] == "diffusers" and entry["size_bytes"] > 0
+    single = tmp_path / "dit.safetensors"
+    save_file(original_layout(load_file(str(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors"))), str(single))
+    add_model(single, name="single", components=tiny_model)
+    assert [m["name"] for m in list_models()] == ["tiny", "single"]
+    source = find_model("single")
+    assert source.is_single_file and source.components == tiny_model.resolve()
+    assert find_model("tiny").components == tiny_model.resolve()
+    remove_model("tiny")
+    assert [m["name"] for m in list_models()] == ["single"]
+    with pytest.raises(ModelLoadError, match="No model named"):
+        remove_model("tiny")
+
+
+def test_unknown_names_and_the_demo(tiny_model):
+    with pytest.raises(ModelLoadError, match="neither an existing path"):
+        find_model("nothing-like-this")
+    with pytest.raises(ModelLoadError, match="demo"):
+        find_model("demo")
+    with pytest.raises(ModelLoadError, match="No model given"):
+        find_model(None)
+    with pytest.raises(ModelLoadError, match="reserved"):
+        add_model(tiny_model, name="demo")
+
+
+def test_hash_is_cached_and_tracks_content(tiny_model, data_home):
+    source = find_model(str(tiny_model))
+    first = model_hash(source)
+    assert len(first) == 64 and model_hash(source) == first
+    assert (data_home / "cache" / "hashes.json").exists()
