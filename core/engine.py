@@ -131,6 +131,11 @@ class Engine:
     def prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """Notes about the prompts: truncation (with what was cut) and an empty prompt."""
         notes = []
+        if request.width * request.height > 1.1 * 1024 * 1024:
+            notes.append(
+                f"{request.width}x{request.height} is larger than the ~1024x1024 the model was trained on; "
+                "expect repeated or stretched subjects."
+            )
         if not request.prompt.strip():
             notes.append("The prompt is empty: the image is unconditional (no text guides it).")
         positive = full_prompt(request.prompt, request.system_prompt_text)

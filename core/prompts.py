@@ -75,12 +75,17 @@ class PromptEncoder:
             self._cache.move_to_end(text)
             return self._cache[text]
         ids, cut = self.truncation(text)
-        device = next(self.text_encoder.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        output = self.text_encoder(
-            input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True
-        )
-        encoded = EncodedPrompt(features=output.hidden_states[-2].cpu(), token_count=len(ids), truncated_text=cut)
+        if ids:
+            device = next(self.text_encoder.parameters()).device
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            output = self.text_encoder(
+                input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True
+            )
+            features = output.hidden_states[-2].cpu()
+        else:  # a tokenizer without <bos> gives no tokens for "": an empty caption, as in diffusers
+            param = next(self.text_encoder.parameters())
+            features = torch.zeros(1, 0, self.text_encoder.config.hidden_size, dtype=param.dtype)
+        encoded = EncodedPrompt(features=features, token_count=len(ids), truncated_text=cut)
         self._cache[text] = encoded
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -55,3 +55,22 @@ def test_batched_and_separate_cfg_passes_agree(engine):
     finally:
         engine.batch_cfg = False
     assert np.abs(batched - separate).max() < 1e-5
+
+
+def test_tokenizer_without_bos_gives_empty_negative_caption(tmp_path):
+    """Models made elsewhere may use a tokenizer that adds no <bos>: "" is then zero tokens."""
+    from tokenizers import processors
+
+    from core.engine import Engine
+    from core.models.loader import resolve_source
+    from core.models.scaffold import build_pipeline
+
+    pipe = build_pipeline(seed=1)
+    pipe.tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    assert pipe.tokenizer("").input_ids == []
+    pipe.save_pretrained(str(tmp_path / "no-bos"))
+    engine = Engine(resolve_source(tmp_path / "no-bos"), device="cpu")
+    ours = engine.generate(GenerationRequest(PROMPT, width=64, height=64, steps=4, seed=2, compat="diffusers"))[0]
+    expected = pipe(PROMPT, width=64, height=64, num_inference_steps=4, output_type="np",
+                    generator=torch.Generator("cpu").manual_seed(2)).images[0]
+    assert np.abs(ours.pixels - expected).max() < 1e-4

@@ -137,7 +137,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, enable_gqa=self.heads != self.kv_heads
         )
-        return self.to_out[0](out.transpose(1, 2).reshape(batch, length, -1))
+        return self.to_out[0](out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
