@@ -15,7 +15,7 @@ image tokens get the same RoPE positions (caption length, row, column).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -231,17 +231,67 @@ class OutputHead(nn.Module):
         return self.linear_2(x)
 
 
+def rope_tables(config: NextDiTConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for integer positions (B, L, 3): angles in float64 (as diffusers' tables), float32 results."""
+    angles = []
+    for axis, dim in enumerate(config.axes_dim_rope):
+        exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)[: dim // 2] / dim
+        angles.append(positions[..., axis, None].double() / (10000**exponents))
+    angles = torch.cat(angles, dim=-1)[:, :, None, :]
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+@dataclass
+class Layout:
+    """Token positions, RoPE tables and masks for captions of given lengths and one latent size.
+
+    The sequence is [captions right-padded to the longest; image tokens]. Caption token i sits at
+    (i, 0, 0); image patch (r, c) at (caption length, r, c), exactly as in the stock model.
+    """
+
+    caption_lengths: list[int]
+    latent_size: tuple[int, int]
+    caption_rope: tuple[torch.Tensor, torch.Tensor]  # (B, Lc, 1, D/2) each
+    image_rope: tuple[torch.Tensor, torch.Tensor]  # (B, N, 1, D/2)
+    joint_rope: tuple[torch.Tensor, torch.Tensor]  # (B, Lc + N, 1, D/2)
+    caption_mask: torch.Tensor  # (B, Lc) bool, True = real token
+    joint_mask: torch.Tensor  # (B, Lc + N) bool
+
+    @property
+    def padded(self) -> bool:
+        return min(self.caption_lengths) != max(self.caption_lengths)
+
+    @classmethod
+    def build(cls, config: NextDiTConfig, lengths: list[int], latent_size, device) -> Layout:
+        batch, width = len(lengths), max(lengths)
+        lengths_t = torch.tensor(lengths, device=device)
+        caption_mask = torch.arange(width, device=device)[None, :] < lengths_t[:, None]
+        caption_positions = torch.zeros(batch, width, 3, dtype=torch.long, device=device)
+        caption_positions[..., 0] = torch.arange(width, device=device)
+        grid_h, grid_w = latent_size[0] // config.patch_size, latent_size[1] // config.patch_size
+        r, c = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
+        image_positions = torch.stack([torch.zeros_like(r), r, c], dim=-1).flatten(0, 1).repeat(batch, 1, 1)
+        image_positions[..., 0] = lengths_t[:, None]
+        caption_rope = rope_tables(config, caption_positions)
+        image_rope = rope_tables(config, image_positions)
+        image_mask = torch.ones(batch, grid_h * grid_w, dtype=torch.bool, device=device)
+        return cls(
+            caption_lengths=list(lengths),
+            latent_size=tuple(latent_size),
+            caption_rope=caption_rope,
+            image_rope=image_rope,
+            joint_rope=tuple(torch.cat(pair, dim=1) for pair in zip(caption_rope, image_rope)),
+            caption_mask=caption_mask,
+            joint_mask=torch.cat([caption_mask, image_mask], dim=1),
+        )
+
+
 @dataclass
 class Conditioning:
-    """Everything about one batch of captions and one image size that does not depend on t."""
+    """A layout plus the refined caption tokens: everything per generation that does not depend on t."""
 
+    layout: Layout
     caption_tokens: torch.Tensor  # (B, Lc, hidden) after embedding and the context refiner
-    caption_lengths: list[int]  # real tokens per row; rows are padded to Lc
-    latent_size: tuple[int, int]  # (height, width) of the latent
-    image_rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin for the noise refiner: (B, N, 1, D/2)
-    joint_rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin for [caption; image]: (B, Lc+N, 1, D/2)
-    joint_mask: torch.Tensor | None  # (B, 1, 1, Lc+N) bool, None when no row has padding
-    extras: dict = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -250,6 +300,11 @@ class Conditioning:
     @property
     def caption_width(self) -> int:
         return self.caption_tokens.shape[1]
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """(B, 1, 1, L) key mask for the joint blocks; None (faster) when no row has padding."""
+        return self.layout.joint_mask[:, None, None, :] if self.layout.padded else None
 
 
 class NextDiT(nn.Module):
@@ -264,10 +319,6 @@ class NextDiT(nn.Module):
         self.context_refiner = nn.ModuleList([Block(config, modulation=False) for _ in range(refiners)])
         self.layers = nn.ModuleList([Block(config, modulation=True) for _ in range(config.num_layers)])
         self.norm_out = OutputHead(config)
-        self.inv_freqs = [
-            1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")[: dim // 2] / dim))
-            for dim in config.axes_dim_rope
-        ]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -279,63 +330,26 @@ class NextDiT(nn.Module):
 
     # ---- t-independent work, once per generation -------------------------------------------
 
-    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables for integer positions (B, L, 3): float64 angles, float32 results."""
-        angles = [
-            positions[..., axis, None].double() * inv.to(positions.device)
-            for axis, inv in enumerate(self.inv_freqs)
-        ]
-        angles = torch.cat(angles, dim=-1)[:, :, None, :]
-        return torch.cos(angles).float(), torch.sin(angles).float()
+    def refine_captions(self, features: torch.Tensor, caption_rope, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Caption features (B, Lc, cap_feat_dim) -> tokens after the embedder and the context refiner."""
+        tokens = self.time_caption_embed.caption_embedder(features.to(self.dtype))
+        for block in self.context_refiner:
+            tokens = block(tokens, *caption_rope, key_mask)
+        return tokens
 
     @torch.no_grad()
     def prepare(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
         """caption_features: (B, L, cap_feat_dim), right-padded; caption_mask: (B, L), 1 = real token."""
-        device = self.device
         lengths = [int(n) for n in caption_mask.sum(dim=1).tolist()]
-        width = max(lengths)
-        features = caption_features[:, :width].to(device=device, dtype=self.dtype)
-        batch = features.shape[0]
-        rows = torch.arange(width, device=device)
-        caption_valid = rows[None, :] < torch.tensor(lengths, device=device)[:, None]
-        padded = min(lengths) != width
-
-        caption_positions = torch.zeros(batch, width, 3, dtype=torch.long, device=device)
-        caption_positions[..., 0] = rows
-        caption_rope = self.rope(caption_positions)
-        caption_mask_4d = caption_valid[:, None, None, :] if padded else None
-        tokens = self.time_caption_embed.caption_embedder(features)
-        for block in self.context_refiner:
-            tokens = block(tokens, *caption_rope, caption_mask_4d)
-
-        patch = self.config.patch_size
-        grid_h, grid_w = latent_size[0] // patch, latent_size[1] // patch
-        r, c = torch.meshgrid(
-            torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
-        )
-        image_positions = torch.stack(
-            [torch.zeros_like(r).flatten(), r.flatten(), c.flatten()], dim=-1
-        ).expand(batch, -1, -1).clone()
-        image_positions[..., 0] = torch.tensor(lengths, device=device)[:, None]
-        image_rope = self.rope(image_positions)
-        joint_rope = tuple(torch.cat([a, b], dim=1) for a, b in zip(caption_rope, image_rope))
-        joint_mask = None
-        if padded:
-            image_valid = torch.ones(batch, grid_h * grid_w, dtype=torch.bool, device=device)
-            joint_mask = torch.cat([caption_valid, image_valid], dim=1)[:, None, None, :]
-        return Conditioning(
-            caption_tokens=tokens,
-            caption_lengths=lengths,
-            latent_size=tuple(latent_size),
-            image_rope=image_rope,
-            joint_rope=joint_rope,
-            joint_mask=joint_mask,
-        )
+        layout = Layout.build(self.config, lengths, latent_size, self.device)
+        features = caption_features[:, : max(lengths)].to(self.device)
+        key_mask = layout.caption_mask[:, None, None, :] if layout.padded else None
+        return Conditioning(layout, self.refine_captions(features, layout.caption_rope, key_mask))
 
     # ---- the three per-step stages --------------------------------------------------------
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning):
-        """Latent (B, C, H, W) and t (B,) -> joint sequence (B, Lc+N, hidden) and the time embedding."""
+    def embed_image(self, x: torch.Tensor, t: torch.Tensor, image_rope):
+        """Latent (B, C, H, W), t (B,) -> image tokens after the noise refiner, and the time embedding."""
         temb = self.time_caption_embed.timestep_embedder(t, self.dtype)
         batch, channels, height, width = x.shape
         p = self.config.patch_size
@@ -348,23 +362,40 @@ class NextDiT(nn.Module):
         )
         image = self.x_embedder(patches)
         for block in self.noise_refiner:
-            image = block(image, *cond.image_rope, None, temb)
+            image = block(image, *image_rope, None, temb)
+        return image, temb
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning):
+        """Stage 1: the joint sequence [caption; image] (B, Lc+N, hidden) and the time embedding."""
+        image, temb = self.embed_image(x, t, cond.layout.image_rope)
         return torch.cat([cond.caption_tokens, image], dim=1), temb
 
+    def modulated_input(self, hidden: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The first joint block's modulated input: the signal the step cache watches."""
+        first = self.layers[0].norm1
+        scale_msa = first.linear(F.silu(temb)).chunk(4, dim=1)[0]
+        return first.norm(hidden) * (1 + scale_msa[:, None])
+
     def joint_blocks(self, hidden: torch.Tensor, temb: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Stage 2: the joint transformer blocks (what the cache may skip)."""
+        return self.run_joint_blocks(hidden, temb, cond.layout.joint_rope, cond.attention_mask)
+
+    def run_joint_blocks(self, hidden, temb, joint_rope, key_mask):
         for block in self.layers:
-            hidden = block(hidden, *cond.joint_rope, cond.joint_mask, temb)
+            hidden = block(hidden, *joint_rope, key_mask, temb)
         return hidden
 
     def final(self, hidden: torch.Tensor, temb: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Joint sequence -> velocity (B, C_out, H, W) in float32."""
-        out = self.norm_out(hidden[:, cond.caption_width :], temb)
-        p = self.config.patch_size
-        height, width = cond.latent_size
+        """Stage 3: joint sequence -> velocity (B, C_out, H, W) in float32."""
+        return self.velocity(hidden[:, cond.caption_width :], temb, *cond.layout.latent_size)
+
+    def velocity(self, image: torch.Tensor, temb: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        out = self.norm_out(image, temb)
+        p, channels = self.config.patch_size, self.config.latent_channels_out
         return (
-            out.view(out.shape[0], height // p, width // p, p, p, self.config.latent_channels_out)
+            out.view(out.shape[0], height // p, width // p, p, p, channels)
             .permute(0, 5, 1, 3, 2, 4)
-            .reshape(out.shape[0], self.config.latent_channels_out, height, width)
+            .reshape(out.shape[0], channels, height, width)
             .float()
         )
 
