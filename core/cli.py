@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import Cancelled, LuminaError, RequestError
+from .errors import Cancelled, LuminaError
 from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
 
 PROG = "lumina-studio"
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="seed of the first image; image i uses seed + i (default: random)")
     gen.add_argument("--count", type=int, default=1, help="number of images")
     gen.add_argument("--backend", default="torch", choices=("torch", "onnx"))
-    gen.add_argument("--cache", default="off", help="off, or a cache threshold")
+    gen.add_argument("--cache", default="off",
+                     help="off, or a threshold for skipping joint blocks (0.2, 0.3, 0.5; v2:X picks the v2 coefficients)")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     gen.add_argument("--low-vram", default="auto", choices=("auto", "on", "off"),
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compat", default="official", choices=COMPAT_NAMES)
     gen.add_argument("--out", help="output folder (default: the library folder)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+
+    export = commands.add_parser("export-onnx", help="export a model for the ONNX Runtime backend ahead of time")
+    export.add_argument("--model", help="a diffusers folder, a single-file DiT, or a registered model name")
+    export.add_argument("--components", help="diffusers folder with text encoder, tokenizer and VAE for a single-file DiT")
+    export.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the graphs will run")
+    export.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="graph precision (auto: fp32 for the CPU, bf16 for CUDA)")
 
     models = commands.add_parser("models", help="list, add or remove models")
     model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
@@ -80,6 +88,7 @@ def request_from_args(args) -> GenerationRequest:
         seed=args.seed,
         count=args.count,
         compat=args.compat,
+        cache=args.cache,
     )
     request.validate()
     return request
@@ -87,11 +96,6 @@ def request_from_args(args) -> GenerationRequest:
 
 def run_generate(args) -> int:
     request = request_from_args(args)  # fail fast, before any model is loaded
-    if args.backend != "torch":
-        raise RequestError("The ONNX Runtime backend is not available in this version yet; use --backend torch.")
-    if args.cache != "off":
-        raise RequestError("Cached sampling is not available in this version yet; use --cache off.")
-
     from tqdm import tqdm
 
     from .engine import Engine
@@ -101,7 +105,8 @@ def run_generate(args) -> int:
 
     out_dir = Path(args.out).expanduser() if args.out else library_dir()
     check_writable(out_dir)
-    engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype, low_vram=args.low_vram)
+    engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
+                    low_vram=args.low_vram, backend=args.backend, on_export=export_progress())
     engine.load()
     for note in engine.prompt_warnings(engine.resolve(request)):
         print(f"{PROG}: warning: {note}", file=sys.stderr)
@@ -133,13 +138,47 @@ def run_generate(args) -> int:
                 "model_hash": engine.model_info["hash"],
                 "device": engine.run_info["device"],
                 "dtype": engine.run_info["dtype"],
+                "backend": engine.run_info["backend"],
+                "provider": engine.run_info["provider"],
+                "cache": settings["cache"],
                 "transformer_evaluations": result.evaluations,
+                "joint_block_evaluations": result.joint_evaluations,
                 "timings": {k: round(v, 4) for k, v in result.timings.items()},
             }), flush=True)
         else:
             print(f"{result.path}  (seed {result.settings['seed']}, {result.timings['total_s']:.1f} s)", flush=True)
 
     engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image)
+    return 0
+
+
+def export_progress():
+    """A progress bar over the exported graphs (the first ONNX use of a model takes a while)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_graph(done, name):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=4, desc="exporting to ONNX", unit="graph", file=sys.stderr)
+        bar.update(done - bar.n)
+        if name is None:
+            bar.close()
+        else:
+            bar.set_postfix_str(name)
+
+    return on_graph
+
+
+def run_export(args) -> int:
+    from .engine import Engine
+    from .models.registry import find_model
+
+    engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
+                    backend="onnx", on_export=export_progress())
+    engine.load()
+    print(f"{engine.onnx_folder}  ({engine.run_info['provider']}, {engine.run_info['dtype']})")
     return 0
 
 
@@ -169,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return run_generate(args) if args.command == "generate" else run_models(args)
+        commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models}
+        return commands[args.command](args)
     except Cancelled:
         print(f"{PROG}: cancelled", file=sys.stderr)
         return 130

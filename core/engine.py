@@ -6,6 +6,8 @@ request -> prompt encoding (cached) -> seeded noise -> sampling loop (grid, solv
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -17,15 +19,20 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .backends.torch_backend import TorchDenoiser
+from .backends import onnx_export
+from .backends.denoiser import StagedDenoiser
+from .backends.onnx_backend import OrtStages
+from .backends.torch_backend import TorchStages
 from .devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
-from .errors import RequestError
+from .errors import DeviceError, RequestError
 from .metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
 from .models import loader
+from .models.nextdit import NextDiTConfig
 from .models.registry import model_hash
 from .preview import LatentPreviewer
 from .prompts import PromptEncoder, full_prompt
 from .request import GenerationRequest
+from .sampling.cache import CacheSettings, StepCache
 from .sampling.guidance import DiffusersGuidance, OfficialGuidance
 from .sampling.sampler import StepInfo, sample
 from .sampling.schedule import diffusers_grid, official_grid
@@ -41,6 +48,7 @@ class GeneratedImage:
     settings: dict  # every resolved setting, with this image's own seed
     record: dict  # the JSON stored in the PNG
     evaluations: int  # transformer passes per sample (conditional and unconditional counted apart)
+    joint_evaluations: int  # of those, passes whose joint blocks ran (fewer with the cache)
     timings: dict
     warnings: list[str] = field(default_factory=list)
     path: Path | None = None
@@ -53,14 +61,22 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         low_vram: str = "auto",
+        backend: str = "torch",
         batch_cfg: bool | None = None,
+        on_export: Callable[[int, str | None], None] | None = None,
     ):
+        if backend not in ("torch", "onnx"):
+            raise RequestError(f"Unknown backend '{backend}': use torch or onnx.")
         self.source = source
+        self.backend = backend
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if backend == "onnx" and self.device.type == "cpu" and self.dtype != torch.float32:
+            raise DeviceError("ONNX Runtime on the CPU runs fp32 graphs only: use --dtype fp32 (or auto).")
         self.low_vram_setting = low_vram
         # One batch of two fills a GPU better; on a CPU two single passes are as fast and skip padding.
         self.batch_cfg = self.device.type == "cuda" if batch_cfg is None else batch_cfg
+        self.on_export = on_export
         self.loaded = False
         self._previewer: LatentPreviewer | None = None
 
@@ -73,27 +89,53 @@ class Engine:
         components = self.source.components
         self.tokenizer = loader.load_tokenizer(components)
         self.text_encoder = loader.load_text_encoder(components, self.dtype, cpu)
-        self.dit = loader.load_dit(self.source, self.dtype, cpu)
         self.vae = loader.load_vae(components, self.dtype, cpu)
-        if self.vae.config.latent_channels != self.dit.config.in_channels:
-            raise loader.ModelLoadError(
-                f"{components / 'vae'} makes {self.vae.config.latent_channels}-channel latents but the DiT "
-                f"expects {self.dit.config.in_channels}: the VAE belongs to another model."
-            )
-        if self.text_encoder.config.hidden_size != self.dit.config.cap_feat_dim:
-            raise loader.ModelLoadError(
-                f"The text encoder's width ({self.text_encoder.config.hidden_size}) does not match the DiT's "
-                f"caption width ({self.dit.config.cap_feat_dim}): the components belong to another model."
-            )
-        weights = sum(module_bytes(m) for m in (self.text_encoder, self.dit, self.vae))
+        self.hash = model_hash(self.source)
+        resident = [self.text_encoder, self.vae]
+        if self.backend == "torch":
+            self.dit = loader.load_dit(self.source, self.dtype, cpu)
+            self.config = self.dit.config
+            resident.append(self.dit)
+        else:
+            self.dit = None
+            self.onnx_folder = self._onnx_graphs()
+            self.config = NextDiTConfig.from_dict(json.loads((self.onnx_folder / "manifest.json").read_text())["config"])
+        self._check_components()
+        weights = sum(module_bytes(m) for m in resident)
         self.placement = Placement(self.device, wants_low_vram(self.low_vram_setting, self.device, weights))
-        for module in (self.text_encoder, self.dit, self.vae):
+        for module in resident:
             module.to(self.placement.home)
-        max_tokens = min(256, self.dit.config.max_caption_tokens)
+        if self.backend == "torch":
+            self.stages = TorchStages(self.dit)
+        else:
+            self.stages = OrtStages(self.onnx_folder, self.config, self.device)
+        max_tokens = min(256, self.config.max_caption_tokens)
         self.prompts = PromptEncoder(self.tokenizer, self.text_encoder, max_tokens=max_tokens)
         self.default_shift = loader.default_shift(components)
-        self.hash = model_hash(self.source)
         self.loaded = True
+
+    def _check_components(self) -> None:
+        components = self.source.components
+        if self.vae.config.latent_channels != self.config.in_channels:
+            raise loader.ModelLoadError(
+                f"{components / 'vae'} makes {self.vae.config.latent_channels}-channel latents but the DiT "
+                f"expects {self.config.in_channels}: the VAE belongs to another model."
+            )
+        if self.text_encoder.config.hidden_size != self.config.cap_feat_dim:
+            raise loader.ModelLoadError(
+                f"The text encoder's width ({self.text_encoder.config.hidden_size}) does not match the DiT's "
+                f"caption width ({self.config.cap_feat_dim}): the components belong to another model."
+            )
+
+    def _onnx_graphs(self) -> Path:
+        """The exported graphs for this model and precision, exported now if not cached yet."""
+        precision = dtype_name(self.dtype)
+        folder = onnx_export.cache_folder(self.hash, precision)
+        if not onnx_export.is_complete(folder):
+            dit = loader.load_dit(self.source, self.dtype, torch.device("cpu"))
+            onnx_export.export_graphs(dit, folder, precision, progress=self.on_export)
+            del dit
+        return folder
 
     @property
     def model_info(self) -> dict:
@@ -107,7 +149,8 @@ class Engine:
     @property
     def run_info(self) -> dict:
         return {
-            "backend": "torch",
+            "backend": self.backend,
+            "provider": getattr(self.stages, "provider", None),
             "device": self.device.type,
             "dtype": dtype_name(self.dtype),
             "low_vram": self.placement.low_vram,
@@ -120,7 +163,7 @@ class Engine:
         """Defaults filled in and checked against this model (sizes RoPE can address)."""
         self.load()
         resolved = request.with_defaults(self.default_shift)
-        max_h, max_w = self.dit.config.max_image_size()
+        max_h, max_w = self.config.max_image_size()
         if resolved.height > max_h or resolved.width > max_w:
             raise RequestError(
                 f"{resolved.width}x{resolved.height} is larger than this model's position tables allow "
@@ -172,17 +215,19 @@ class Engine:
         encode_s = time.perf_counter() - started
 
         latent_size = (req.height // 8, req.width // 8)
-        denoiser = TorchDenoiser(self.dit, positive, negative, latent_size, self.batch_cfg)
+        cache_settings = CacheSettings.parse(req.cache)
         results = []
         for index in range(req.count):
             seed = base_seed + index
             timings = {"encode_s": encode_s if index == 0 else 0.0}
             noise = torch.randn(
-                (1, self.dit.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
+                (1, self.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
             )
-            denoiser.evaluations = 0
+            # A fresh denoiser and cache per image: no state leaks from one generation to the next.
+            cache = StepCache(cache_settings) if cache_settings else None
+            denoiser = StagedDenoiser(self.stages, positive, negative, latent_size, self.batch_cfg, cache)
             tick = time.perf_counter()
-            with self.placement.use(self.dit):
+            with self.placement.use(self.dit) if self.dit is not None else contextlib.nullcontext():
                 latent = sample(
                     denoiser,
                     noise.to(self.device),
@@ -197,7 +242,7 @@ class Engine:
             pixels = self.decode(latent)
             timings["decode_s"] = time.perf_counter() - tick
             settings = {**req.to_dict(), "seed": seed, "count": 1, "system_prompt_text": req.system_prompt_text}
-            result = self._finish(pixels, settings, denoiser.evaluations, timings, warnings)
+            result = self._finish(pixels, settings, denoiser, timings, warnings)
             if out_dir is not None:
                 tick = time.perf_counter()
                 stem = time.strftime("%Y%m%d-%H%M%S") + f"-{seed}"
@@ -220,15 +265,19 @@ class Engine:
             return DiffusersGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm > 0)
         return OfficialGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm)
 
-    def _finish(self, pixels, settings, evaluations, timings, warnings) -> GeneratedImage:
+    def _finish(self, pixels, settings, denoiser: StagedDenoiser, timings, warnings) -> GeneratedImage:
         image = Image.fromarray((pixels * 255).round().astype(np.uint8))
-        record = {
-            "format": FORMAT,
-            "settings": settings,
-            "model": self.model_info,
-            "run": {**self.run_info, "transformer_evaluations": evaluations, "timings": timings},
+        run = {
+            **self.run_info,
+            "transformer_evaluations": denoiser.evaluations,
+            "joint_block_evaluations": denoiser.joint_evaluations,
+            "cache_skipped": denoiser.evaluations - denoiser.joint_evaluations,
+            "timings": timings,
         }
-        return GeneratedImage(image, pixels, settings, record, evaluations, timings, list(warnings))
+        record = {"format": FORMAT, "settings": settings, "model": self.model_info, "run": run}
+        return GeneratedImage(
+            image, pixels, settings, record, denoiser.evaluations, denoiser.joint_evaluations, timings, list(warnings)
+        )
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> np.ndarray:

@@ -40,6 +40,7 @@ def a1111_parameters(settings: dict, model: dict) -> str:
         ("CFG renorm", settings["cfg_renorm"]),
         ("System prompt", settings["system_prompt"]),
         ("Compat", settings["compat"]),
+        ("Cache", settings.get("cache", "off")),
     ]
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs)
     text = settings["prompt"]
@@ -153,6 +154,7 @@ _A1111_KEYS = {
     "CFG renorm": ("cfg_renorm", float),
     "System prompt": ("system_prompt", str),
     "Compat": ("compat", str),
+    "Cache": ("cache", str),
     "Model": ("model", str),
     "Model hash": ("model_hash", str),
 }

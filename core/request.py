@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import RequestError
 from .prompts import DEFAULT_SYSTEM_PROMPT, MAX_PROMPT_CHARS, system_prompt_text
+from .sampling.cache import CacheSettings
 
 SOLVER_NAMES = ("euler", "midpoint", "dpm")
 COMPAT_NAMES = ("official", "diffusers")
@@ -40,6 +41,7 @@ class GenerationRequest:
     seed: int | None = None  # None: random
     count: int = 1
     compat: str = "official"
+    cache: str = "off"  # off, a threshold ("0.3"), or "v1:0.3" / "v2:0.5"
 
     def with_defaults(self, model_shift: float = 6.0) -> GenerationRequest:
         """Fill unset values from the compat mode's defaults; validates first."""
@@ -91,6 +93,7 @@ class GenerationRequest:
             raise RequestError(f"Unknown solver '{self.solver}': use {', '.join(SOLVER_NAMES)}.")
         if self.shift is not None and (not _finite(self.shift) or self.shift <= 0):
             raise RequestError(f"Time shift must be above 0 (6 is the model's default); got {self.shift}.")
+        CacheSettings.parse(self.cache)  # raises with the accepted forms
         if not isinstance(self.count, int) or not 1 <= self.count <= 1000:
             raise RequestError(f"Count must be a whole number from 1 to 1000; got {self.count}.")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED - self.count + 1):

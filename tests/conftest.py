@@ -35,3 +35,29 @@ def engine(tiny_model, tmp_path_factory):
     loaded = Engine(resolve_source(tiny_model), device="cpu")
     loaded.load()
     return loaded
+
+
+@pytest.fixture(scope="session")
+def onnx_home(tmp_path_factory) -> Path:
+    """A data folder whose ONNX cache holds the tiny model's graphs once `onnx_engine` has run."""
+    return tmp_path_factory.mktemp("onnx-home")
+
+
+@pytest.fixture(scope="session")
+def onnx_engine(tiny_model, onnx_home):
+    """The tiny model on the ONNX Runtime CPU provider (exported once per test session)."""
+    from core.engine import Engine
+    from core.models.loader import resolve_source
+
+    previous = os.environ.get("LUMINA_STUDIO_HOME")
+    os.environ["LUMINA_STUDIO_HOME"] = str(onnx_home)
+    try:
+        exported = []
+        loaded = Engine(resolve_source(tiny_model), device="cpu", backend="onnx",
+                        on_export=lambda done, name: exported.append(name))
+        loaded.load()
+    finally:
+        if previous is not None:
+            os.environ["LUMINA_STUDIO_HOME"] = previous
+    loaded.exported = exported
+    return loaded

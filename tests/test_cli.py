@@ -74,7 +74,8 @@ def test_default_output_is_the_library(capsys, tiny_model, data_home):
         (["--seed", "-3"], "Seed must be"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--dtype", "fp16", "--device", "cpu"], "fp16 is not supported"),
-        (["--backend", "onnx"], "ONNX Runtime backend is not available"),
+        (["--cache", "fast"], "Cache setting"),
+        (["--backend", "onnx", "--dtype", "bf16", "--device", "cpu"], "fp32 graphs only"),
     ],
 )
 def test_bad_settings(capsys, tiny_model, tmp_path, args, message):
@@ -147,3 +148,16 @@ def test_console_script_end_to_end(tiny_model, tmp_path, data_home):
     bad = subprocess.run([str(script), "generate", "a cat", "--model", str(tiny_model), "--width", "30"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_onnx_backend_and_cache_from_the_command_line(capsys, tiny_model, onnx_engine, onnx_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUMINA_STUDIO_HOME", str(onnx_home))  # graphs already exported there
+    code, out, err = run_cli(capsys, "export-onnx", "--model", str(tiny_model))
+    assert code == 0 and str(onnx_engine.onnx_folder) in out and "CPUExecutionProvider" in out
+    code, out, err = run_cli(capsys, "generate", "a red circle", "--model", str(tiny_model), *SMALL, "--seed", "2",
+                             "--backend", "onnx", "--cache", "0.3", "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert (record["backend"], record["provider"], record["cache"]) == ("onnx", "CPUExecutionProvider", "0.3")
+    assert 0 < record["joint_block_evaluations"] <= record["transformer_evaluations"]
+    assert read_settings(record["path"])["cache"] == "0.3"

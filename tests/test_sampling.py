@@ -80,7 +80,7 @@ class GaussianFlow:
     def __init__(self, mu=2.0, s=0.3):
         self.mu, self.s = mu, s
 
-    def velocity(self, x, t, with_uncond):
+    def velocity(self, x, t, with_uncond, step, steps):
         var = t * t * self.s**2 + (1 - t) ** 2
         cov = t * self.s**2 - (1 - t)
         return self.mu + cov / var * (x - t * self.mu), None

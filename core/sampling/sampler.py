@@ -16,7 +16,9 @@ class Denoiser(Protocol):
 
     evaluations: int
 
-    def velocity(self, x: torch.Tensor, t: float, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def velocity(
+        self, x: torch.Tensor, t: float, with_uncond: bool, step: int, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class Guidance(Protocol):
@@ -58,7 +60,7 @@ def sample(
 
         def guided_velocity(x_in: torch.Tensor, t: float, step: int = i) -> torch.Tensor:
             use_uncond = guidance.uses_uncond(t, step, steps)
-            v_cond, v_uncond = denoiser.velocity(x_in, t, with_uncond=use_uncond)
+            v_cond, v_uncond = denoiser.velocity(x_in, t, use_uncond, step, steps)
             return guidance.combine(v_cond, v_uncond) if use_uncond else v_cond
 
         t0, t1 = times[i], times[i + 1]

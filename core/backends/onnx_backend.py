@@ -1,0 +1,112 @@
+"""The ONNX Runtime backend: NextDiT's exported stage graphs run in ORT sessions.
+
+Tensors stay torch tensors on the compute device and are bound to the sessions by pointer (IO binding),
+so on CUDA nothing crosses to the host inside the step loop. The provider actually in use is checked:
+asking for CUDA where ORT cannot use it is an error, never a silent fall-back to the CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DeviceError
+from ..models.nextdit import Conditioning, Layout, NextDiTConfig
+from .onnx_export import GRAPHS, NAMES
+
+_NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_, torch.int64: np.int64}
+
+
+def providers_for(device: torch.device) -> list:
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Graph:
+    """One ORT session, called with torch tensors through IO binding."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.device = device
+        self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+        wanted = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+        if self.session.get_providers()[0] != wanted:
+            raise DeviceError(
+                f"ONNX Runtime cannot use {wanted} here (it offers {', '.join(self.session.get_providers())}). "
+                "Install onnxruntime-gpu matching your CUDA and cuDNN versions, or use --device cpu."
+            )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
+        binding = self.session.io_binding()
+        kept = []  # keep contiguous copies alive until the run ends
+        for name, tensor in inputs.items():
+            tensor = tensor.to(self.device).contiguous()
+            kept.append(tensor)
+            binding.bind_input(
+                name, self.device.type, self.device.index or 0, _NUMPY_TYPES[tensor.dtype],
+                tuple(tensor.shape), tensor.data_ptr(),
+            )
+        for name in self.output_names:
+            binding.bind_output(name, self.device.type, self.device.index or 0)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        if self.device.type == "cpu":
+            return [torch.from_numpy(o.numpy()) for o in outputs]
+        return [_ortvalue_to_torch(o, self.device) for o in outputs]
+
+
+def _ortvalue_to_torch(value, device: torch.device) -> torch.Tensor:
+    """A CUDA OrtValue as a torch tensor on the same device (via DLPack, no copy through the host)."""
+    return torch.from_dlpack(value.to_dlpack()).to(device)
+
+
+class OrtStages:
+    name = "onnx"
+
+    def __init__(self, folder: Path, config: NextDiTConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.graphs = {name: Graph(folder / f"{name}.onnx", device) for name in GRAPHS}
+
+    @property
+    def provider(self) -> str:
+        return self.graphs["joint"].provider
+
+    def _call(self, graph: str, *tensors):
+        inputs, _ = NAMES[graph]
+        return self.graphs[graph](**dict(zip(inputs, tensors)))
+
+    def prepare(self, features, mask, latent_size) -> Conditioning:
+        lengths = [int(n) for n in mask.sum(dim=1).tolist()]
+        layout = Layout.build(self.config, lengths, latent_size, self.device)
+        features = features[:, : max(lengths)].float().to(self.device)
+        (tokens,) = self._call("caption", features, layout.caption_mask, *layout.caption_rope)
+        return Conditioning(layout, tokens)
+
+    def embed(self, x, t, cond: Conditioning, with_signal: bool):
+        hidden, temb, signal = self._call("embed", x.float(), t.float(), cond.caption_tokens, *cond.layout.image_rope)
+        return hidden, temb, signal if with_signal else None
+
+    def joint(self, hidden, temb, cond: Conditioning) -> torch.Tensor:
+        (out,) = self._call("joint", hidden, temb, *cond.layout.joint_rope, cond.layout.joint_mask)
+        return out
+
+    def final(self, hidden, temb, cond: Conditioning) -> torch.Tensor:
+        height, width = cond.layout.latent_size
+        shape_carrier = torch.empty(hidden.shape[0], self.config.in_channels, height, width, device=self.device)
+        (velocity,) = self._call("final", hidden, temb, shape_carrier)
+        return velocity

@@ -1,0 +1,81 @@
+"""Cached sampling: exactness at threshold 0, real skipping above it, per-pass and per-generation state."""
+
+import numpy as np
+import pytest
+
+from core.errors import RequestError
+from core.request import GenerationRequest
+from core.sampling import cache as cache_module
+from core.sampling.cache import CacheSettings
+
+REQUEST = dict(prompt="a red circle on the left", width=64, height=64, steps=30, seed=3, solver="euler")
+
+
+def psnr(a, b) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def test_settings_parse():
+    assert CacheSettings.parse("off") is None and CacheSettings.parse(None) is None
+    assert CacheSettings.parse("0.3") == CacheSettings(0.3, "v1")
+    assert CacheSettings.parse("v2:0.5") == CacheSettings(0.5, "v2")
+    for bad in ("fast", "-0.1", "v3:0.2", "nan"):
+        with pytest.raises(RequestError, match="Cache setting"):
+            CacheSettings.parse(bad)
+
+
+def test_threshold_zero_is_exactly_uncached(engine):
+    plain = engine.generate(GenerationRequest(**REQUEST))[0]
+    cached = engine.generate(GenerationRequest(**REQUEST, cache="0"))[0]
+    assert np.array_equal(plain.pixels, cached.pixels)
+    assert cached.joint_evaluations == cached.evaluations == plain.evaluations
+
+
+def test_threshold_skips_and_stays_close(engine):
+    plain = engine.generate(GenerationRequest(**REQUEST))[0]
+    cached = engine.generate(GenerationRequest(**REQUEST, cache="1.0"))[0]
+    assert cached.evaluations == plain.evaluations
+    assert cached.joint_evaluations < 0.7 * cached.evaluations
+    assert cached.record["run"]["cache_skipped"] == cached.evaluations - cached.joint_evaluations
+    quality = psnr(plain.pixels, cached.pixels)
+    print(f"cache 1.0: {cached.joint_evaluations}/{cached.evaluations} joint evaluations, PSNR {quality:.1f} dB")
+    assert quality > 40
+
+
+def test_first_and_last_steps_run_and_passes_keep_apart(engine, monkeypatch):
+    decisions = []
+    original = cache_module.StepCache.should_compute
+
+    def spy(self, which, signal, step, steps):
+        result = original(self, which, signal, step, steps)
+        decisions.append((which, step, steps, result))
+        return result
+
+    monkeypatch.setattr(cache_module.StepCache, "should_compute", spy)
+    engine.generate(GenerationRequest(**REQUEST, cache="3", cfg_trunc=0.5))
+    assert {d[0] for d in decisions} == {"cond", "uncond"}
+    assert all(result for which, step, steps, result in decisions if step in (0, steps - 1))
+    assert any(not result for *_, result in decisions)
+    # CFG truncation: the unconditional pass stops, the conditional one goes on to the last step
+    assert max(step for which, step, *_ in decisions if which == "uncond") < 29
+    assert max(step for which, step, *_ in decisions if which == "cond") == 29
+
+
+def test_no_state_leaks_between_generations(engine):
+    first = engine.generate(GenerationRequest(**REQUEST, cache="1.0", count=2))
+    again = engine.generate(GenerationRequest(**{**REQUEST, "seed": 4}, cache="1.0"))[0]
+    assert np.array_equal(first[1].pixels, again.pixels)
+    assert first[1].joint_evaluations == again.joint_evaluations
+
+
+def test_consecutive_skips_are_capped(engine):
+    # v2's polynomial is negative for tiny changes: without the cap it would skip to the end.
+    cached = engine.generate(GenerationRequest(**REQUEST, cache="v2:1.1"))[0]
+    assert cached.joint_evaluations >= cached.evaluations / (cache_module.MAX_SKIPS_IN_A_ROW + 1)
+
+
+def test_onnx_backend_uses_the_same_policy(engine, onnx_engine):
+    request = GenerationRequest(**{**REQUEST, "steps": 12}, cache="1.0")
+    ours, theirs = engine.generate(request)[0], onnx_engine.generate(request)[0]
+    assert ours.joint_evaluations == theirs.joint_evaluations < ours.evaluations
+    assert np.abs(ours.pixels - theirs.pixels).max() < 1e-4
