@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shift", type=float, help="time shift (default: the model's, 6)")
     gen.add_argument("--seed", type=int, help="seed of the first image; image i uses seed + i (default: random)")
     gen.add_argument("--count", type=int, default=1, help="number of images")
-    gen.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    gen.add_argument("--backend", default="torch", choices=("torch", "onnx", "auto"),
+                     help="auto: whichever measured faster here for this model (measured once, remembered)")
     gen.add_argument("--cache", default="off",
                      help="off, or a threshold for skipping joint blocks (0.2, 0.3, 0.5; v2:X picks the v2 coefficients)")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .backends import onnx_export
+from .backends import choice, onnx_export
 from .backends.denoiser import StagedDenoiser
 from .backends.onnx_backend import OrtStages
 from .backends.torch_backend import TorchStages
@@ -65,13 +65,13 @@ class Engine:
         batch_cfg: bool | None = None,
         on_export: Callable[[int, str | None], None] | None = None,
     ):
-        if backend not in ("torch", "onnx"):
-            raise RequestError(f"Unknown backend '{backend}': use torch or onnx.")
+        if backend not in ("torch", "onnx", "auto"):
+            raise RequestError(f"Unknown backend '{backend}': use torch, onnx or auto.")
         self.source = source
         self.backend = backend
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        if backend == "onnx" and self.device.type == "cpu" and self.dtype != torch.float32:
+        if backend != "torch" and self.device.type == "cpu" and self.dtype != torch.float32:
             raise DeviceError("ONNX Runtime on the CPU runs fp32 graphs only: use --dtype fp32 (or auto).")
         self.low_vram_setting = low_vram
         # One batch of two fills a GPU better; on a CPU two single passes are as fast and skip padding.
@@ -91,6 +91,8 @@ class Engine:
         self.text_encoder = loader.load_text_encoder(components, self.dtype, cpu)
         self.vae = loader.load_vae(components, self.dtype, cpu)
         self.hash = model_hash(self.source)
+        if self.backend == "auto":
+            self.backend = self._faster_backend()
         resident = [self.text_encoder, self.vae]
         if self.backend == "torch":
             self.dit = loader.load_dit(self.source, self.dtype, cpu)
@@ -99,7 +101,7 @@ class Engine:
         else:
             self.dit = None
             self.onnx_folder = self._onnx_graphs()
-            self.config = NextDiTConfig.from_dict(json.loads((self.onnx_folder / "manifest.json").read_text())["config"])
+            self.config = self._onnx_config(self.onnx_folder)
         self._check_components()
         weights = sum(module_bytes(m) for m in resident)
         self.placement = Placement(self.device, wants_low_vram(self.low_vram_setting, self.device, weights))
@@ -126,6 +128,24 @@ class Engine:
                 f"The text encoder's width ({self.text_encoder.config.hidden_size}) does not match the DiT's "
                 f"caption width ({self.config.cap_feat_dim}): the components belong to another model."
             )
+
+    def _faster_backend(self) -> str:
+        """The backend measured faster here for this model (measured at first use, then remembered)."""
+        key = choice.choice_key(self.hash, self.device, dtype_name(self.dtype))
+        known = choice.remembered(key)
+        if known:
+            return known
+        dit = loader.load_dit(self.source, self.dtype, self.device)
+        timings = {"torch": choice.seconds_per_pass(TorchStages(dit), dit.config, self.device)}
+        del dit
+        folder = self._onnx_graphs()
+        config = self._onnx_config(folder)
+        timings["onnx"] = choice.seconds_per_pass(OrtStages(folder, config, self.device), config, self.device)
+        return choice.remember(key, timings)
+
+    @staticmethod
+    def _onnx_config(folder: Path) -> NextDiTConfig:
+        return NextDiTConfig.from_dict(json.loads((folder / "manifest.json").read_text())["config"])
 
     def _onnx_graphs(self) -> Path:
         """The exported graphs for this model and precision, exported now if not cached yet."""

@@ -75,3 +75,21 @@ def test_cuda_without_cuda_is_a_clear_error(onnx_engine):
 def test_cpu_graphs_are_fp32_only(tiny_model):
     with pytest.raises(DeviceError, match="fp32"):
         Engine(resolve_source(tiny_model), device="cpu", dtype="bf16", backend="onnx")
+
+
+def test_auto_backend_measures_once_and_remembers(tiny_model, onnx_engine, onnx_home, monkeypatch):
+    from core.backends import choice
+
+    monkeypatch.setenv("LUMINA_STUDIO_HOME", str(onnx_home))
+    calls = []
+    original = choice.seconds_per_pass
+    monkeypatch.setattr(choice, "seconds_per_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = Engine(resolve_source(tiny_model), device="cpu", backend="auto")
+    first.load()
+    assert first.backend in ("torch", "onnx") and len(calls) == 2
+    stored = choice.remembered(choice.choice_key(first.hash, first.device, "fp32"))
+    assert stored == first.backend
+    second = Engine(resolve_source(tiny_model), device="cpu", backend="auto")
+    second.load()
+    assert second.backend == first.backend and len(calls) == 2
+    assert second.generate(GenerationRequest("a cat", width=64, height=64, steps=2, seed=1))[0].image.size == (64, 64)

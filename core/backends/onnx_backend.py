@@ -50,28 +50,22 @@ class Graph:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def __call__(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, inputs: dict[str, torch.Tensor], output_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Run with inputs and outputs bound by pointer: outputs are float32 tensors allocated here."""
         binding = self.session.io_binding()
-        kept = []  # keep contiguous copies alive until the run ends
+        kept = []  # contiguous copies must stay alive until the run ends
         for name, tensor in inputs.items():
             tensor = tensor.to(self.device).contiguous()
             kept.append(tensor)
-            binding.bind_input(
-                name, self.device.type, self.device.index or 0, _NUMPY_TYPES[tensor.dtype],
-                tuple(tensor.shape), tensor.data_ptr(),
-            )
-        for name in self.output_names:
-            binding.bind_output(name, self.device.type, self.device.index or 0)
+            self._bind(binding.bind_input, name, tensor)
+        outputs = [torch.empty(shape, dtype=torch.float32, device=self.device) for shape in output_shapes]
+        for name, tensor in zip(self.output_names, outputs):
+            self._bind(binding.bind_output, name, tensor)
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        if self.device.type == "cpu":
-            return [torch.from_numpy(o.numpy()) for o in outputs]
-        return [_ortvalue_to_torch(o, self.device) for o in outputs]
+        return outputs
 
-
-def _ortvalue_to_torch(value, device: torch.device) -> torch.Tensor:
-    """A CUDA OrtValue as a torch tensor on the same device (via DLPack, no copy through the host)."""
-    return torch.from_dlpack(value.to_dlpack()).to(device)
+    def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
+        bind(name, self.device.type, self.device.index or 0, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
 
 
 class OrtStages:
@@ -86,27 +80,39 @@ class OrtStages:
     def provider(self) -> str:
         return self.graphs["joint"].provider
 
-    def _call(self, graph: str, *tensors):
+    def _call(self, graph: str, tensors, output_shapes):
         inputs, _ = NAMES[graph]
-        return self.graphs[graph](**dict(zip(inputs, tensors)))
+        return self.graphs[graph](dict(zip(inputs, tensors)), output_shapes)
 
     def prepare(self, features, mask, latent_size) -> Conditioning:
         lengths = [int(n) for n in mask.sum(dim=1).tolist()]
         layout = Layout.build(self.config, lengths, latent_size, self.device)
         features = features[:, : max(lengths)].float().to(self.device)
-        (tokens,) = self._call("caption", features, layout.caption_mask, *layout.caption_rope)
+        shape = (len(lengths), max(lengths), self.config.hidden_size)
+        (tokens,) = self._call("caption", (features, layout.caption_mask, *layout.caption_rope), [shape])
         return Conditioning(layout, tokens)
 
+    def _sequence_shape(self, cond: Conditioning) -> tuple[int, int, int]:
+        height, width = cond.layout.latent_size
+        image_tokens = (height // self.config.patch_size) * (width // self.config.patch_size)
+        return cond.batch_size, cond.caption_width + image_tokens, self.config.hidden_size
+
     def embed(self, x, t, cond: Conditioning, with_signal: bool):
-        hidden, temb, signal = self._call("embed", x.float(), t.float(), cond.caption_tokens, *cond.layout.image_rope)
+        sequence = self._sequence_shape(cond)
+        temb_shape = (cond.batch_size, self.config.time_embed_dim)
+        hidden, temb, signal = self._call(
+            "embed", (x.float(), t.float(), cond.caption_tokens, *cond.layout.image_rope), [sequence, temb_shape, sequence]
+        )
         return hidden, temb, signal if with_signal else None
 
     def joint(self, hidden, temb, cond: Conditioning) -> torch.Tensor:
-        (out,) = self._call("joint", hidden, temb, *cond.layout.joint_rope, cond.layout.joint_mask)
+        inputs = (hidden, temb, *cond.layout.joint_rope, cond.layout.joint_mask)
+        (out,) = self._call("joint", inputs, [tuple(hidden.shape)])
         return out
 
     def final(self, hidden, temb, cond: Conditioning) -> torch.Tensor:
         height, width = cond.layout.latent_size
+        shape = (hidden.shape[0], self.config.latent_channels_out, height, width)
         shape_carrier = torch.empty(hidden.shape[0], self.config.in_channels, height, width, device=self.device)
-        (velocity,) = self._call("final", hidden, temb, shape_carrier)
+        (velocity,) = self._call("final", (hidden, temb, shape_carrier), [shape])
         return velocity
