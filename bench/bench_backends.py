@@ -9,7 +9,6 @@ Writes bench/out/bench_backends.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import PROMPT, SPEC, cpu_name, median_time  # noqa: E402
+from bench_generate import PROMPT, SPEC, bench_args, cpu_name, median_time  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
 from core.models.loader import resolve_source  # noqa: E402
@@ -33,11 +32,7 @@ from core.request import GenerationRequest  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = bench_args()
     os.environ.setdefault("LUMINA_STUDIO_HOME", tempfile.mkdtemp(prefix="lumina-bench-"))
     folder = build_model_folder(Path(tempfile.mkdtemp(prefix="lumina-bench-model-")) / "model", SPEC)
     source = resolve_source(folder)
@@ -57,7 +52,7 @@ def main() -> None:
         for cache in ("off", "0.3", "1.0"):
             results = []
 
-            def run():
+            def run(engine=engine, cache=cache, results=results):
                 results.append(engine.generate(request(cache))[0])
 
             seconds = median_time(run, args.repeats)

@@ -56,12 +56,17 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def bench_args():
+    """The options every CPU benchmark here shares."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = bench_args()
     torch.manual_seed(0)
     os.environ.setdefault("LUMINA_STUDIO_HOME", tempfile.mkdtemp(prefix="lumina-bench-"))
 

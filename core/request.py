@@ -72,7 +72,7 @@ class GenerationRequest:
                     f"The {label} is {len(text):,} characters long; only its first 256 tokens (a few hundred "
                     f"words) can be used. Shorten it below {MAX_PROMPT_CHARS:,} characters."
                 )
-        self.system_prompt_text  # raises for an unknown name
+        system_prompt_text(self.system_prompt)  # raises for an unknown name
         if self.compat not in COMPAT_NAMES:
             raise RequestError(f"Unknown compat mode '{self.compat}': use official or diffusers.")
         for label, value in (("width", self.width), ("height", self.height)):

@@ -40,6 +40,13 @@ _BLOCK_RENAMES = {
 _BLOCK_KEY = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
 
 
+def _rename_prefix(key: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load tensors from .safetensors or (weights only, never arbitrary pickles) .pth/.pt/.bin."""
     if not path.exists():
@@ -112,11 +119,7 @@ def to_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             continue
         match = _BLOCK_KEY.match(key)
         if not match:
-            for old, new in _TOP_RENAMES.items():
-                if key.startswith(old):
-                    key = new + key[len(old) :]
-                    break
-            converted[key] = tensor
+            converted[_rename_prefix(key, _TOP_RENAMES)] = tensor
             continue
         block = match.group(1) + "." + match.group(2)
         rest = match.group(3)
@@ -131,10 +134,7 @@ def to_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             target = "norm1.norm." if block in modulated_blocks else "norm1."
             rest = target + rest[len("attention_norm1.") :]
         else:
-            for old, new in _BLOCK_RENAMES.items():
-                if rest.startswith(old):
-                    rest = new + rest[len(old) :]
-                    break
+            rest = _rename_prefix(rest, _BLOCK_RENAMES)
         converted[f"{block}.{rest}"] = tensor
     return converted
 
@@ -197,11 +197,7 @@ def original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in state.items():
         match = _BLOCK_KEY.match(key)
         if not match:
-            for new, old in inverse_top.items():
-                if key.startswith(new):
-                    key = old + key[len(new) :]
-                    break
-            out[key] = tensor
+            out[_rename_prefix(key, inverse_top)] = tensor
             continue
         block, rest = match.group(1) + "." + match.group(2), match.group(3)
         part = re.match(r"attn\.to_([qkv])\.weight$", rest)
@@ -211,10 +207,7 @@ def original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if rest.startswith("norm1.norm.") or (rest.startswith("norm1.") and not rest.startswith("norm1.linear.")):
             rest = "attention_norm1." + rest.split(".")[-1]
         else:
-            for new, old in inverse_block.items():
-                if rest.startswith(new):
-                    rest = old + rest[len(new) :]
-                    break
+            rest = _rename_prefix(rest, inverse_block)
         out[f"{block}.{rest}"] = tensor
     for block, parts in qkv.items():
         out[f"{block}.attention.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
