@@ -24,13 +24,15 @@ from .backends.denoiser import StagedDenoiser
 from .backends.onnx_backend import OrtStages
 from .backends.torch_backend import TorchStages
 from .devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
-from .errors import DeviceError, RequestError
+from .errors import DeviceError, ModelLoadError, RequestError
 from .metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
 from .models import loader
 from .models.nextdit import NextDiTConfig
 from .models.registry import model_hash
+from .models.sources import ModelSource
 from .preview import LatentPreviewer
-from .prompts import PromptEncoder, full_prompt
+from .prompt_encoder import PromptEncoder
+from .prompts import full_prompt
 from .request import GenerationRequest
 from .sampling.cache import CacheSettings, StepCache
 from .sampling.guidance import DiffusersGuidance, OfficialGuidance
@@ -57,7 +59,7 @@ class GeneratedImage:
 class Engine:
     def __init__(
         self,
-        source: loader.ModelSource,
+        source: ModelSource,
         device: str = "auto",
         dtype: str = "auto",
         low_vram: str = "auto",
@@ -119,12 +121,12 @@ class Engine:
     def _check_components(self) -> None:
         components = self.source.components
         if self.vae.config.latent_channels != self.config.in_channels:
-            raise loader.ModelLoadError(
+            raise ModelLoadError(
                 f"{components / 'vae'} makes {self.vae.config.latent_channels}-channel latents but the DiT "
                 f"expects {self.config.in_channels}: the VAE belongs to another model."
             )
         if self.text_encoder.config.hidden_size != self.config.cap_feat_dim:
-            raise loader.ModelLoadError(
+            raise ModelLoadError(
                 f"The text encoder's width ({self.text_encoder.config.hidden_size}) does not match the DiT's "
                 f"caption width ({self.config.cap_feat_dim}): the components belong to another model."
             )

@@ -1,15 +1,10 @@
-"""System prompts, the prompt template, and Gemma-2 prompt encoding with a cache.
+"""System prompts and the prompt template (no torch here: the app uses these too).
 
 Template (authors and diffusers): "<system prompt> <Prompt Start> <user prompt>". The negative prompt is
-encoded as-is, without a system prompt. Features are Gemma-2's penultimate hidden state.
+encoded as-is, without a system prompt.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
-from dataclasses import dataclass
-
-import torch
 
 from .errors import RequestError
 
@@ -40,65 +35,3 @@ def system_prompt_text(name_or_text: str) -> str:
 
 def full_prompt(prompt: str, system_prompt: str) -> str:
     return f"{system_prompt} <Prompt Start> {prompt}"
-
-
-@dataclass
-class EncodedPrompt:
-    features: torch.Tensor  # (1, L, width): only real tokens, no padding
-    token_count: int  # tokens used (after truncation)
-    truncated_text: str  # what was cut off, "" when nothing
-
-
-class PromptEncoder:
-    """Tokenise and encode texts; remembers the last few encodings (prompts repeat in a queue)."""
-
-    def __init__(self, tokenizer, text_encoder, max_tokens: int = MAX_TOKENS, cache_size: int = 32):
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self.max_tokens = max_tokens
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, EncodedPrompt] = OrderedDict()
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, truncation=False).input_ids)
-
-    def truncation(self, text: str) -> tuple[list[int], str]:
-        """Token ids kept and the text cut off (empty when the text fits)."""
-        ids = self.tokenizer(text, truncation=False).input_ids
-        if len(ids) <= self.max_tokens:
-            return ids, ""
-        return ids[: self.max_tokens], self.tokenizer.decode(ids[self.max_tokens :], skip_special_tokens=True)
-
-    @torch.no_grad()
-    def encode(self, text: str) -> EncodedPrompt:
-        if text in self._cache:
-            self._cache.move_to_end(text)
-            return self._cache[text]
-        ids, cut = self.truncation(text)
-        if ids:
-            device = next(self.text_encoder.parameters()).device
-            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            output = self.text_encoder(
-                input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True
-            )
-            features = output.hidden_states[-2].cpu()
-        else:  # a tokenizer without <bos> gives no tokens for "": an empty caption, as in diffusers
-            param = next(self.text_encoder.parameters())
-            features = torch.zeros(1, 0, self.text_encoder.config.hidden_size, dtype=param.dtype)
-        encoded = EncodedPrompt(features=features, token_count=len(ids), truncated_text=cut)
-        self._cache[text] = encoded
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return encoded
-
-
-def stack_captions(encodings: list[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad several encodings into one batch: features (B, L, width) and a 0/1 mask (B, L)."""
-    width = max(e.features.shape[1] for e in encodings)
-    dim = encodings[0].features.shape[2]
-    features = encodings[0].features.new_zeros(len(encodings), width, dim)
-    mask = torch.zeros(len(encodings), width, dtype=torch.long)
-    for row, e in enumerate(encodings):
-        features[row, : e.token_count] = e.features[0]
-        mask[row, : e.token_count] = 1
-    return features, mask

@@ -29,7 +29,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_model, tmp_path_factory):
     from core.engine import Engine
-    from core.models.loader import resolve_source
+    from core.models.sources import resolve_source
 
     os.environ["LUMINA_STUDIO_HOME"] = str(tmp_path_factory.mktemp("engine-home"))
     loaded = Engine(resolve_source(tiny_model), device="cpu")
@@ -47,7 +47,7 @@ def onnx_home(tmp_path_factory) -> Path:
 def onnx_engine(tiny_model, onnx_home):
     """The tiny model on the ONNX Runtime CPU provider (exported once per test session)."""
     from core.engine import Engine
-    from core.models.loader import resolve_source
+    from core.models.sources import resolve_source
 
     previous = os.environ.get("LUMINA_STUDIO_HOME")
     os.environ["LUMINA_STUDIO_HOME"] = str(onnx_home)

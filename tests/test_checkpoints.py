@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from core.engine import Engine
 from core.errors import ModelLoadError
 from core.models.checkpoints import derive_config, original_layout, to_diffusers_layout
-from core.models.loader import load_dit, resolve_source
+from core.models.loader import load_dit
+from core.models.sources import resolve_source
 from core.models.nextdit import NextDiTConfig
 from core.request import GenerationRequest
 

@@ -8,7 +8,7 @@ from core.backends.onnx_backend import Graph, OrtStages
 from core.backends.torch_backend import TorchStages
 from core.engine import Engine
 from core.errors import DeviceError
-from core.models.loader import resolve_source
+from core.models.sources import resolve_source
 from core.request import GenerationRequest
 
 

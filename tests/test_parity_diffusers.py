@@ -62,7 +62,7 @@ def test_tokenizer_without_bos_gives_empty_negative_caption(tmp_path):
     from tokenizers import processors
 
     from core.engine import Engine
-    from core.models.loader import resolve_source
+    from core.models.sources import resolve_source
     from core.models.scaffold import build_pipeline
 
     pipe = build_pipeline(seed=1)

@@ -1,14 +1,7 @@
-"""Find and load the parts of a Lumina-Image 2.0 model.
-
-A source is either a diffusers folder (model_index.json; transformer/, text_encoder/, tokenizer/, vae/,
-scheduler/) or a single-file DiT (.safetensors / .pth) combined with the text encoder, tokenizer, VAE
-and scheduler of a diffusers folder ("components"). Every failure names the path and what is wrong.
-"""
+"""Load the parts of a Lumina-Image 2.0 model: the DiT (our NextDiT), Gemma-2, tokenizer, VAE."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,121 +9,12 @@ import torch
 from ..errors import ModelLoadError
 from .checkpoints import derive_config, read_state_dict, to_diffusers_layout
 from .nextdit import NextDiT, NextDiTConfig
+from .sources import ModelSource, read_json_file, transformer_weight_files
 
-PIPELINE_CLASSES = {"Lumina2Pipeline", "Lumina2Text2ImgPipeline"}
-COMPONENT_FOLDERS = ("text_encoder", "tokenizer", "vae")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 DEFAULT_SHIFT = 6.0
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where each part of a model comes from."""
-
-    name: str
-    dit: Path  # a diffusers folder's transformer/ folder, or a single checkpoint file
-    components: Path  # a diffusers folder providing text_encoder/, tokenizer/, vae/, scheduler/
-
-    @property
-    def is_single_file(self) -> bool:
-        return self.dit.is_file()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} is missing.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}).") from None
-
-
-def check_components(folder: Path) -> None:
-    """A folder that can supply text encoder, tokenizer and VAE: say exactly what is missing."""
-    missing = [name for name in COMPONENT_FOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise ModelLoadError(
-            f"{folder} is not a complete Lumina-Image 2.0 diffusers folder: "
-            f"missing {', '.join(name + '/' for name in missing)}."
-        )
-
-
-def check_diffusers_folder(folder: Path) -> None:
-    index = folder / "model_index.json"
-    if not index.exists():
-        raise ModelLoadError(
-            f"{folder} is not a diffusers model folder (no model_index.json). Give a Lumina-Image 2.0 "
-            "diffusers folder or a single-file DiT checkpoint."
-        )
-    class_name = _read_json(index).get("_class_name", "")
-    if class_name not in PIPELINE_CLASSES:
-        raise ModelLoadError(
-            f"{folder} holds a '{class_name or 'unknown'}' model, not Lumina-Image 2.0 (Lumina2Pipeline)."
-        )
-    if not (folder / "transformer").is_dir():
-        raise ModelLoadError(f"{folder} is not complete: the transformer/ folder is missing.")
-    check_components(folder)
-
-
-def _find_components_near(checkpoint: Path) -> Path | None:
-    """A diffusers folder next to a single-file checkpoint (same folder or a sibling), if exactly one."""
-    candidates = []
-    for base in (checkpoint.parent, checkpoint.parent.parent):
-        for folder in [base, *sorted(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []:
-            if all((folder / name).is_dir() for name in COMPONENT_FOLDERS):
-                candidates.append(folder.resolve())
-    unique = list(dict.fromkeys(candidates))
-    return unique[0] if len(unique) == 1 else None
-
-
-def resolve_source(model: str | Path, components: str | Path | None = None, name: str | None = None) -> ModelSource:
-    """Turn a path into a ModelSource, validating what can be checked without loading weights."""
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"Model not found: {path} does not exist.")
-    if path.is_dir():
-        check_diffusers_folder(path)
-        folder = path.resolve()
-        return ModelSource(name=name or folder.name, dit=folder / "transformer", components=folder)
-    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-        raise ModelLoadError(
-            f"{path} is neither a diffusers folder nor a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})."
-        )
-    if components is None:
-        found = _find_components_near(path.resolve())
-        if found is None:
-            raise ModelLoadError(
-                f"{path.name} holds only the DiT. Give the text encoder, tokenizer and VAE with "
-                "--components DIR (a Lumina-Image 2.0 diffusers folder)."
-            )
-        components = found
-    components = Path(components).expanduser()
-    if not components.is_dir():
-        raise ModelLoadError(f"Components folder not found: {components}")
-    check_components(components)
-    return ModelSource(name=name or path.stem, dit=path.resolve(), components=components.resolve())
-
-
 # ---- the DiT -----------------------------------------------------------------------------------
-
-
-def _transformer_weight_files(folder: Path) -> list[Path]:
-    for index_name in ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.exists():
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-            missing = [s for s in shards if not (folder / s).exists()]
-            if missing:
-                raise ModelLoadError(f"{folder} is partial: shard {missing[0]} listed in {index_name} is missing.")
-            return [folder / s for s in shards]
-    for single in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (folder / single).exists():
-            return [folder / single]
-    raise ModelLoadError(f"{folder} has no weights (diffusion_pytorch_model.safetensors is missing).")
-
-
-def dit_weight_files(source: ModelSource) -> list[Path]:
-    return [source.dit] if source.is_single_file else _transformer_weight_files(source.dit)
 
 
 def load_dit(source: ModelSource, dtype: torch.dtype, device: torch.device) -> NextDiT:
@@ -138,12 +22,12 @@ def load_dit(source: ModelSource, dtype: torch.dtype, device: torch.device) -> N
         state = to_diffusers_layout(read_state_dict(source.dit))
         config = derive_config(state)
     else:
-        raw = _read_json(source.dit / "config.json")
+        raw = read_json_file(source.dit / "config.json")
         if raw.get("_class_name", "Lumina2Transformer2DModel") != "Lumina2Transformer2DModel":
             raise ModelLoadError(f"{source.dit} holds a {raw['_class_name']}, not a Lumina2Transformer2DModel.")
         config = NextDiTConfig.from_dict(raw)
         state = {}
-        for file in _transformer_weight_files(source.dit):
+        for file in transformer_weight_files(source.dit):
             state.update(read_state_dict(file))
         state = to_diffusers_layout(state)
     with torch.device("meta"):
@@ -195,7 +79,7 @@ def load_text_encoder(components: Path, dtype: torch.dtype, device: torch.device
     from transformers import Gemma2Model
 
     folder = components / "text_encoder"
-    model_type = _read_json(folder / "config.json").get("model_type")
+    model_type = read_json_file(folder / "config.json").get("model_type")
     if model_type != "gemma2":
         raise ModelLoadError(f"{folder} holds a '{model_type}' model; Lumina-Image 2.0 needs a Gemma-2 text encoder.")
     try:
@@ -212,7 +96,7 @@ def load_vae(components: Path, dtype: torch.dtype, device: torch.device):
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     folder = components / "vae"
-    _read_json(folder / "config.json")
+    read_json_file(folder / "config.json")
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as exc:
@@ -225,4 +109,4 @@ def default_shift(components: Path) -> float:
     path = components / "scheduler" / "scheduler_config.json"
     if not path.exists():
         return DEFAULT_SHIFT
-    return float(_read_json(path).get("shift", DEFAULT_SHIFT))
+    return float(read_json_file(path).get("shift", DEFAULT_SHIFT))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..storage import data_dir, read_json, write_json_atomic
-from .loader import ModelSource, dit_weight_files, resolve_source
+from .sources import ModelSource, dit_weight_files, resolve_source
 
 DEMO_NAME = "demo"
 

@@ -14,11 +14,14 @@ the threshold again, freezing the image; the cap makes that impossible and rarel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import RequestError
+
+if TYPE_CHECKING:  # torch stays out of the app process, which imports this module for the settings
+    import torch
 
 COEFFICIENTS = {
     "v1": [393.76566581, -603.50993606, 209.10239044, -23.00726601, 0.86377344],

@@ -1,0 +1,125 @@
+"""Where the parts of a Lumina-Image 2.0 model are, checked without loading weights (no torch here).
+
+A source is either a diffusers folder (model_index.json; transformer/, text_encoder/, tokenizer/, vae/,
+scheduler/) or a single-file DiT (.safetensors / .pth) combined with the text encoder, tokenizer, VAE
+and scheduler of a diffusers folder ("components"). Every failure names the path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+PIPELINE_CLASSES = {"Lumina2Pipeline", "Lumina2Text2ImgPipeline"}
+COMPONENT_FOLDERS = ("text_encoder", "tokenizer", "vae")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where each part of a model comes from."""
+
+    name: str
+    dit: Path  # a diffusers folder's transformer/ folder, or a single checkpoint file
+    components: Path  # a diffusers folder providing text_encoder/, tokenizer/, vae/, scheduler/
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.dit.is_file()
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} is missing.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}).") from None
+
+
+def check_components(folder: Path) -> None:
+    """A folder that can supply text encoder, tokenizer and VAE: say exactly what is missing."""
+    missing = [name for name in COMPONENT_FOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"{folder} is not a complete Lumina-Image 2.0 diffusers folder: "
+            f"missing {', '.join(name + '/' for name in missing)}."
+        )
+
+
+def check_diffusers_folder(folder: Path) -> None:
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise ModelLoadError(
+            f"{folder} is not a diffusers model folder (no model_index.json). Give a Lumina-Image 2.0 "
+            "diffusers folder or a single-file DiT checkpoint."
+        )
+    class_name = read_json_file(index).get("_class_name", "")
+    if class_name not in PIPELINE_CLASSES:
+        raise ModelLoadError(
+            f"{folder} holds a '{class_name or 'unknown'}' model, not Lumina-Image 2.0 (Lumina2Pipeline)."
+        )
+    if not (folder / "transformer").is_dir():
+        raise ModelLoadError(f"{folder} is not complete: the transformer/ folder is missing.")
+    check_components(folder)
+
+
+def _find_components_near(checkpoint: Path) -> Path | None:
+    """A diffusers folder next to a single-file checkpoint (same folder or a sibling), if exactly one."""
+    candidates = []
+    for base in (checkpoint.parent, checkpoint.parent.parent):
+        for folder in [base, *sorted(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []:
+            if all((folder / name).is_dir() for name in COMPONENT_FOLDERS):
+                candidates.append(folder.resolve())
+    unique = list(dict.fromkeys(candidates))
+    return unique[0] if len(unique) == 1 else None
+
+
+def resolve_source(model: str | Path, components: str | Path | None = None, name: str | None = None) -> ModelSource:
+    """Turn a path into a ModelSource, validating what can be checked without loading weights."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"Model not found: {path} does not exist.")
+    if path.is_dir():
+        check_diffusers_folder(path)
+        folder = path.resolve()
+        return ModelSource(name=name or folder.name, dit=folder / "transformer", components=folder)
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelLoadError(
+            f"{path} is neither a diffusers folder nor a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})."
+        )
+    if components is None:
+        found = _find_components_near(path.resolve())
+        if found is None:
+            raise ModelLoadError(
+                f"{path.name} holds only the DiT. Give the text encoder, tokenizer and VAE with "
+                "--components DIR (a Lumina-Image 2.0 diffusers folder)."
+            )
+        components = found
+    components = Path(components).expanduser()
+    if not components.is_dir():
+        raise ModelLoadError(f"Components folder not found: {components}")
+    check_components(components)
+    return ModelSource(name=name or path.stem, dit=path.resolve(), components=components.resolve())
+
+
+def transformer_weight_files(folder: Path) -> list[Path]:
+    for index_name in ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            shards = sorted(set(read_json_file(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise ModelLoadError(f"{folder} is partial: shard {missing[0]} listed in {index_name} is missing.")
+            return [folder / s for s in shards]
+    for single in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / single).exists():
+            return [folder / single]
+    raise ModelLoadError(f"{folder} has no weights (diffusion_pytorch_model.safetensors is missing).")
+
+
+def dit_weight_files(source: ModelSource) -> list[Path]:
+    return [source.dit] if source.is_single_file else transformer_weight_files(source.dit)
