@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        from app.main_window import run  # the app: Qt only, torch stays in the engine process
+
+        return run([sys.argv[0]])
     try:
         commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models}
         return commands[args.command](args)

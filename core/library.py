@@ -65,7 +65,11 @@ class Entry:
     height: int | None
     created: float
     favourite: bool
-    settings: dict
+    settings_json: str  # parsed on demand: listing 20,000 entries must stay fast
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.settings_json)
 
 
 class Library:
@@ -182,7 +186,7 @@ class Library:
         return Entry(
             id=row["id"], path=folder / row["name"], prompt=row["prompt"], negative_prompt=row["negative_prompt"],
             model=row["model"], seed=row["seed"], width=row["width"], height=row["height"], created=row["created"],
-            favourite=bool(row["favourite"]), settings=json.loads(row["settings"]),
+            favourite=bool(row["favourite"]), settings_json=row["settings"],
         )
 
     # ---- changing --------------------------------------------------------------------------------

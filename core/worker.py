@@ -83,7 +83,7 @@ def _child_main(options: WorkerOptions, jobs, events, cancel) -> None:
 
         finished = []
 
-        def on_image(result, job_id=job.id):
+        def on_image(result, job_id=job.id, finished=finished):
             events.put({"type": "image", "job": job_id, "image": len(finished), "path": str(result.path),
                         "settings": result.settings, "evaluations": result.evaluations})
             finished.append(result.path)

@@ -40,3 +40,10 @@ def test_hash_is_cached_and_tracks_content(tiny_model, data_home):
     first = model_hash(source)
     assert len(first) == 64 and model_hash(source) == first
     assert (data_home / "cache" / "hashes.json").exists()
+
+
+def test_describe_weights_reads_headers_only(tiny_model):
+    from core.models.sources import describe_weights, resolve_source
+
+    size, precision = describe_weights(resolve_source(tiny_model))
+    assert size > 0 and precision == "fp32"

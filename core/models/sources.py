@@ -123,3 +123,22 @@ def transformer_weight_files(folder: Path) -> list[Path]:
 
 def dit_weight_files(source: ModelSource) -> list[Path]:
     return [source.dit] if source.is_single_file else transformer_weight_files(source.dit)
+
+
+def describe_weights(source: ModelSource) -> tuple[int, str]:
+    """Size in bytes of the DiT weights and their precision, read from safetensors headers (no loading)."""
+    files = dit_weight_files(source)
+    size = sum(f.stat().st_size for f in files)
+    dtypes: set[str] = set()
+    for file in files:
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with open(file, "rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(min(length, 100_000_000)))
+        except (OSError, ValueError):
+            raise ModelLoadError(f"{file} is not a readable .safetensors file.") from None
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    names = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F8_E4M3": "fp8"}
+    return size, "/".join(sorted(names.get(d, d.lower()) for d in dtypes)) or "unknown"

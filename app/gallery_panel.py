@@ -1,0 +1,353 @@
+"""Gallery: a virtualised thumbnail grid over the library, search and filters, details, trash and export.
+
+Thumbnails are decoded on a thread pool (QImageReader at the thumbnail size) and cached; the GUI thread
+only turns finished QImages into pixmaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from datetime import datetime
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QRunnable, QSize, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtGui import QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
+    QLabel, QLineEdit, QListView, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
+)
+
+from core.errors import LuminaError
+from core.library import Entry, Library
+
+from .image_view import ImageView
+
+THUMBNAIL = 160
+DETAIL = 512
+DATE_FILTERS = {"Any date": None, "Today": 1, "Last 7 days": 7, "Last 30 days": 30}
+
+
+class _Loaded(QObject):
+    done = Signal(str, int, QImage)  # path, requested size, image
+
+
+class _LoadImage(QRunnable):
+    def __init__(self, path: str, size: int, signals: _Loaded):
+        super().__init__()
+        self.path, self.size, self.signals = path, size, signals
+
+    def run(self):
+        reader = QImageReader(self.path)
+        original = reader.size()
+        if original.isValid():
+            reader.setScaledSize(original.scaled(self.size, self.size, Qt.KeepAspectRatio))
+        self.signals.done.emit(self.path, self.size, reader.read())  # a null image when unreadable
+
+
+class ImageLoader(QObject):
+    """Decodes images off the GUI thread; remembers the last few hundred results."""
+
+    loaded = Signal(str, int)
+
+    def __init__(self, parent=None, capacity: int = 600):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(2)
+        self.signals = _Loaded()
+        self.signals.done.connect(self._store)
+        self.cache: OrderedDict[tuple[str, int], QPixmap] = OrderedDict()
+        self.capacity = capacity
+        self._waiting: set[tuple[str, int]] = set()
+
+    def get(self, path: str, size: int) -> QPixmap | None:
+        key = (path, size)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        if key not in self._waiting:
+            self._waiting.add(key)
+            self.pool.start(_LoadImage(path, size, self.signals))
+        return None
+
+    def _store(self, path: str, size: int, image: QImage) -> None:
+        self._waiting.discard((path, size))
+        self.cache[(path, size)] = QPixmap.fromImage(image)
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        self.loaded.emit(path, size)
+
+
+class GalleryModel(QAbstractListModel):
+    def __init__(self, loader: ImageLoader, parent=None):
+        super().__init__(parent)
+        self.entries: list[Entry] = []
+        self.loader = loader
+        self._rows: dict[str, int] = {}
+        # Same size as a thumbnail, so the grid lays out once, before the images arrive.
+        self.placeholder = QPixmap(THUMBNAIL, THUMBNAIL)
+        self.placeholder.fill(Qt.gray)
+        loader.loaded.connect(self._thumbnail_ready)
+
+    def set_entries(self, entries: list[Entry]) -> None:
+        self.beginResetModel()
+        self.entries = entries
+        self._rows = {str(e.path): row for row, e in enumerate(entries)}
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()):  # noqa: N802
+        return 0 if parent.isValid() else len(self.entries)
+
+    def data(self, index, role=Qt.DisplayRole):
+        entry = self.entries[index.row()]
+        if role == Qt.DecorationRole:
+            return self.loader.get(str(entry.path), THUMBNAIL) or self.placeholder
+        if role == Qt.DisplayRole:
+            star = "★ " if entry.favourite else ""
+            return star + (entry.prompt[:40] or "(empty prompt)")
+        if role == Qt.ToolTipRole:
+            return entry.prompt
+        if role == Qt.UserRole:
+            return entry
+        return None
+
+    def _thumbnail_ready(self, path: str, size: int) -> None:
+        row = self._rows.get(path)
+        if row is not None and size == THUMBNAIL:
+            index = self.index(row)
+            self.dataChanged.emit(index, index, [Qt.DecorationRole])
+
+
+class ExportDialog(QDialog):
+    def __init__(self, count: int, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Export {count} image(s)")
+        self.kind = QComboBox()
+        self.kind.addItems(["Folder", "Zip archive"])
+        self.path = QLineEdit()
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.strip = QCheckBox("Remove prompts and settings from the files (privacy)")
+        row = QHBoxLayout()
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+        form = QFormLayout(self)
+        form.addRow("Export as", self.kind)
+        form.addRow("To", row)
+        form.addRow("", self.strip)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _browse(self):
+        if self.kind.currentIndex() == 0:
+            chosen = QFileDialog.getExistingDirectory(self, "Export to folder")
+        else:
+            chosen = QFileDialog.getSaveFileName(self, "Export as zip", "images.zip", "Zip archives (*.zip)")[0]
+        if chosen:
+            self.path.setText(chosen)
+
+    def target(self) -> str:
+        text = self.path.text().strip()
+        if self.kind.currentIndex() == 1 and text and not text.lower().endswith(".zip"):
+            text += ".zip"
+        return text
+
+
+class GalleryPanel(QWidget):
+    use_settings = Signal(dict)
+    use_seed = Signal(int)
+    status = Signal(str)
+
+    def __init__(self, library: Library | None, parent=None):
+        super().__init__(parent)
+        self.library = library
+        self.undo_stack: list[list[int]] = []
+        self.loader = ImageLoader(self)
+        self.loader.loaded.connect(self._detail_ready)
+        self.model = GalleryModel(self.loader, self)
+        self._build()
+        self._search_timer = QTimer(self, singleShot=True, interval=200, timeout=self.refresh)
+        self.search.textChanged.connect(self._search_timer.start)
+        self.refresh()
+
+    def _build(self) -> None:
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search prompts (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.model_filter = QComboBox()
+        self.date_filter = QComboBox()
+        self.date_filter.addItems(list(DATE_FILTERS))
+        self.favourites = QCheckBox("Favourites")
+        for signal in (self.model_filter.activated, self.date_filter.activated, self.favourites.toggled):
+            signal.connect(self.refresh)
+        self.count_label = QLabel()
+        bar = QHBoxLayout()
+        bar.addWidget(self.search, 1)
+        bar.addWidget(self.model_filter)
+        bar.addWidget(self.date_filter)
+        bar.addWidget(self.favourites)
+        bar.addWidget(self.count_label)
+
+        self.grid = QListView()
+        self.grid.setViewMode(QListView.IconMode)
+        self.grid.setResizeMode(QListView.Adjust)
+        self.grid.setMovement(QListView.Static)
+        self.grid.setUniformItemSizes(True)
+        self.grid.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
+        self.grid.setGridSize(QSize(THUMBNAIL + 24, THUMBNAIL + 40))
+        self.grid.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.grid.setModel(self.model)
+        self.grid.selectionModel().selectionChanged.connect(self._show_details)
+
+        self.detail_image = ImageView("Select an image")
+        self.details = QTextBrowser()
+        actions = QHBoxLayout()
+        for label, slot, tip in (
+            ("★ Star", self.toggle_favourite, "Mark or unmark as favourite"),
+            ("Use settings", self._use_settings, "Copy every setting to the Generate panel"),
+            ("Use seed", self._use_seed, "Copy only the seed to the Generate panel"),
+            ("Delete", self.delete_selected, "Move to the trash (Ctrl+Z brings it back)"),
+            ("Export…", self.export_dialog, "Copy to a folder or a zip, with a metadata.jsonl manifest"),
+        ):
+            button = QPushButton(label)
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            actions.addWidget(button)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.detail_image, 1)
+        side_layout.addWidget(self.details, 1)
+        side_layout.addLayout(actions)
+
+        self.splitter = QSplitter()
+        self.splitter.addWidget(self.grid)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([760, 480])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addLayout(bar)
+        layout.addWidget(self.splitter, 1)
+
+    # ---- listing ------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        if self.library is None:
+            self.count_label.setText("No library")
+            return
+        current_model = self.model_filter.currentData()
+        self.model_filter.blockSignals(True)
+        self.model_filter.clear()
+        self.model_filter.addItem("All models", None)
+        for name in self.library.models():
+            self.model_filter.addItem(name, name)
+        self.model_filter.setCurrentIndex(max(0, self.model_filter.findData(current_model)))
+        self.model_filter.blockSignals(False)
+        days = DATE_FILTERS[self.date_filter.currentText()]
+        since = time.time() - days * 86400 if days else None
+        entries = self.library.search(self.search.text(), model=self.model_filter.currentData(),
+                                      favourites_only=self.favourites.isChecked(), since=since, limit=-1)
+        self.model.set_entries(entries)
+        self.count_label.setText(f"{len(entries)} image(s)")
+        self._show_details()
+
+    def add_image(self, path: str) -> None:
+        if self.library is None:
+            return
+        try:
+            self.library.add(path)
+        except LuminaError as exc:
+            self.status.emit(f"Could not add {path} to the library: {exc}")
+        self.refresh()
+
+    def selected(self) -> list[Entry]:
+        return [index.data(Qt.UserRole) for index in self.grid.selectionModel().selectedIndexes()]
+
+    def select_row(self, row: int) -> None:
+        self.grid.setCurrentIndex(self.model.index(row))
+
+    def _show_details(self, *_):
+        entries = self.selected()
+        if not entries:
+            self.detail_image.clear_image()
+            self.details.clear()
+            return
+        entry = entries[0]
+        pixmap = self.loader.get(str(entry.path), DETAIL)
+        if pixmap is not None:
+            self.detail_image.show_pixmap(pixmap)
+        s = entry.settings
+        rows = [("Prompt", entry.prompt), ("Negative", entry.negative_prompt), ("Model", entry.model),
+                ("Seed", entry.seed), ("Size", f"{entry.width}x{entry.height}"), ("Steps", s.get("steps")),
+                ("Solver", s.get("solver")), ("Guidance", s.get("guidance")), ("CFG truncation", s.get("cfg_trunc")),
+                ("CFG renorm", s.get("cfg_renorm")), ("System prompt", s.get("system_prompt")),
+                ("Cache", s.get("cache")), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
+                ("File", entry.path.name)]
+        html = "".join(f"<b>{k}</b>: {_escape(v)}<br>" for k, v in rows if v not in (None, ""))
+        self.details.setHtml(html)
+
+    def _detail_ready(self, path: str, size: int) -> None:
+        entries = self.selected()
+        if size == DETAIL and entries and str(entries[0].path) == path:
+            self.detail_image.show_pixmap(self.loader.cache[(path, size)])
+
+    # ---- actions ------------------------------------------------------------------------------------
+
+    def toggle_favourite(self) -> None:
+        for entry in self.selected():
+            self.library.set_favourite(entry.id, not entry.favourite)
+        self.refresh()
+
+    def delete_selected(self) -> None:
+        ids = [e.id for e in self.selected()]
+        if not ids:
+            return
+        self.library.trash(ids)
+        self.undo_stack.append(ids)
+        self.status.emit(f"Moved {len(ids)} image(s) to the trash. Ctrl+Z brings them back.")
+        self.refresh()
+
+    def undo_delete(self) -> None:
+        if self.undo_stack:
+            ids = self.undo_stack.pop()
+            self.library.restore(ids)
+            self.status.emit(f"Restored {len(ids)} image(s).")
+            self.refresh()
+
+    def empty_trash(self) -> int:
+        removed = self.library.empty_trash()
+        self.undo_stack.clear()
+        self.status.emit(f"Deleted {removed} image(s) for good.")
+        return removed
+
+    def export_dialog(self) -> None:
+        entries = self.selected()
+        if not entries:
+            self.status.emit("Select the images to export first.")
+            return
+        dialog = ExportDialog(len(entries), self)
+        if dialog.exec() == QDialog.Accepted and dialog.target():
+            self.export_selection(dialog.target(), dialog.strip.isChecked())
+
+    def export_selection(self, target: str, strip_metadata: bool) -> None:
+        try:
+            out = self.library.export([e.id for e in self.selected()], target, strip_metadata)
+            self.status.emit(f"Exported to {out}")
+        except LuminaError as exc:
+            self.status.emit(str(exc))
+
+    def _use_settings(self) -> None:
+        entries = self.selected()
+        if entries:
+            self.use_settings.emit(entries[0].settings)
+
+    def _use_seed(self) -> None:
+        entries = self.selected()
+        if entries and entries[0].seed is not None:
+            self.use_seed.emit(entries[0].seed)
+
+
+def _escape(value) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

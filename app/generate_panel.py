@@ -1,0 +1,391 @@
+"""Generate panel: the prompt and settings form, the job queue, progress with ETA, live previews."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget,
+    QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
+    QVBoxLayout, QWidget,
+)
+
+from core.errors import LuminaError
+from core.metadata import read_settings
+from core.prompts import SYSTEM_PROMPTS
+from core.request import SOLVER_NAMES, GenerationRequest
+from core.sampling.cache import APP_PRESETS
+from core.sizes import trained_sizes
+
+from .image_view import ImageView
+
+SEED_MODES = ("random", "fixed", "increment")
+CUSTOM_SIZE = "Custom"
+
+
+class GeneratePanel(QWidget):
+    generate_requested = Signal(dict)  # a validated GenerationRequest as a dict
+    model_manager_requested = Signal()
+    model_changed = Signal(str)
+    backend_changed = Signal(str)
+
+    def __init__(self, client, parent=None):
+        super().__init__(parent)
+        self.client = client
+        self.setAcceptDrops(True)
+        self._token_request: int | None = None
+        self._jobs: dict[int, str] = {}  # job id -> label
+        self._build()
+        self._token_timer = QTimer(self, singleShot=True, interval=300, timeout=self.ask_token_count)
+        self.prompt.textChanged.connect(self._token_timer.start)
+        self.system_prompt.currentTextChanged.connect(self._token_timer.start)
+        client.tokens.connect(self._on_tokens)
+        client.started.connect(self._on_started)
+        client.progress.connect(self._on_progress)
+        client.preview.connect(self._on_preview)
+        client.image_done.connect(self._on_image)
+        client.job_finished.connect(self._on_finished)
+        client.queue_changed.connect(self._refresh_queue)
+
+    # ---- layout -----------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        form = QFormLayout()
+        self.model = QComboBox()
+        self.model.setMinimumContentsLength(16)
+        self.model.activated.connect(lambda _: self.model_changed.emit(self.model.currentData() or ""))
+        manage = QPushButton("Manage…")
+        manage.clicked.connect(self.model_manager_requested)
+        row = QHBoxLayout()
+        row.addWidget(self.model, 1)
+        row.addWidget(manage)
+        form.addRow("Model", row)
+
+        self.prompt = QPlainTextEdit()
+        self.prompt.setPlaceholderText("Describe the image…  (Ctrl+Enter to generate)")
+        self.prompt.setMinimumHeight(90)
+        self.tokens = QLabel(" ")
+        self.negative = QPlainTextEdit()
+        self.negative.setPlaceholderText("Negative prompt (optional)")
+        self.negative.setMaximumHeight(60)
+        self.system_prompt = QComboBox()
+        self.system_prompt.addItems(list(SYSTEM_PROMPTS))
+        self.system_prompt.setToolTip("The system prompt written before your prompt (the model was trained with these)")
+        form.addRow("Prompt", self.prompt)
+        form.addRow("", self.tokens)
+        form.addRow("Negative", self.negative)
+        form.addRow("System prompt", self.system_prompt)
+
+        self.size = QComboBox()
+        for width, height in trained_sizes():
+            self.size.addItem(f"{width} x {height}", (width, height))
+        self.size.addItem(CUSTOM_SIZE, None)
+        self.width_box, self.height_box = QSpinBox(), QSpinBox()
+        for box in (self.width_box, self.height_box):
+            box.setRange(16, 8192)
+            box.setSingleStep(16)
+            box.setValue(1024)
+        self.size.currentIndexChanged.connect(self._size_chosen)
+        self.size.setCurrentIndex(self.size.findData((1024, 1024)))
+        sizes = QHBoxLayout()
+        sizes.addWidget(self.size, 1)
+        sizes.addWidget(self.width_box)
+        sizes.addWidget(QLabel("x"))
+        sizes.addWidget(self.height_box)
+        form.addRow("Size", sizes)
+
+        self.steps = QSpinBox(minimum=1, maximum=1000, value=18)
+        self.guidance = QDoubleSpinBox(minimum=0, maximum=30, singleStep=0.5, value=4.0)
+        self.cfg_trunc = QDoubleSpinBox(minimum=0, maximum=1, singleStep=0.05, value=0.25)
+        self.cfg_trunc.setToolTip("Guide only while t < this (t = 0 is noise, 1 the image); 1 guides every step")
+        self.cfg_renorm = QDoubleSpinBox(minimum=0, maximum=10, singleStep=0.5, value=1.0)
+        self.cfg_renorm.setToolTip("Cap the guided velocity at this multiple of the conditional one (0 = off)")
+        self.solver = QComboBox()
+        self.solver.addItems(SOLVER_NAMES)
+        self.solver.setCurrentText("midpoint")
+        form.addRow("Steps", self.steps)
+        form.addRow("Guidance", self.guidance)
+        form.addRow("CFG truncation", self.cfg_trunc)
+        form.addRow("CFG renorm", self.cfg_renorm)
+        form.addRow("Solver", self.solver)
+
+        self.seed_mode = QComboBox()
+        self.seed_mode.addItems(SEED_MODES)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        seeds = QHBoxLayout()
+        seeds.addWidget(self.seed_mode)
+        seeds.addWidget(self.seed, 1)
+        form.addRow("Seed", seeds)
+        self.count = QSpinBox(minimum=1, maximum=100, value=1)
+        form.addRow("Images", self.count)
+        self.backend = QComboBox()
+        self.backend.addItems(["auto", "torch", "onnx"])
+        self.backend.setToolTip("auto: whichever backend measured faster on this machine")
+        self.backend.activated.connect(lambda _: self.backend_changed.emit(self.backend.currentText()))
+        self.cache = QComboBox()
+        self.cache.addItems(APP_PRESETS)
+        self.cache.setToolTip("Skip transformer work that barely changes between steps (higher = faster, softer)")
+        form.addRow("Backend", self.backend)
+        form.addRow("Step cache", self.cache)
+
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.clicked.connect(self.request_generation)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setStyleSheet("color: #c0392b;")
+
+        form_widget = QWidget()
+        form_box = QVBoxLayout(form_widget)
+        form_box.addLayout(form)
+        form_box.addWidget(self.generate_button)
+        form_box.addWidget(self.message)
+        form_box.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(form_widget)
+        scroll.setMinimumWidth(380)
+
+        self.view = ImageView("Your image appears here")
+        self.parameters = QLabel()
+        self.parameters.setWordWrap(True)
+        self.parameters.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.progress = QProgressBar()
+        self.progress.setFormat("Idle")
+        self.progress.setValue(0)
+
+        queue_box = QGroupBox("Queue")
+        self.queue = QListWidget()
+        self.queue.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.queue.setMaximumHeight(120)
+        buttons = QHBoxLayout()
+        for label, slot, tip in (
+            ("Up", lambda: self._move_selected(-1), "Run this job earlier"),
+            ("Down", lambda: self._move_selected(1), "Run this job later"),
+            ("Cancel", self.cancel_selected, "Cancel the selected job"),
+            ("Cancel waiting", self.client.cancel_pending, "Cancel every waiting job; the running one goes on"),
+            ("Stop (Esc)", self.client.cancel_current, "Stop the running job"),
+        ):
+            button = QPushButton(label)
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        queue_layout = QVBoxLayout(queue_box)
+        queue_layout.addWidget(self.queue)
+        queue_layout.addLayout(buttons)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.addWidget(self.view, 1)
+        right_layout.addWidget(self.parameters)
+        right_layout.addWidget(self.progress)
+        right_layout.addWidget(queue_box)
+
+        self.splitter = QSplitter()
+        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([400, 880])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.splitter)
+
+    def _size_chosen(self) -> None:
+        size = self.size.currentData()
+        custom = size is None
+        self.width_box.setEnabled(custom)
+        self.height_box.setEnabled(custom)
+        if size:
+            self.width_box.setValue(size[0])
+            self.height_box.setValue(size[1])
+
+    # ---- models -------------------------------------------------------------------------------------
+
+    def set_models(self, entries: list[dict], current: str | None) -> None:
+        self.model.clear()
+        for entry in entries:
+            self.model.addItem(entry["name"], entry["name"])
+        if current and self.model.findData(current) < 0:
+            self.model.addItem(Path(current).name, current)
+        if current:
+            self.model.setCurrentIndex(self.model.findData(current))
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    def form_values(self) -> dict:
+        """Everything the form holds, for QSettings."""
+        return {
+            "prompt": self.prompt.toPlainText(), "negative_prompt": self.negative.toPlainText(),
+            "system_prompt": self.system_prompt.currentText(), "width": self.width_box.value(),
+            "height": self.height_box.value(), "steps": self.steps.value(), "guidance": self.guidance.value(),
+            "cfg_trunc": self.cfg_trunc.value(), "cfg_renorm": self.cfg_renorm.value(),
+            "solver": self.solver.currentText(), "seed_mode": self.seed_mode.currentText(),
+            "seed": self.seed.value(), "count": self.count.value(), "cache": self.cache.currentText(),
+            "backend": self.backend.currentText(),
+        }
+
+    def apply_values(self, values: dict) -> None:
+        """Fill the form from saved values or from an image's settings (unknown keys are ignored)."""
+        if "prompt" in values:
+            self.prompt.setPlainText(values["prompt"] or "")
+        if "negative_prompt" in values:
+            self.negative.setPlainText(values["negative_prompt"] or "")
+        if values.get("system_prompt") in SYSTEM_PROMPTS:
+            self.system_prompt.setCurrentText(values["system_prompt"])
+        if "width" in values and "height" in values:
+            index = self.size.findData((int(values["width"]), int(values["height"])))
+            self.size.setCurrentIndex(index if index >= 0 else self.size.findData(None))
+            self.width_box.setValue(int(values["width"]))
+            self.height_box.setValue(int(values["height"]))
+        for key, box in (("steps", self.steps), ("count", self.count)):
+            if isinstance(values.get(key), (int, float)):
+                box.setValue(int(values[key]))
+        for key, box in (("guidance", self.guidance), ("cfg_trunc", self.cfg_trunc), ("cfg_renorm", self.cfg_renorm)):
+            if isinstance(values.get(key), (int, float)):
+                box.setValue(float(values[key]))
+        for key, combo in (("solver", self.solver), ("seed_mode", self.seed_mode), ("cache", self.cache),
+                           ("backend", self.backend)):
+            if values.get(key) is not None and combo.findText(str(values[key])) >= 0:
+                combo.setCurrentText(str(values[key]))
+        if isinstance(values.get("seed"), int) and values["seed"] <= self.seed.maximum():
+            self.seed.setValue(values["seed"])
+
+    def use_seed(self, seed: int) -> None:
+        self.seed_mode.setCurrentText("fixed")
+        self.seed.setValue(min(seed, self.seed.maximum()))
+
+    def request_generation(self) -> None:
+        values = self.form_values()
+        if values["seed_mode"] == "random":
+            self.seed.setValue(random.randrange(self.seed.maximum()))
+        request = GenerationRequest(
+            prompt=values["prompt"], negative_prompt=values["negative_prompt"],
+            system_prompt=values["system_prompt"], width=values["width"], height=values["height"],
+            steps=values["steps"], guidance=values["guidance"], cfg_trunc=values["cfg_trunc"],
+            cfg_renorm=values["cfg_renorm"], solver=values["solver"], seed=self.seed.value(),
+            count=values["count"], cache=values["cache"],
+        )
+        try:
+            request.validate()
+        except LuminaError as exc:
+            self.message.setText(str(exc))
+            return
+        self.message.setText("")
+        self.generate_requested.emit(request.to_dict())
+        if values["seed_mode"] == "increment":
+            self.seed.setValue(min(self.seed.value() + values["count"], self.seed.maximum()))
+
+    def job_added(self, job_id: int, request: dict) -> None:
+        self._jobs[job_id] = f"#{job_id}  {request['prompt'][:60] or '(empty prompt)'}  ·  {request['count']} image(s)"
+        self._refresh_queue()
+
+    def cancel_selected(self) -> None:
+        item = self.queue.currentItem()
+        if item is not None:
+            self.client.cancel(item.data(Qt.UserRole))
+
+    def _move_selected(self, delta: int) -> None:
+        item = self.queue.currentItem()
+        worker = self.client.worker
+        if item is None or worker is None:
+            return
+        job_id = item.data(Qt.UserRole)
+        ids = [job.id for job in worker.pending]
+        if job_id in ids:
+            self.client.move(job_id, ids.index(job_id) + delta)
+            self._select(job_id)
+
+    def _select(self, job_id: int) -> None:
+        for row in range(self.queue.count()):
+            if self.queue.item(row).data(Qt.UserRole) == job_id:
+                self.queue.setCurrentRow(row)
+
+    def _refresh_queue(self) -> None:
+        worker = self.client.worker
+        selected = self.queue.currentItem().data(Qt.UserRole) if self.queue.currentItem() else None
+        self.queue.clear()
+        if worker is None:
+            return
+        jobs = ([worker.current] if worker.current else []) + list(worker.pending)
+        for job in jobs:
+            running = worker.current is not None and job.id == worker.current.id
+            label = self._jobs.get(job.id, f"#{job.id}")
+            item = QListWidgetItem(("▶ " if running else "  ") + label)
+            item.setData(Qt.UserRole, job.id)
+            self.queue.addItem(item)
+        if selected is not None:
+            self._select(selected)
+
+    # ---- engine events ------------------------------------------------------------------------------
+
+    def ask_token_count(self) -> None:
+        self._token_request = self.client.count_tokens(self.prompt.toPlainText(), self.system_prompt.currentText())
+
+    def _on_tokens(self, event: dict) -> None:
+        if event["request"] != self._token_request or event["count"] < 0:
+            return
+        count, limit = event["count"], event["limit"]
+        if count > limit:
+            self.tokens.setText(f"{count} / {limit} tokens — the end of the prompt will be cut off")
+            self.tokens.setStyleSheet("color: #c0392b;")
+        else:
+            self.tokens.setText(f"{count} / {limit} tokens (system prompt included)")
+            self.tokens.setStyleSheet("")
+
+    def _on_started(self, job_id: int) -> None:
+        self.progress.setValue(0)
+        self.progress.setFormat(f"Job #{job_id}: starting…")
+
+    def _on_progress(self, event: dict) -> None:
+        self.progress.setMaximum(event["total"])
+        self.progress.setValue(event["step"])
+        image = f"image {event['image'] + 1}/{event['count']}, " if event["count"] > 1 else ""
+        self.progress.setFormat(f"Job #{event['job']}: {image}step {event['step']}/{event['total']}, "
+                                f"{event['eta']:.0f} s left")
+
+    def _on_preview(self, event: dict) -> None:
+        image = QImage(event["rgb"], event["width"], event["height"], 3 * event["width"], QImage.Format_RGB888)
+        self.view.show_pixmap(QPixmap.fromImage(image.copy()))
+        self.last_preview = event["job"]
+
+    def _on_image(self, event: dict) -> None:
+        pixmap = QPixmap(event["path"])
+        if not pixmap.isNull():
+            self.view.show_pixmap(pixmap)
+        s = event["settings"]
+        self.parameters.setText(
+            f"{s['width']}x{s['height']} · seed {s['seed']} · {s['solver']} {s['steps']} steps · guidance "
+            f"{s['guidance']} · {event['evaluations']} transformer passes\n{Path(event['path']).name}"
+        )
+
+    def _on_finished(self, job_id: int, outcome: str, message: str) -> None:
+        if outcome == "error":
+            self.message.setText(message)
+        self.progress.setFormat(f"Job #{job_id} done" if outcome == "done" else f"Job #{job_id} {outcome}")
+        if outcome == "done":
+            self.progress.setValue(self.progress.maximum())
+
+    # ---- drop an image to load its settings ---------------------------------------------------------
+
+    def dragEnterEvent(self, event):  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):  # noqa: N802
+        for url in event.mimeData().urls():
+            self.load_settings_from(url.toLocalFile())
+            break
+
+    def load_settings_from(self, path: str) -> None:
+        try:
+            settings = read_settings(path)
+        except LuminaError as exc:
+            self.message.setText(str(exc))
+            return
+        self.apply_values(settings)
+        if isinstance(settings.get("seed"), int):
+            self.use_seed(settings["seed"])
+        self.message.setText(f"Loaded the settings of {Path(path).name} ({settings['source']}).")

@@ -1,0 +1,37 @@
+"""A label that shows one image scaled to fit, keeping its aspect ratio."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import QLabel, QSizePolicy
+
+
+class ImageView(QLabel):
+    def __init__(self, placeholder: str):
+        super().__init__(placeholder)
+        self.placeholder = placeholder
+        self.setAlignment(Qt.AlignCenter)
+        self.setMinimumSize(200, 200)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
+        self._pixmap: QPixmap | None = None
+
+    def show_pixmap(self, pixmap: QPixmap) -> None:
+        self._pixmap = pixmap
+        self._rescale()
+
+    def clear_image(self) -> None:
+        self._pixmap = None
+        self.setPixmap(QPixmap())
+        self.setText(self.placeholder)
+
+    def has_image(self) -> bool:
+        return self._pixmap is not None and not self._pixmap.isNull()
+
+    def resizeEvent(self, event):  # noqa: N802 (Qt naming)
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self.has_image():
+            self.setPixmap(self._pixmap.scaled(self.size(), Qt.KeepAspectRatio, Qt.SmoothTransformation))

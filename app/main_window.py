@@ -1,0 +1,288 @@
+"""The main window: Generate and Gallery tabs, menus, shortcuts, settings that survive a restart."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+from PySide6 import __version__ as pyside_version
+from PySide6.QtCore import QSettings, Qt, qVersion
+from PySide6.QtGui import QAction, QColor, QKeySequence, QPalette, QShortcut
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+
+from core import __version__
+from core.errors import LuminaError
+from core.library import Library
+from core.models.registry import list_models
+from core.storage import data_dir, library_dir
+from core.worker import WorkerOptions
+
+from .engine_client import EngineClient
+from .gallery_panel import GalleryPanel
+from .generate_panel import GeneratePanel
+from .model_manager import ModelManager
+
+THEMES = ("system", "light", "dark")
+
+
+def settings_store() -> QSettings:
+    return QSettings(str(data_dir() / "settings.ini"), QSettings.IniFormat)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, device: str = "auto"):
+        super().__init__()
+        self.setWindowTitle("Lumina Studio")
+        self.device = device
+        self.settings = settings_store()
+        self.client = EngineClient(self)
+        self.library, library_problem = self._open_library()
+
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.setMargin(6)
+        self.generate = GeneratePanel(self.client)
+        self.gallery = GalleryPanel(self.library)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.generate, "Generate")
+        self.tabs.addTab(self.gallery, "Gallery")
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
+        self._connect()
+        self._restore()
+        if library_problem:
+            self.show_banner(library_problem, error=True)
+        self.start_engine()
+
+    # ---- set-up -------------------------------------------------------------------------------------
+
+    def _open_library(self):
+        try:
+            return Library(library_dir()), None
+        except LuminaError as exc:
+            return None, f"{exc} Images cannot be saved until this is fixed."
+
+    def _build_menus(self) -> None:
+        def action(menu, text, slot, shortcut=None):
+            item = QAction(text, self)
+            item.triggered.connect(slot)
+            if shortcut:
+                item.setShortcut(QKeySequence(shortcut))
+            menu.addAction(item)
+            return item
+
+        file_menu = self.menuBar().addMenu("&File")
+        action(file_menu, "&Models…", self.manage_models)
+        action(file_menu, "&Export selected images…", self.gallery.export_dialog, "Ctrl+E")
+        action(file_menu, "&Rebuild library from files", self.rebuild_library)
+        file_menu.addSeparator()
+        action(file_menu, "&Quit", self.close, QKeySequence.Quit)
+        edit_menu = self.menuBar().addMenu("&Edit")
+        action(edit_menu, "&Undo delete", self.gallery.undo_delete, QKeySequence.Undo)
+        action(edit_menu, "&Delete selected images", self.gallery.delete_selected, QKeySequence.Delete)
+        action(edit_menu, "Empty &trash…", self.empty_trash)
+        view_menu = self.menuBar().addMenu("&View")
+        for theme in THEMES:
+            action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
+        help_menu = self.menuBar().addMenu("&Help")
+        action(help_menu, "&About Lumina Studio", self.about)
+
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            QShortcut(QKeySequence(keys), self, self.generate.request_generation)
+        QShortcut(QKeySequence("Esc"), self, self.client.cancel_current)
+        QShortcut(QKeySequence.Find, self, self.focus_search)
+
+    def _connect(self) -> None:
+        self.generate.generate_requested.connect(self.submit)
+        self.generate.model_manager_requested.connect(self.manage_models)
+        self.generate.model_changed.connect(lambda _: self.start_engine())
+        self.generate.backend_changed.connect(lambda _: self.start_engine())
+        self.gallery.use_settings.connect(self._use_settings)
+        self.gallery.use_seed.connect(lambda seed: (self.generate.use_seed(seed), self.tabs.setCurrentWidget(self.generate)))
+        self.gallery.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.client.ready.connect(self._engine_ready)
+        self.client.load_error.connect(lambda message: self.show_banner(f"The model could not be loaded: {message}", True))
+        self.client.crashed.connect(lambda message: self.show_banner(message, True))
+        self.client.image_done.connect(lambda event: self.gallery.add_image(event["path"]))
+
+    # ---- engine -------------------------------------------------------------------------------------
+
+    def current_model(self) -> str | None:
+        chosen = self.generate.model.currentData()
+        if chosen:
+            return chosen
+        saved = self.settings.value("model")
+        if saved:
+            return saved
+        models = list_models()
+        return models[-1]["name"] if models else None
+
+    def start_engine(self) -> None:
+        model = self.current_model()
+        self.generate.set_models(list_models(), model)
+        if not model:
+            self.client.stop()
+            self.show_banner("No model yet. Add a Lumina-Image 2.0 diffusers folder or checkpoint with "
+                             "File → Models… (or the Manage… button).", error=True)
+            return
+        self.settings.setValue("model", model)
+        self.show_banner(f"Loading {model}…")
+        self.client.start(WorkerOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
+
+    def _engine_ready(self, event: dict) -> None:
+        run = event["run"]
+        self.show_banner("")
+        self.generate.ask_token_count()
+        self.statusBar().showMessage(
+            f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
+
+    def submit(self, request: dict) -> None:
+        if self.client.worker is None:
+            self.show_banner("No model is loaded: choose one with File → Models….", error=True)
+            return
+        job = self.client.submit(request, str(library_dir()))
+        self.generate.job_added(job, request)
+
+    def _use_settings(self, settings: dict) -> None:
+        self.generate.apply_values(settings)
+        if isinstance(settings.get("seed"), int):
+            self.generate.use_seed(settings["seed"])
+        self.tabs.setCurrentWidget(self.generate)
+
+    # ---- actions ------------------------------------------------------------------------------------
+
+    def show_banner(self, text: str, error: bool = False) -> None:
+        self.banner.setText(text)
+        self.banner.setVisible(bool(text))
+        self.banner.setStyleSheet("background: #fdecea; color: #611a15;" if error else "background: #e8f0fe; color: #174ea6;")
+
+    def focus_search(self) -> None:
+        self.tabs.setCurrentWidget(self.gallery)
+        self.gallery.search.setFocus()
+        self.gallery.search.selectAll()
+
+    def manage_models(self) -> None:
+        dialog = ModelManager(self)
+        dialog.exec()
+        if getattr(dialog, "added", None):
+            self.settings.setValue("model", dialog.added)
+            self.generate.set_models(list_models(), dialog.added)
+            self.start_engine()
+        else:
+            self.generate.set_models(list_models(), self.current_model())
+
+    def rebuild_library(self) -> None:
+        if self.library is None:
+            return
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            indexed, skipped = self.library.rebuild()
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.gallery.refresh()
+        text = f"Indexed {indexed} image(s)."
+        if skipped:
+            text += "\n\nSkipped:\n" + "\n".join(f"{name}: {why}" for name, why in skipped[:20])
+        QMessageBox.information(self, "Library rebuilt", text)
+
+    def empty_trash(self) -> None:
+        if self.library is None:
+            return
+        count = self.library.count(trashed=True)
+        answer = QMessageBox.question(self, "Empty trash", f"Delete {count} image(s) in the trash for good?")
+        if answer == QMessageBox.Yes:
+            self.gallery.empty_trash()
+
+    def about(self) -> None:
+        info = self.client.info
+        engine = "not loaded"
+        if info:
+            run = info["run"]
+            engine = f"{run['backend']} on {run.get('provider') or run['device']} ({run['dtype']}), model {info['model']['name']}"
+        QMessageBox.about(self, "About Lumina Studio", (
+            f"<b>Lumina Studio {__version__}</b><br>Lumina-Image 2.0 on your own machine.<br><br>"
+            f"Engine: {engine}<br>Qt {qVersion()}, PySide6 {pyside_version}, Python {platform.python_version()}<br>"
+            f"Data folder: {data_dir()}"))
+
+    def apply_theme(self, theme: str) -> None:
+        self.settings.setValue("theme", theme)
+        apply_theme(QApplication.instance(), theme)
+
+    # ---- settings -----------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        geometry = self.settings.value("geometry")
+        if geometry:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 820)
+        for key, splitter in (("generate_split", self.generate.splitter), ("gallery_split", self.gallery.splitter)):
+            state = self.settings.value(key)
+            if state:
+                splitter.restoreState(state)
+        form = self.settings.value("form")
+        if form:
+            self.generate.apply_values(json.loads(form))
+        self.tabs.setCurrentIndex(int(self.settings.value("tab", 0)))
+
+    def save_settings(self) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("generate_split", self.generate.splitter.saveState())
+        self.settings.setValue("gallery_split", self.gallery.splitter.saveState())
+        self.settings.setValue("form", json.dumps(self.generate.form_values()))
+        self.settings.setValue("tab", self.tabs.currentIndex())
+        self.settings.sync()
+
+    def closeEvent(self, event):  # noqa: N802
+        if self.client.busy:
+            answer = QMessageBox.question(self, "Quit Lumina Studio", "A generation is running. Stop it and quit?")
+            if answer != QMessageBox.Yes:
+                event.ignore()
+                return
+        self.save_settings()
+        self.client.stop()
+        if self.library is not None:
+            self.library.close()
+        event.accept()
+
+
+def apply_theme(app: QApplication, theme: str) -> None:
+    """System follows the platform's palette; light and dark are fixed Fusion palettes."""
+    if theme == "system":
+        app.setPalette(app.style().standardPalette())
+        return
+    app.setStyle("Fusion")
+    if theme == "light":
+        app.setPalette(app.style().standardPalette())
+        return
+    palette = QPalette()
+    colours = {
+        QPalette.Window: "#2b2b2b", QPalette.WindowText: "#e6e6e6", QPalette.Base: "#1f1f1f",
+        QPalette.AlternateBase: "#2b2b2b", QPalette.Text: "#e6e6e6", QPalette.Button: "#353535",
+        QPalette.ButtonText: "#e6e6e6", QPalette.Highlight: "#3d7bd9", QPalette.HighlightedText: "#ffffff",
+        QPalette.ToolTipBase: "#353535", QPalette.ToolTipText: "#e6e6e6", QPalette.PlaceholderText: "#8c8c8c",
+        QPalette.Link: "#7aa7ff",
+    }
+    for role, colour in colours.items():
+        palette.setColor(role, QColor(colour))
+    palette.setColor(QPalette.Disabled, QPalette.Text, QColor("#7a7a7a"))
+    palette.setColor(QPalette.Disabled, QPalette.ButtonText, QColor("#7a7a7a"))
+    app.setPalette(palette)
+
+
+def run(argv: list[str] | None = None, device: str = "auto") -> int:
+    import sys
+
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    app.setApplicationName("Lumina Studio")
+    theme = settings_store().value("theme", "system")
+    apply_theme(app, theme if theme in THEMES else "system")
+    window = MainWindow(device=device)
+    window.show()
+    return app.exec()
+

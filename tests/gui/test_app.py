@@ -1,0 +1,166 @@
+"""The app, end to end: a real window (offscreen), the real worker process, the tiny model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+
+from core.metadata import read_settings
+from core.models.registry import add_model
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SMALL = {"width": 64, "height": 48, "steps": 3, "seed_mode": "fixed", "seed": 1, "backend": "torch", "count": 1}
+
+
+@pytest.fixture
+def home(tiny_model, data_home):
+    from app.main_window import settings_store
+
+    add_model(tiny_model, name="tiny")
+    settings_store().setValue("form", json.dumps(SMALL))
+    return data_home
+
+
+@pytest.fixture
+def window(qtbot, home):
+    from app.main_window import MainWindow
+
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+    yield win
+    win.client.stop()
+
+
+def generate(window, qtbot, prompt, **values):
+    window.generate.apply_values({**SMALL, **values, "prompt": prompt})
+    window.generate.request_generation()
+
+
+def wait_idle(window, qtbot, timeout=120_000):
+    qtbot.waitUntil(lambda: not window.client.busy, timeout=timeout)
+
+
+def test_ctrl_enter_previews_and_the_gallery(window, qtbot):
+    previews = []
+    window.client.preview.connect(previews.append)
+    window.generate.apply_values({**SMALL, "prompt": "a red circle on the left"})
+    window.generate.prompt.setFocus()
+    qtbot.keyClick(window.generate.prompt, Qt.Key_Return, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=120_000)
+    assert len(previews) == 3 and window.generate.view.has_image()
+    entry = window.gallery.model.entries[0]
+    assert entry.prompt == "a red circle on the left" and read_settings(entry.path)["steps"] == 3
+    assert "tokens" in window.generate.tokens.text()
+
+
+def test_queue_three_and_cancel_the_middle_one(window, qtbot):
+    for prompt in ("first job", "second job", "third job"):
+        generate(window, qtbot, prompt)
+    middle = window.client.worker.pending[-2]
+    window.generate._select(middle.id)
+    window.generate.cancel_selected()
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
+    assert sorted(e.prompt for e in window.gallery.model.entries) == ["first job", "third job"]
+
+
+def test_search_delete_undo_export(window, qtbot, tmp_path):
+    for prompt in ("a lighthouse at dusk", "a fox in the snow"):
+        generate(window, qtbot, prompt)
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
+    window.focus_search()
+    qtbot.keyClicks(window.gallery.search, "lighthouse")
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=5_000)
+    window.gallery.select_row(0)
+    window.gallery.delete_selected()
+    assert window.gallery.model.rowCount() == 0
+    qtbot.keyClick(window, Qt.Key_Z, Qt.ControlModifier)
+    assert window.gallery.model.rowCount() == 1 and window.gallery.model.entries[0].path.exists()
+    window.gallery.search.clear()
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=5_000)
+    window.gallery.grid.selectAll()
+    window.gallery.export_selection(str(tmp_path / "out.zip"), strip_metadata=False)
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2
+        manifest = [json.loads(line) for line in archive.read("metadata.jsonl").decode().splitlines()]
+    assert sorted(m["prompt"] for m in manifest) == ["a fox in the snow", "a lighthouse at dusk"]
+
+
+def test_use_settings_and_drop_an_image(window, qtbot):
+    generate(window, qtbot, "settings to reuse", steps=4, seed=77)
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=30_000)
+    path = window.gallery.model.entries[0].path
+    window.generate.apply_values({"prompt": "something else", "steps": 9})
+    window.generate.load_settings_from(str(path))
+    assert window.generate.prompt.toPlainText() == "settings to reuse"
+    assert (window.generate.steps.value(), window.generate.seed.value()) == (4, 77)
+
+
+def test_a_killed_engine_is_survived(window, qtbot):
+    generate(window, qtbot, "doomed", steps=300, width=64, height=64)
+    generate(window, qtbot, "survivor")
+    qtbot.waitUntil(lambda: window.client.worker.current is not None and window.generate.progress.value() > 0,
+                    timeout=60_000)
+    os.kill(window.client.worker.pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: "restarted" in window.banner.text(), timeout=30_000)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=120_000)
+    assert window.gallery.model.entries[0].prompt == "survivor"
+
+
+def test_settings_survive_a_restart(window, qtbot):
+    from app.main_window import MainWindow
+
+    window.generate.apply_values({"prompt": "remember me", "steps": 23, "guidance": 5.5, "solver": "dpm"})
+    window.close()
+    again = MainWindow(device="cpu")
+    qtbot.addWidget(again)
+    try:
+        values = again.generate.form_values()
+        assert (values["prompt"], values["steps"], values["guidance"], values["solver"]) == ("remember me", 23, 5.5, "dpm")
+        assert again.generate.model.currentData() == "tiny"
+    finally:
+        again.client.stop()
+
+
+def test_closing_during_a_job_asks_first(window, qtbot, monkeypatch):
+    generate(window, qtbot, "long", steps=300, width=64, height=64)
+    qtbot.waitUntil(lambda: window.client.worker.current is not None, timeout=60_000)
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)
+    assert not window.close() and window.client.worker is not None
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    assert window.close() and window.client.worker is None
+
+
+def test_without_a_model_the_window_says_what_to_do(qtbot, data_home):
+    from app.main_window import MainWindow
+
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win)
+    assert "No model yet" in win.banner.text() and win.client.worker is None
+
+
+def test_the_app_process_does_not_import_torch(home, tmp_path):
+    code = (
+        "import sys\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "from app.main_window import MainWindow\n"
+        "app = QApplication([])\n"
+        "w = MainWindow(device='cpu'); w.show(); app.processEvents()\n"
+        "print('torch' in sys.modules)\n"
+        "w.client.stop()\n"
+    )
+    script = tmp_path / "probe.py"
+    script.write_text("if __name__ == '__main__':\n" + "".join("    " + line + "\n" for line in code.splitlines()))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
