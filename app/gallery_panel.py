@@ -78,9 +78,15 @@ class ImageLoader(QObject):
 
 
 class GalleryModel(QAbstractListModel):
+    """Entries are fetched a page at a time as the grid scrolls, so 20,000 images list instantly."""
+
+    PAGE = 150
+
     def __init__(self, loader: ImageLoader, parent=None):
         super().__init__(parent)
         self.entries: list[Entry] = []
+        self._fetch = lambda offset, limit: []
+        self._more = False
         self.loader = loader
         self._rows: dict[str, int] = {}
         # Same size as a thumbnail, so the grid lays out once, before the images arrive.
@@ -88,11 +94,32 @@ class GalleryModel(QAbstractListModel):
         self.placeholder.fill(Qt.gray)
         loader.loaded.connect(self._thumbnail_ready)
 
-    def set_entries(self, entries: list[Entry]) -> None:
+    def set_query(self, fetch) -> None:
+        """fetch(offset, limit) -> entries; the first page is read now, the rest on demand."""
         self.beginResetModel()
-        self.entries = entries
-        self._rows = {str(e.path): row for row, e in enumerate(entries)}
+        self._fetch = fetch
+        self.entries = fetch(0, self.PAGE)
+        self._more = len(self.entries) == self.PAGE
+        self._rows = {str(e.path): row for row, e in enumerate(self.entries)}
         self.endResetModel()
+
+    def canFetchMore(self, parent=QModelIndex()):  # noqa: N802
+        return not parent.isValid() and self._more
+
+    def fetchMore(self, parent=QModelIndex()):  # noqa: N802
+        more = self._fetch(len(self.entries), self.PAGE)
+        self._more = len(more) == self.PAGE
+        if not more:
+            return
+        start = len(self.entries)
+        self.beginInsertRows(QModelIndex(), start, start + len(more) - 1)
+        self.entries.extend(more)
+        self._rows.update({str(e.path): start + row for row, e in enumerate(more)})
+        self.endInsertRows()
+
+    def load_all(self) -> None:
+        while self.canFetchMore():
+            self.fetchMore()
 
     def rowCount(self, parent=QModelIndex()):  # noqa: N802
         return 0 if parent.isValid() else len(self.entries)
@@ -246,11 +273,10 @@ class GalleryPanel(QWidget):
         self.model_filter.setCurrentIndex(max(0, self.model_filter.findData(current_model)))
         self.model_filter.blockSignals(False)
         days = DATE_FILTERS[self.date_filter.currentText()]
-        since = time.time() - days * 86400 if days else None
-        entries = self.library.search(self.search.text(), model=self.model_filter.currentData(),
-                                      favourites_only=self.favourites.isChecked(), since=since, limit=-1)
-        self.model.set_entries(entries)
-        self.count_label.setText(f"{len(entries)} image(s)")
+        filters = dict(text=self.search.text(), model=self.model_filter.currentData(),
+                       favourites_only=self.favourites.isChecked(), since=time.time() - days * 86400 if days else None)
+        self.model.set_query(lambda offset, limit: self.library.search(**filters, limit=limit, offset=offset))
+        self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
         self._show_details()
 
     def add_image(self, path: str) -> None:
@@ -261,6 +287,10 @@ class GalleryPanel(QWidget):
         except LuminaError as exc:
             self.status.emit(f"Could not add {path} to the library: {exc}")
         self.refresh()
+
+    def select_all(self) -> None:
+        self.model.load_all()
+        self.grid.selectAll()
 
     def selected(self) -> list[Entry]:
         return [index.data(Qt.UserRole) for index in self.grid.selectionModel().selectedIndexes()]

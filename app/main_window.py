@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         edit_menu = self.menuBar().addMenu("&Edit")
         action(edit_menu, "&Undo delete", self.gallery.undo_delete, QKeySequence.Undo)
         action(edit_menu, "&Delete selected images", self.gallery.delete_selected, QKeySequence.Delete)
+        action(edit_menu, "Select &all images", self.gallery.select_all)
         action(edit_menu, "Empty &trash…", self.empty_trash)
         view_menu = self.menuBar().addMenu("&View")
         for theme in THEMES:

@@ -150,27 +150,17 @@ class Library:
         offset: int = 0,
     ) -> list[Entry]:
         """Newest first. `text` matches words of the prompt, negative prompt or model name (prefixes too)."""
-        where, args = ["trashed IS NOT NULL" if trashed else "trashed IS NULL"], []
-        if text.strip():
-            where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
-            args.append(fts_query(text))
-        if model:
-            where.append("model = ?")
-            args.append(model)
-        if favourites_only:
-            where.append("favourite = 1")
-        if since is not None:
-            where.append("created >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("created < ?")
-            args.append(until)
-        sql = f"SELECT * FROM images WHERE {' AND '.join(where)} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        where, args = _filters(text, model, favourites_only, since, until, trashed)
+        sql = f"SELECT * FROM images WHERE {where} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
         return [self._entry(row) for row in self.db.execute(sql, (*args, limit, offset))]
 
+    def count_matching(self, text: str = "", model: str | None = None, favourites_only: bool = False,
+                       since: float | None = None, until: float | None = None, trashed: bool = False) -> int:
+        where, args = _filters(text, model, favourites_only, since, until, trashed)
+        return self.db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", args).fetchone()[0]
+
     def count(self, trashed: bool = False) -> int:
-        condition = "trashed IS NOT NULL" if trashed else "trashed IS NULL"
-        return self.db.execute(f"SELECT COUNT(*) FROM images WHERE {condition}").fetchone()[0]
+        return self.count_matching(trashed=trashed)
 
     def models(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM images WHERE model != '' ORDER BY model")]
@@ -258,6 +248,25 @@ class Library:
         except OSError as exc:
             raise LuminaError(f"Could not export to {target}: {exc.strerror or exc}.") from None
         return target
+
+
+def _filters(text, model, favourites_only, since, until, trashed) -> tuple[str, list]:
+    where, args = ["trashed IS NOT NULL" if trashed else "trashed IS NULL"], []
+    if text.strip():
+        where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
+        args.append(fts_query(text))
+    if model:
+        where.append("model = ?")
+        args.append(model)
+    if favourites_only:
+        where.append("favourite = 1")
+    if since is not None:
+        where.append("created >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("created < ?")
+        args.append(until)
+    return " AND ".join(where), args
 
 
 def fts_query(text: str) -> str:

@@ -87,7 +87,7 @@ def test_search_delete_undo_export(window, qtbot, tmp_path):
     assert window.gallery.model.rowCount() == 1 and window.gallery.model.entries[0].path.exists()
     window.gallery.search.clear()
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=5_000)
-    window.gallery.grid.selectAll()
+    window.gallery.select_all()
     window.gallery.export_selection(str(tmp_path / "out.zip"), strip_metadata=False)
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2

@@ -1,0 +1,182 @@
+"""App benchmarks: time to a shown window, the longest GUI-thread stall during generation, gallery search.
+
+1. Launch: from starting the process to the window shown (median of 3 runs, a model registered so the
+   engine process starts too, as in real use). Target under 1.5 s on the 2-core test machine.
+2. Stall: a 5 ms heartbeat timer in the GUI thread while the engine makes images with previews every
+   step; the longest gap between beats. Target under 50 ms.
+3. Gallery: 20,000 library entries; time a word search (SQLite FTS5) and the grid's refresh with it, and
+   the full listing. Target under 100 ms for search.
+
+    python bench/bench_app.py     (runs offscreen; writes bench/out/bench_app.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+LAUNCH_PROBE = """
+import sys, time
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from app.main_window import MainWindow
+def main():
+    app = QApplication([])
+    window = MainWindow(device="cpu")
+    window.show()
+    def shown():
+        print("shown", time.time(), flush=True)
+        window.client.stop()
+        app.quit()
+    QTimer.singleShot(0, shown)
+    app.exec()
+if __name__ == "__main__":
+    main()
+"""
+
+WORDS = ("red blue green circle square lighthouse fox snow city night portrait forest river mountain cat dog "
+         "castle street neon rain sunset ocean flower garden robot dragon").split()
+
+
+def launch_seconds(home: str, runs: int = 3) -> float:
+    probe = Path(tempfile.mkdtemp()) / "probe.py"
+    probe.write_text(LAUNCH_PROBE)
+    env = {**os.environ, "LUMINA_STUDIO_HOME": home, "PYTHONPATH": str(ROOT)}
+    times = []
+    for _ in range(runs):
+        started = time.time()
+        out = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=120)
+        shown = float(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("shown")))
+        times.append(shown - started)
+    return statistics.median(times)
+
+
+def stall_ms(home: str) -> dict:
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import MainWindow
+
+    os.environ["LUMINA_STUDIO_HOME"] = home
+    app = QApplication.instance() or QApplication([])
+    window = MainWindow(device="cpu")
+    window.show()
+    deadline = time.time() + 120
+    while not window.client.info and time.time() < deadline:
+        app.processEvents()
+        time.sleep(0.01)
+    gaps, clock = [], QElapsedTimer()
+    clock.start()
+
+    def beat():
+        gaps.append(clock.restart())
+
+    heart = QTimer(interval=5, timeout=beat)
+    heart.start()
+    window.generate.apply_values({"prompt": "a lighthouse at night", "width": 256, "height": 256, "steps": 12,
+                                  "seed_mode": "fixed", "seed": 3, "count": 2, "backend": "torch"})
+    window.generate.request_generation()
+    started = time.time()
+    while (window.client.busy or time.time() - started < 1) and time.time() - started < 300:
+        app.processEvents()
+        time.sleep(0.001)
+    heart.stop()
+    window.client.stop()
+    window.close()
+    return {"max_gap_ms": max(gaps[1:]), "median_gap_ms": statistics.median(gaps), "beats": len(gaps),
+            "images": window.gallery.model.rowCount()}
+
+
+def gallery_ms(entries: int = 20_000) -> dict:
+    from PySide6.QtWidgets import QApplication
+
+    from app.gallery_panel import GalleryPanel
+    from core.library import Library
+
+    QApplication.instance() or QApplication([])
+    folder = Path(tempfile.mkdtemp(prefix="lumina-gallery-"))
+    library = Library(folder)
+    rng = random.Random(0)
+    now = time.time()
+    rows = [(f"img{i:05d}.png", " ".join(rng.choice(WORDS) for _ in range(12)), rng.choice(["tiny", "lumina"]), i,
+             now - i * 60, "{}") for i in range(entries)]
+    with library.db:
+        library.db.executemany(
+            "INSERT INTO images (name, prompt, model, seed, created, settings) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    panel = GalleryPanel(library)
+
+    def timed(fn, repeats=5):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - started))
+        return statistics.median(times)
+
+    search = timed(lambda: library.search("lighthouse neon", limit=-1))
+    matches = len(library.search("lighthouse neon", limit=-1))
+
+    def refresh_with(text):
+        panel.search.blockSignals(True)
+        panel.search.setText(text)
+        panel.search.blockSignals(False)
+        panel.refresh()
+
+    refresh_search = timed(lambda: refresh_with("lighthouse neon"))
+    refresh_all = timed(lambda: refresh_with(""))
+    panel.resize(1200, 800)
+    panel.show()
+    app = QApplication.instance()
+
+    def scroll_to_end():  # page by page, as a person scrolling down would make the grid fetch
+        refresh_with("")
+        while panel.model.canFetchMore():
+            panel.grid.scrollToBottom()
+            app.processEvents()
+
+    pages = entries // panel.model.PAGE
+    scroll_page = timed(scroll_to_end, repeats=1) / pages
+    return {"entries": entries, "search_ms": search, "matches": matches, "grid_refresh_search_ms": refresh_search,
+            "grid_refresh_all_ms": refresh_all, "scroll_ms_per_page": scroll_page, "page_size": panel.model.PAGE}
+
+
+def main() -> None:
+    from bench_generate import cpu_name
+
+    from core.models.registry import add_model
+    from core.models.scaffold import build_model_folder
+
+    home = tempfile.mkdtemp(prefix="lumina-app-bench-")
+    os.environ["LUMINA_STUDIO_HOME"] = home
+    add_model(build_model_folder(Path(tempfile.mkdtemp()) / "tiny"), name="tiny")
+    from app.main_window import settings_store
+
+    settings_store().setValue("form", json.dumps({"backend": "torch"}))
+    settings_store().sync()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "launch_s": launch_seconds(home),
+        "stall": stall_ms(home),
+        "gallery": gallery_ms(),
+    }
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "bench_app.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
