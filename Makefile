@@ -4,8 +4,6 @@ VENV   ?= .venv
 # The torch build to install. PyPI's Linux wheels of this version carry CUDA; override e.g.
 # `make run TORCH=torch` for the newest release or a local CPU-only wheel.
 TORCH  ?= torch==2.13.0
-PROMPT ?= a lighthouse on a cliff at sunset, oil painting
-MODEL  ?=
 
 BIN := $(VENV)/bin
 
@@ -20,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: install
-	$(BIN)/lumina-studio generate "$(PROMPT)" $(if $(MODEL),--model "$(MODEL)")
+	$(BIN)/lumina-studio
 
 test: install
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest

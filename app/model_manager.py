@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
 from core.errors import LuminaError
 from core.models.registry import add_model, list_models, remove_model
 from core.models.sources import describe_weights, resolve_source
+from core.storage import human_size
 
 
 class ModelManager(QDialog):
@@ -42,7 +43,7 @@ class ModelManager(QDialog):
         for row, entry in enumerate(entries):
             try:
                 size, precision = describe_weights(resolve_source(entry["path"], entry.get("components")))
-                size_text = f"{size / 2**30:.2f} GiB"
+                size_text = human_size(size)
             except LuminaError as exc:
                 size_text, precision = "missing", str(exc)
             for column, text in enumerate([entry["name"], entry["kind"], size_text, precision, entry["path"]]):

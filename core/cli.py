@@ -185,17 +185,17 @@ def run_export(args) -> int:
 
 def run_models(args) -> int:
     from .models.registry import add_model, list_models, remove_model
+    from .storage import human_size
 
     if args.models_command == "list":
         entries = list_models()
         if not entries:
             print("No models registered. Add one with: lumina-studio models add PATH")
         for entry in entries:
-            size = entry.get("size_bytes", 0) / 2**30
-            print(f"{entry['name']}\t{entry['kind']}\t{size:.2f} GiB\t{entry['path']}")
+            print(f"{entry['name']}\t{entry['kind']}\t{human_size(entry.get('size_bytes', 0))}\t{entry['path']}")
     elif args.models_command == "add":
         entry = add_model(args.path, args.name, args.components)
-        print(f"Added '{entry['name']}' ({entry['kind']}, {entry['size_bytes'] / 2**30:.2f} GiB DiT weights).")
+        print(f"Added '{entry['name']}' ({entry['kind']}, {human_size(entry['size_bytes'])} of DiT weights).")
     else:
         remove_model(args.name)
         print(f"Removed '{args.name}' (its files were not touched).")

@@ -46,3 +46,11 @@ def write_json_atomic(path: Path, data) -> None:
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)
+
+
+def human_size(size: int) -> str:
+    """1.23 GiB, 45.6 MiB, 789 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
