@@ -59,6 +59,11 @@ class ImageLoader(QObject):
         self.capacity = capacity
         self._waiting: set[tuple[str, int]] = set()
 
+    def stop(self) -> None:
+        """Drop queued decodes and wait for running ones (before the window and Python go away)."""
+        self.pool.clear()
+        self.pool.waitForDone(5000)
+
     def get(self, path: str, size: int) -> QPixmap | None:
         key = (path, size)
         if key in self.cache:
@@ -221,6 +226,8 @@ class GalleryPanel(QWidget):
         self.grid.setResizeMode(QListView.Adjust)
         self.grid.setMovement(QListView.Static)
         self.grid.setUniformItemSizes(True)
+        self.grid.setLayoutMode(QListView.Batched)  # lay out a big listing in slices, between events
+        self.grid.setBatchSize(300)
         self.grid.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.grid.setGridSize(QSize(THUMBNAIL + 24, THUMBNAIL + 40))
         self.grid.setSelectionMode(QAbstractItemView.ExtendedSelection)

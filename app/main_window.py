@@ -247,15 +247,16 @@ class MainWindow(QMainWindow):
                 return
         self.save_settings()
         self.client.stop()
+        self.gallery.loader.stop()
         if self.library is not None:
             self.library.close()
         event.accept()
 
 
 def apply_theme(app: QApplication, theme: str) -> None:
-    """System follows the platform's palette; light and dark are fixed Fusion palettes."""
+    """System follows the platform's palette (light or dark); light and dark are fixed Fusion palettes."""
     if theme == "system":
-        app.setPalette(app.style().standardPalette())
+        app.setPalette(QPalette())  # the platform theme's palette, which follows its colour scheme
         return
     app.setStyle("Fusion")
     if theme == "light":

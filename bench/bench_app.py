@@ -146,10 +146,13 @@ def gallery_ms(entries: int = 20_000) -> dict:
             panel.grid.scrollToBottom()
             app.processEvents()
 
-    pages = entries // panel.model.PAGE
-    scroll_page = timed(scroll_to_end, repeats=1) / pages
+    page_size = panel.model.PAGE
+    scroll_page = timed(scroll_to_end, repeats=1) / (entries // page_size)
+    panel.loader.stop()
+    panel.close()
+    library.close()
     return {"entries": entries, "search_ms": search, "matches": matches, "grid_refresh_search_ms": refresh_search,
-            "grid_refresh_all_ms": refresh_all, "scroll_ms_per_page": scroll_page, "page_size": panel.model.PAGE}
+            "grid_refresh_all_ms": refresh_all, "scroll_ms_per_page": scroll_page, "page_size": page_size}
 
 
 def main() -> None:
