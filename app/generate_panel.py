@@ -349,7 +349,6 @@ class GeneratePanel(QWidget):
     def _on_preview(self, event: dict) -> None:
         image = QImage(event["rgb"], event["width"], event["height"], 3 * event["width"], QImage.Format_RGB888)
         self.view.show_pixmap(QPixmap.fromImage(image.copy()))
-        self.last_preview = event["job"]
 
     def _on_image(self, event: dict) -> None:
         pixmap = QPixmap(event["path"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
+import threading
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QSettings, Qt, qVersion
+from PySide6.QtCore import QSettings, Signal, qVersion
 from PySide6.QtGui import QAction, QColor, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
@@ -30,6 +31,8 @@ def settings_store() -> QSettings:
 
 
 class MainWindow(QMainWindow):
+    library_rebuilt = Signal(object)  # (indexed, [(file, why skipped)]) from the rebuild thread
+
     def __init__(self, device: str = "auto"):
         super().__init__()
         self.setWindowTitle("Lumina Studio")
@@ -110,6 +113,7 @@ class MainWindow(QMainWindow):
         self.client.load_error.connect(lambda message: self.show_banner(f"The model could not be loaded: {message}", True))
         self.client.crashed.connect(lambda message: self.show_banner(message, True))
         self.client.image_done.connect(lambda event: self.gallery.add_image(event["path"]))
+        self.library_rebuilt.connect(self._library_rebuilt)
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -178,14 +182,27 @@ class MainWindow(QMainWindow):
             self.generate.set_models(list_models(), self.current_model())
 
     def rebuild_library(self) -> None:
+        """Re-index on a background thread (reading every PNG takes a while); report when done."""
         if self.library is None:
             return
-        QApplication.setOverrideCursor(Qt.WaitCursor)
-        try:
-            indexed, skipped = self.library.rebuild()
-        finally:
-            QApplication.restoreOverrideCursor()
+        self.statusBar().showMessage("Rebuilding the library from its files…")
+        folder = self.library.folder
+
+        def work():
+            library = Library(folder)  # SQLite connections belong to one thread
+            try:
+                self.library_rebuilt.emit(library.rebuild())
+            except LuminaError as exc:
+                self.library_rebuilt.emit((0, [("library", str(exc))]))
+            finally:
+                library.close()
+
+        threading.Thread(target=work, name="library-rebuild", daemon=True).start()
+
+    def _library_rebuilt(self, result) -> None:
+        indexed, skipped = result
         self.gallery.refresh()
+        self.statusBar().clearMessage()
         text = f"Indexed {indexed} image(s)."
         if skipped:
             text += "\n\nSkipped:\n" + "\n".join(f"{name}: {why}" for name, why in skipped[:20])

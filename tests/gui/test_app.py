@@ -164,3 +164,15 @@ def test_the_app_process_does_not_import_torch(home, tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+def test_rebuild_runs_off_the_gui_thread_and_lists_bad_files(window, qtbot, monkeypatch):
+    generate(window, qtbot, "to be re-indexed")
+    wait_idle(window, qtbot)
+    (window.library.folder / "notes.txt").write_text("not an image")
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: shown.append(text))
+    window.rebuild_library()
+    qtbot.waitUntil(lambda: bool(shown), timeout=30_000)
+    assert "Indexed 1 image(s)" in shown[0] and "notes.txt" in shown[0]
+    assert window.gallery.model.rowCount() == 1
