@@ -336,6 +336,7 @@ class GeneratePanel(QWidget):
             self.tokens.setStyleSheet("")
 
     def _on_started(self, job_id: int) -> None:
+        self.parameters.setText(f"Generating job #{job_id}…")
         self.progress.setValue(0)
         self.progress.setFormat(f"Job #{job_id}: starting…")
 
