@@ -144,8 +144,8 @@ def main() -> None:
 
     def ours_run(stages, cache_threshold):
         def run(steps):
-            cache = StepCache(CacheSettings(cache_threshold)) if cache_threshold else None
-            denoiser = StagedDenoiser(stages, positive, negative, latent, batch_cfg=device.type == "cuda", cache=cache)
+            denoiser = StagedDenoiser(stages, positive, negative, latent, batch_cfg=device.type == "cuda")
+            denoiser.start_image(StepCache(CacheSettings(cache_threshold)) if cache_threshold else None)
             sample(denoiser, noise, grid[: steps + 1], Euler(), guidance)
             return denoiser.evaluations, denoiser.joint_evaluations
         return run

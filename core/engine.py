@@ -238,6 +238,7 @@ class Engine:
 
         latent_size = (req.height // 8, req.width // 8)
         cache_settings = CacheSettings.parse(req.cache)
+        denoiser = StagedDenoiser(self.stages, positive, negative, latent_size, self.batch_cfg)
         results = []
         for index in range(req.count):
             seed = base_seed + index
@@ -245,9 +246,8 @@ class Engine:
             noise = torch.randn(
                 (1, self.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
             )
-            # A fresh denoiser and cache per image: no state leaks from one generation to the next.
-            cache = StepCache(cache_settings) if cache_settings else None
-            denoiser = StagedDenoiser(self.stages, positive, negative, latent_size, self.batch_cfg, cache)
+            # A fresh cache per image: no state leaks from one generation to the next.
+            denoiser.start_image(StepCache(cache_settings) if cache_settings else None)
             tick = time.perf_counter()
             with self.placement.use(self.dit) if self.dit is not None else contextlib.nullcontext():
                 latent = sample(

@@ -16,26 +16,27 @@ from ..sampling.cache import StepCache
 
 
 class StagedDenoiser:
-    """batch_cfg runs the conditional and unconditional passes as one batch of two (better on GPUs).
-    With a cache each pass keeps its own state, so the passes run apart."""
+    """One request's denoiser. Prompt conditionings are prepared once and shared by the request's images;
+    `start_image` gives each image fresh counters and its own cache, so no state crosses generations.
 
-    def __init__(
-        self,
-        stages,
-        positive: EncodedPrompt,
-        negative: EncodedPrompt,
-        latent_size: tuple[int, int],
-        batch_cfg: bool,
-        cache: StepCache | None = None,
-    ):
+    batch_cfg runs the conditional and unconditional passes as one batch of two (better on GPUs).
+    With a cache each pass keeps its own state, so the passes run apart.
+    """
+
+    def __init__(self, stages, positive: EncodedPrompt, negative: EncodedPrompt, latent_size: tuple[int, int],
+                 batch_cfg: bool):
         self.stages = stages
         self.prompts = {"cond": [positive], "uncond": [negative], "both": [positive, negative]}
         self.latent_size = latent_size
-        self.batch_cfg = batch_cfg and cache is None
+        self.wants_batch_cfg = batch_cfg
+        self._prepared = {}
+        self.start_image(None)
+
+    def start_image(self, cache: StepCache | None) -> None:
         self.cache = cache
+        self.batch_cfg = self.wants_batch_cfg and cache is None
         self.evaluations = 0  # transformer passes, per sample (cond and uncond counted apart)
         self.joint_evaluations = 0  # of those, the passes whose joint blocks ran
-        self._prepared = {}
 
     def _conditioning(self, which: str):
         if which not in self._prepared:
