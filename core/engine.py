@@ -205,9 +205,8 @@ class Engine:
             notes.append("The prompt is empty: the image is unconditional (no text guides it).")
         positive = full_prompt(request.prompt, request.system_prompt_text)
         for label, text in (("prompt", positive), ("negative prompt", request.negative_prompt)):
-            _, cut = self.prompts.truncation(text)
-            if cut:
-                dropped = self.prompts.count_tokens(text) - self.prompts.max_tokens
+            _, dropped, cut = self.prompts.truncation(text)
+            if dropped:
                 shown = cut if len(cut) <= 120 else cut[:120] + "..."
                 notes.append(
                     f"The {label} is longer than {self.prompts.max_tokens} tokens (system prompt included); "

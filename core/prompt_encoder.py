@@ -30,19 +30,20 @@ class PromptEncoder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, truncation=False).input_ids)
 
-    def truncation(self, text: str) -> tuple[list[int], str]:
-        """Token ids kept and the text cut off (empty when the text fits)."""
+    def truncation(self, text: str) -> tuple[list[int], int, str]:
+        """Token ids kept, how many were dropped, and the text cut off ("" when the text fits)."""
         ids = self.tokenizer(text, truncation=False).input_ids
         if len(ids) <= self.max_tokens:
-            return ids, ""
-        return ids[: self.max_tokens], self.tokenizer.decode(ids[self.max_tokens :], skip_special_tokens=True)
+            return ids, 0, ""
+        dropped = ids[self.max_tokens :]
+        return ids[: self.max_tokens], len(dropped), self.tokenizer.decode(dropped, skip_special_tokens=True)
 
     @torch.no_grad()
     def encode(self, text: str) -> EncodedPrompt:
         if text in self._cache:
             self._cache.move_to_end(text)
             return self._cache[text]
-        ids, cut = self.truncation(text)
+        ids, _, cut = self.truncation(text)
         if ids:
             device = next(self.text_encoder.parameters()).device
             input_ids = torch.tensor([ids], dtype=torch.long, device=device)

@@ -85,10 +85,9 @@ class OrtStages:
         return self.graphs[graph](dict(zip(inputs, tensors)), output_shapes)
 
     def prepare(self, features, mask, latent_size) -> Conditioning:
-        lengths = [int(n) for n in mask.sum(dim=1).tolist()]
-        layout = Layout.build(self.config, lengths, latent_size, self.device)
-        features = features[:, : max(lengths)].float().to(self.device)
-        shape = (len(lengths), max(lengths), self.config.hidden_size)
+        layout = Layout.from_mask(self.config, mask, latent_size, self.device)
+        features = features[:, : layout.caption_width].float().to(self.device)
+        shape = (features.shape[0], layout.caption_width, self.config.hidden_size)
         (tokens,) = self._call("caption", (features, layout.caption_mask, *layout.caption_rope), [shape])
         return Conditioning(layout, tokens)
 

@@ -262,6 +262,15 @@ class Layout:
         return min(self.caption_lengths) != max(self.caption_lengths)
 
     @classmethod
+    def from_mask(cls, config: NextDiTConfig, caption_mask: torch.Tensor, latent_size, device) -> Layout:
+        """The layout for right-padded captions with a (B, L) 0/1 mask (one host read of the lengths)."""
+        return cls.build(config, [int(n) for n in caption_mask.sum(dim=1).tolist()], latent_size, device)
+
+    @property
+    def caption_width(self) -> int:
+        return max(self.caption_lengths)
+
+    @classmethod
     def build(cls, config: NextDiTConfig, lengths: list[int], latent_size, device) -> Layout:
         batch, width = len(lengths), max(lengths)
         lengths_t = torch.tensor(lengths, device=device)
@@ -340,9 +349,8 @@ class NextDiT(nn.Module):
     @torch.no_grad()
     def prepare(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
         """caption_features: (B, L, cap_feat_dim), right-padded; caption_mask: (B, L), 1 = real token."""
-        lengths = [int(n) for n in caption_mask.sum(dim=1).tolist()]
-        layout = Layout.build(self.config, lengths, latent_size, self.device)
-        features = caption_features[:, : max(lengths)].to(self.device)
+        layout = Layout.from_mask(self.config, caption_mask, latent_size, self.device)
+        features = caption_features[:, : layout.caption_width].to(self.device)
         key_mask = layout.caption_mask[:, None, None, :] if layout.padded else None
         return Conditioning(layout, self.refine_captions(features, layout.caption_rope, key_mask))
 
