@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="graph precision (auto: fp32 for the CPU, bf16 for CUDA)")
 
+    # Training lives in trainer/ (a layer above core); its own parser reads these arguments.
+    commands.add_parser("train", help="fine-tune in stages from a config (see: train --help)", add_help=False)
+
     models = commands.add_parser("models", help="list, add or remove models")
     model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
     model_commands.add_parser("list", help="list registered models")
@@ -202,7 +205,22 @@ def run_models(args) -> int:
     return 0
 
 
+def run_train(train_args: list[str]) -> int:
+    """Hand over to the trainer's own command line in a child process (core never imports trainer)."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-m", "trainer", *train_args])
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:  # the trainer got the Ctrl+C too: it saves and stops; keep waiting
+            continue
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return run_train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

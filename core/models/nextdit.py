@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ class NextDiT(nn.Module):
         self.context_refiner = nn.ModuleList([Block(config, modulation=False) for _ in range(refiners)])
         self.layers = nn.ModuleList([Block(config, modulation=True) for _ in range(config.num_layers)])
         self.norm_out = OutputHead(config)
+        self.activation_checkpointing = False  # training switches it on to trade compute for memory
 
     @property
     def dtype(self) -> torch.dtype:
@@ -346,13 +348,17 @@ class NextDiT(nn.Module):
             tokens = block(tokens, *caption_rope, key_mask)
         return tokens
 
-    @torch.no_grad()
-    def prepare(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
+    def condition(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
         """caption_features: (B, L, cap_feat_dim), right-padded; caption_mask: (B, L), 1 = real token."""
         layout = Layout.from_mask(self.config, caption_mask, latent_size, self.device)
         features = caption_features[:, : layout.caption_width].to(self.device)
         key_mask = layout.caption_mask[:, None, None, :] if layout.padded else None
         return Conditioning(layout, self.refine_captions(features, layout.caption_rope, key_mask))
+
+    @torch.no_grad()
+    def prepare(self, caption_features: torch.Tensor, caption_mask: torch.Tensor, latent_size) -> Conditioning:
+        """`condition` for inference (no autograd graph)."""
+        return self.condition(caption_features, caption_mask, latent_size)
 
     # ---- the three per-step stages --------------------------------------------------------
 
@@ -389,8 +395,12 @@ class NextDiT(nn.Module):
         return self.run_joint_blocks(hidden, temb, cond.layout.joint_rope, cond.attention_mask)
 
     def run_joint_blocks(self, hidden, temb, joint_rope, key_mask):
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.layers:
-            hidden = block(hidden, *joint_rope, key_mask, temb)
+            if recompute:  # keep only each block's input; recompute the inside during backward
+                hidden = checkpoint(block, hidden, *joint_rope, key_mask, temb, use_reentrant=False)
+            else:
+                hidden = block(hidden, *joint_rope, key_mask, temb)
         return hidden
 
     def final(self, hidden: torch.Tensor, temb: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -407,6 +417,9 @@ class NextDiT(nn.Module):
             .float()
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, caption_features: torch.Tensor,
+                caption_mask: torch.Tensor) -> torch.Tensor:
+        """The whole model in one call (training): latent x (B, C, H, W), t (B,) -> velocity (float32)."""
+        cond = self.condition(caption_features, caption_mask, x.shape[-2:])
         hidden, temb = self.embed(x, t, cond)
         return self.final(self.joint_blocks(hidden, temb, cond), temb, cond)

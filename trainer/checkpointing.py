@@ -1,0 +1,100 @@
+"""Checkpoints that survive a kill: written into a hidden folder, marked complete, then renamed.
+
+checkpoints/step-NNNNNNNN/
+  model/   a complete diffusers folder (transformer = the EMA weights, or the raw ones without EMA; the
+           text encoder, tokenizer and VAE are hard links to the base model's files where the file
+           system allows, else copies), so Generate, diffusers and other loaders can use it
+  state/   accelerate's state (model, optimizer; sharded under FSDP), the EMA, trainer_state.json
+  COMPLETE written last, before the rename: a folder without it is an interrupted save and is ignored
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from core.models.nextdit import NextDiTConfig
+from core.storage import write_json_atomic
+
+from .run_folder import RunFolder
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+SHARED_COMPONENTS = ("text_encoder", "tokenizer", "vae", "scheduler")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def write_model_folder(folder: Path, weights: dict[str, torch.Tensor], config: NextDiTConfig, components: Path):
+    """A diffusers Lumina-Image 2.0 folder: our transformer plus the base model's other components."""
+    import diffusers
+
+    transformer = folder / "transformer"
+    transformer.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(transformer / WEIGHTS_NAME))
+    (transformer / "config.json").write_text(
+        json.dumps({**config.to_diffusers_dict(), "_diffusers_version": diffusers.__version__}, indent=2)
+    )
+    for name in SHARED_COMPONENTS:
+        if (components / name).is_dir():
+            _link_tree(components / name, folder / name)
+    index = components / "model_index.json"
+    if index.is_file():
+        shutil.copy2(index, folder / "model_index.json")
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link every file (a 5 GB text encoder costs no space per checkpoint); copy across devices."""
+    for path in source.rglob("*"):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:
+            shutil.copy2(path, destination)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def partial_path(run: RunFolder, step: int) -> Path:
+    return run.checkpoints / f".partial-{checkpoint_name(step)}"
+
+
+def begin(run: RunFolder, step: int) -> Path:
+    """The hidden folder a checkpoint is written into (a leftover from an interrupted save is removed)."""
+    partial = partial_path(run, step)
+    if partial.exists():
+        shutil.rmtree(partial)
+    (partial / "state").mkdir(parents=True)
+    return partial
+
+
+def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: int) -> Path:
+    """Mark the checkpoint complete and move it into place; older ones beyond `keep` are deleted."""
+    write_json_atomic(partial / "state" / "trainer_state.json", trainer_state)
+    _fsync_tree(partial)
+    (partial / "COMPLETE").write_text(str(step))
+    final = run.checkpoints / checkpoint_name(step)
+    if final.exists():  # the same step saved again (a stop right after a scheduled save)
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    complete = sorted(p for p in run.checkpoints.glob("step-*") if (p / "COMPLETE").exists())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in run.checkpoints.glob(".partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final

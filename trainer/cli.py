@@ -1,0 +1,286 @@
+"""`lumina-studio train`: check a config, prepare the run folder and features, launch, watch.
+
+    lumina-studio train CONFIG.toml [--gpus N] [--check] [--run-dir DIR]
+    lumina-studio train --resume RUN_DIR
+    lumina-studio train --stop RUN_DIR
+    lumina-studio train --presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from core.errors import LuminaError
+
+from .config import ConfigError, RunConfig, load_config
+from .launch import Topology, accelerate_command, log_tail, run_processes
+from .run_folder import RunFolder
+
+PROG = "lumina-studio train"
+PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="Progressive multi-stage full fine-tuning of Lumina-Image 2.0.")
+    parser.add_argument("config", nargs="?", help="a run config (TOML); see --presets")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
+    parser.add_argument("--stop", metavar="RUN_DIR", help="ask a running run to save a checkpoint and exit")
+    parser.add_argument("--presets", action="store_true", help="list the preset configs that ship with Lumina Studio")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config and datasets and print the memory estimate; train nothing")
+    parser.add_argument("--gpus", type=int, help="GPUs to use on this machine (default: all it has)")
+    parser.add_argument("--cpu-processes", type=int, default=1,
+                        help="processes when training on the CPU (several talk over gloo; for tiny models and tests)")
+    parser.add_argument("--run-dir", help="the run folder (default: OUTPUT/NAME-DATE-TIME)")
+    group = parser.add_argument_group("several machines (passed to accelerate launch)")
+    group.add_argument("--num-machines", type=int, default=1)
+    group.add_argument("--machine-rank", type=int, default=0)
+    group.add_argument("--main-process-ip", default="")
+    group.add_argument("--main-process-port", type=int, default=29500)
+    return parser
+
+
+# ---- deciding where and how to run ---------------------------------------------------------------
+
+
+def choose_topology(config: RunConfig, args) -> Topology:
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = config.device if config.device != "auto" else ("cuda" if available else "cpu")
+    if device == "cuda" and not available:
+        raise ConfigError("device: cuda was asked for but PyTorch sees no CUDA GPU; use device = \"cpu\" or "
+                          "install a CUDA build of PyTorch.")
+    if device == "cuda":
+        gpus = args.gpus or available
+        if not 1 <= gpus <= available:
+            raise ConfigError(f"--gpus {gpus}: this machine has {available} GPU(s).")
+        per_machine = gpus
+    else:
+        if args.gpus:
+            raise ConfigError(f"--gpus {args.gpus}: PyTorch sees no CUDA GPU here (use --cpu-processes to train "
+                              "tiny models on the CPU).")
+        if args.cpu_processes < 1:
+            raise ConfigError("--cpu-processes must be at least 1.")
+        per_machine = args.cpu_processes
+    if args.num_machines > 1 and not args.main_process_ip:
+        raise ConfigError("--num-machines above 1 needs --main-process-ip (the address of machine rank 0).")
+    return Topology(device, per_machine, args.num_machines, args.machine_rank, args.main_process_ip,
+                    args.main_process_port if args.num_machines > 1 else 0)
+
+
+def mixed_precision(config: RunConfig, device: str) -> str:
+    if config.precision == "auto":
+        if device != "cuda":
+            return "no"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if config.precision == "bf16" else "no"
+
+
+def accumulation_steps(config: RunConfig, world: int) -> list[int]:
+    steps, problems = [], []
+    for i, stage in enumerate(config.stages):
+        per_step = stage.micro_batch_size * world
+        if stage.batch_size % per_step:
+            problems.append(f"stages[{i}].batch_size: {stage.batch_size} is not a multiple of micro_batch_size "
+                            f"{stage.micro_batch_size} x {world} process(es) = {per_step}; use "
+                            f"{max(per_step, stage.batch_size // per_step * per_step)} or change micro_batch_size.")
+        steps.append(max(1, stage.batch_size // per_step))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return steps
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+
+
+def new_run(args) -> int:
+    import torch
+
+    from core.models.registry import find_model
+    from core.storage import runs_dir, write_json_atomic
+
+    from .datasets import bucket_histogram, format_report, read_dataset
+    from .features import FeatureCache, stage_items
+    from .memory import check_fit, estimate_stage, parameter_count
+
+    config = load_config(args.config)
+    source = find_model(config.base_model, config.components or None)
+    topology = choose_topology(config, args)
+    precision = mixed_precision(config, topology.device)
+    accumulation = accumulation_steps(config, topology.world)
+
+    items, reports = [], []
+    for index, dataset in enumerate(config.datasets):
+        found, report = read_dataset(dataset, index)
+        items += found
+        reports.append(report)
+    histograms = {}
+    for index, stage in enumerate(config.stages):
+        chosen = stage_items(stage, items)
+        if not chosen:
+            raise ConfigError(f"stages[{index}] ('{stage.name}') has no usable images: "
+                              + "; ".join(f"'{r.name}': {r.items} usable, {r.skipped} skipped" for r in reports))
+        histograms[stage.name] = bucket_histogram(chosen, stage.resolution)
+    print(format_report(reports, histograms), file=sys.stderr)
+
+    model_config = _model_config(source)
+    params = parameter_count(model_config)
+    activation_bytes = 2 if precision == "bf16" else 4
+    estimates = [estimate_stage(model_config, params, config, stage, topology.world,
+                                sharded=topology.device == "cuda" and topology.world > 1,
+                                activation_bytes=activation_bytes, cuda=topology.device == "cuda")
+                 for stage in config.stages]
+    print(f"model: {params / 1e6:.1f}M parameters; {topology.world} {topology.device} process(es), "
+          f"mixed precision {precision}", file=sys.stderr)
+    for estimate in estimates:
+        print("memory: " + estimate.describe(), file=sys.stderr)
+    for warning in check_fit(estimates, topology.processes_per_machine):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if args.check:
+        print("The config and datasets are fine; nothing was trained (--check).", file=sys.stderr)
+        return 0
+
+    run_path = Path(args.run_dir).expanduser() if args.run_dir else \
+        Path(config.output or runs_dir()) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_path.exists() and any(run_path.iterdir()):
+        raise ConfigError(f"{run_path} already holds files: resume it with --resume {run_path}, "
+                          "or pick another --run-dir.")
+    run = RunFolder(run_path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.write(run.config)
+    plan = {
+        "base_model": str(source.dit if source.is_single_file else source.components),
+        "components": str(source.components) if source.is_single_file else "",
+        "device": topology.device,
+        "processes": topology.world,
+        "mixed_precision": precision,
+        "accumulation": accumulation,
+        "parameters": params,
+        "memory_estimates": [asdict(e) for e in estimates],
+    }
+    write_json_atomic(run.plan, plan)
+    write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
+    print(f"run folder: {run.path}", file=sys.stderr)
+
+    run.set_status("preparing", message="encoding latents and captions")
+    device = torch.device("cuda" if topology.device == "cuda" else "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    failed = FeatureCache(run.path).prepare(config, source, items, device, dtype)
+    for index, lines in failed.items():
+        for line in lines:
+            print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
+    return launch(run, topology, precision, config, resume=False)
+
+
+def _model_config(source):
+    """The DiT's architecture, read without loading its weights."""
+    from core.models.checkpoints import derive_config, read_state_dict, to_diffusers_layout
+    from core.models.nextdit import NextDiTConfig
+    from core.models.sources import read_json_file
+
+    if source.is_single_file:
+        return derive_config(to_diffusers_layout(read_state_dict(source.dit)))
+    return NextDiTConfig.from_dict(read_json_file(source.dit / "config.json"))
+
+
+def resume_run(args) -> int:
+    run = RunFolder(Path(args.resume).expanduser())
+    if not run.config.is_file() or not run.plan.is_file():
+        raise ConfigError(f"{run.path} is not a training run folder (no config.toml / plan.json).")
+    if run.latest_checkpoint() is None:
+        raise ConfigError(f"{run.path} has no complete checkpoint yet; start the run again with its config.")
+    config = load_config(run.config)
+    plan = json.loads(run.plan.read_text())
+    topology = choose_topology(config, args)
+    if topology.world != plan["processes"]:
+        raise ConfigError(f"this run was started with {plan['processes']} process(es); resume it with the same "
+                          f"number (now {topology.world}) so the data order and sharded state match.")
+    run.stop_flag.unlink(missing_ok=True)
+    print(f"resuming {run.path} from {run.latest_checkpoint().name}", file=sys.stderr)
+    return launch(run, topology, plan["mixed_precision"], config, resume=True)
+
+
+def launch(run: RunFolder, topology: Topology, precision: str, config: RunConfig, resume: bool) -> int:
+    from tqdm import tqdm
+
+    command = accelerate_command(run, topology, precision, resume)
+    bar = tqdm(total=config.total_steps, unit="step", file=sys.stderr, desc="training")
+
+    def on_event(record):
+        kind = record.get("event")
+        if kind == "step":
+            bar.n = record["step"]
+            bar.set_postfix_str(f"{record['stage']} loss {record['loss']:.4f}")
+            bar.refresh()
+        elif kind == "resumed":
+            bar.n = record["step"]
+            bar.refresh()
+        elif kind in ("stage_start", "checkpoint", "samples"):
+            detail = record.get("path") or record.get("stage")
+            bar.write(f"{kind.replace('_', ' ')} at step {record['step']}: {detail}", file=sys.stderr)
+
+    code = run_processes(run, command, on_event)
+    bar.close()
+    status = run.status()
+    if code == 0:
+        checkpoint = run.latest_checkpoint()
+        print(f"{status.get('state', 'finished')}; newest checkpoint: {checkpoint / 'model' if checkpoint else 'none'}",
+              file=sys.stderr)
+        return 0
+    print(f"{PROG}: error: training failed: {status.get('message', f'exit code {code}')}\n"
+          f"--- last lines of {run.path / 'train.log'} ---\n{log_tail(run)}", file=sys.stderr)
+    return 1
+
+
+def list_presets() -> int:
+    for preset in sorted(PRESETS.glob("*.toml")):
+        first = next((line[1:].strip() for line in preset.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{preset}\n    {first}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.presets:
+            return list_presets()
+        if args.stop:
+            run = RunFolder(Path(args.stop).expanduser())
+            if not run.config.is_file():
+                raise ConfigError(f"{run.path} is not a training run folder.")
+            run.request_stop()
+            print(f"asked {run.path} to save a checkpoint and stop", file=sys.stderr)
+            return 0
+        if args.resume:
+            return resume_run(args)
+        if not args.config:
+            raise ConfigError("give a config file (see --presets), or --resume RUN_DIR.")
+        return new_run(args)
+    except LuminaError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("LUMINA_STUDIO_DEBUG"):
+            traceback.print_exc()
+        print(f"{PROG}: internal error ({type(exc).__name__}: {exc}). Set LUMINA_STUDIO_DEBUG=1 for details.",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Pre-computed training inputs: VAE latents per stage resolution and Gemma-2 caption features.
+
+Computed once before training (with progress) and kept in the run folder, so the frozen VAE and text
+encoder are not in memory while the DiT trains. A file already there is reused (a resumed run or a
+re-run does not encode again). Each stage gets a manifest listing its items, buckets and features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from core.models import loader
+from core.models.sources import ModelSource
+from core.prompt_encoder import PromptEncoder
+from core.prompts import MAX_TOKENS, full_prompt, system_prompt_text
+from core.storage import read_json, write_json_atomic
+
+from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket
+from .config import RunConfig, StageConfig
+from .datasets import Item
+
+ENCODE_BATCH = 8
+
+
+def _key(*parts) -> str:
+    return hashlib.sha1("\x00".join(str(p) for p in parts).encode()).hexdigest()[:20]
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(temp))
+    temp.replace(path)
+
+
+def stage_items(stage: StageConfig, items: list[Item]) -> list[Item]:
+    return [item for item in items if not stage.datasets or item.dataset in stage.datasets]
+
+
+def caption_texts(stage: StageConfig, item: Item) -> list[str]:
+    """The full texts the text encoder sees for an item in a stage (system prompt template applied)."""
+    system = item.system_prompt if stage.system_prompt == "dataset" else system_prompt_text(stage.system_prompt)
+    return [full_prompt(caption, system) for caption in item.captions]
+
+
+class FeatureCache:
+    """The run's features folder: writes them (launcher) and reads them back (training processes)."""
+
+    def __init__(self, run_dir: Path):
+        self.root = Path(run_dir) / "features"
+
+    def text_path(self, text: str) -> Path:
+        return self.root / "text" / f"{_key(text)}.safetensors"
+
+    def manifest_path(self, stage_index: int) -> Path:
+        return self.root / f"stage-{stage_index}.json"
+
+    def manifest(self, stage_index: int) -> dict:
+        manifest = read_json(self.manifest_path(stage_index), None)
+        if manifest is None:
+            raise FileNotFoundError(f"{self.manifest_path(stage_index)} is missing: the features were not prepared.")
+        return manifest
+
+    def load_text(self, relative: str) -> torch.Tensor:
+        return load_file(str(self.root / relative))["features"]
+
+    def load_latent(self, relative: str) -> torch.Tensor:
+        return load_file(str(self.root / relative))["latent"]
+
+    # ---- computing them (the launcher, before training starts) --------------------------------------
+
+    def prepare(self, config: RunConfig, source: ModelSource, items: list[Item], device: torch.device,
+                dtype: torch.dtype) -> dict[int, list[str]]:
+        """Encode every stage's latents and every caption; returns, per stage, the items that failed."""
+        components = source.components
+        failed = {}
+        per_stage = [stage_items(stage, items) for stage in config.stages]
+        sample_systems = [self._sample_system_prompt(s, i) for s, i in zip(config.stages, per_stage)]
+        vae = loader.load_vae(components, dtype, device)
+        try:
+            for index, stage in enumerate(config.stages):
+                failed[index] = self._encode_latents(index, stage, per_stage[index], vae)
+        finally:
+            del vae
+            _free(device)
+        tokenizer = loader.load_tokenizer(components)
+        encoder = loader.load_text_encoder(components, dtype, device)
+        try:
+            prompts = PromptEncoder(tokenizer, encoder, max_tokens=MAX_TOKENS, cache_size=1)
+            texts = {"", *(full_prompt(p, system) for system in sample_systems for p in config.samples.prompts)}
+            for index in range(len(config.stages)):
+                for entry in self.manifest(index)["items"]:
+                    texts.update(entry["texts"])
+            self._encode_texts(sorted(texts), prompts)
+        finally:
+            del encoder
+            _free(device)
+        for index, system in enumerate(sample_systems):
+            self._finish_manifest(index, [full_prompt(p, system) for p in config.samples.prompts])
+        return failed
+
+    @staticmethod
+    def _sample_system_prompt(stage: StageConfig, items: list[Item]) -> str:
+        """Samples are prompted the way the stage trains: its system prompt, else its first dataset's."""
+        if stage.system_prompt != "dataset":
+            return system_prompt_text(stage.system_prompt)
+        return items[0].system_prompt if items else system_prompt_text("real")
+
+    @torch.no_grad()
+    def _encode_latents(self, index: int, stage: StageConfig, items: list[Item], vae) -> list[str]:
+        folder = self.root / f"latents-{stage.resolution}"
+        folder.mkdir(parents=True, exist_ok=True)
+        buckets = bucket_sizes(stage.resolution)
+        config = vae.config
+        shift, scale = getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
+        entries, failed, todo = [], [], defaultdict(list)
+        for item in items:
+            bucket = nearest_bucket(item.width, item.height, buckets)
+            stat = item.image.stat()
+            relative = f"{folder.name}/{_key(item.image.resolve(), stat.st_mtime_ns, stat.st_size, bucket)}.safetensors"
+            entry = {"image": str(item.image), "dataset": item.dataset, "bucket": list(bucket),
+                     "latent": relative, "texts": caption_texts(stage, item)}
+            entries.append(entry)
+            if not (self.root / relative).exists():
+                todo[bucket].append(entry)
+        total = sum(len(v) for v in todo.values())
+        with tqdm(total=total, desc=f"latents for stage '{stage.name}' ({stage.resolution}px)", unit="img",
+                  file=sys.stderr, disable=total == 0) as bar:
+            for bucket, pending in todo.items():
+                for start in range(0, len(pending), ENCODE_BATCH):
+                    batch, pixels = [], []
+                    for entry in pending[start : start + ENCODE_BATCH]:
+                        try:
+                            with Image.open(entry["image"]) as image:
+                                fitted = fit_to_bucket(image.convert("RGB"), bucket)
+                        except (OSError, ValueError) as exc:
+                            failed.append(f"{entry['image']}: {exc}")
+                            continue
+                        batch.append(entry)
+                        pixels.append(torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0))
+                    if batch:
+                        x = torch.stack(pixels).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
+                        latents = (vae.encode(x).latent_dist.mode().float() - shift) * scale
+                        for entry, latent in zip(batch, latents):
+                            _save_atomic({"latent": latent.cpu()}, self.root / entry["latent"])
+                    bar.update(len(pending[start : start + ENCODE_BATCH]))
+        bad = {line.split(": ")[0] for line in failed}
+        entries = [e for e in entries if e["image"] not in bad]
+        write_json_atomic(self.manifest_path(index), {"stage": stage.name, "resolution": stage.resolution,
+                                                      "items": entries, "failed": failed})
+        return failed
+
+    def _encode_texts(self, texts: list[str], prompts: PromptEncoder) -> None:
+        todo = [t for t in texts if not self.text_path(t).exists()]
+        (self.root / "text").mkdir(parents=True, exist_ok=True)
+        for text in tqdm(todo, desc="caption features", unit="caption", file=sys.stderr, disable=not todo):
+            encoded = prompts.encode(text)
+            _save_atomic({"features": encoded.features[0]}, self.text_path(text))
+
+    def _finish_manifest(self, index: int, sample_texts: list[str]) -> None:
+        """Texts become file names; the stage's sample prompts and the empty caption are added."""
+        manifest = self.manifest(index)
+        relative = lambda text: str(self.text_path(text).relative_to(self.root))  # noqa: E731
+        for entry in manifest["items"]:
+            entry["texts"] = [relative(t) for t in entry["texts"]]
+        manifest["samples"] = [relative(t) for t in sample_texts]
+        manifest["empty"] = relative("")
+        write_json_atomic(self.manifest_path(index), manifest)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,295 @@
+"""The training process (one per GPU, started by `accelerate launch`; see trainer/launch.py).
+
+    python -m trainer.loop RUN_DIR [--resume]
+
+Reads the resolved config and plan from the run folder, trains every stage in order and writes
+events, samples and checkpoints there. Stage switches keep the model, EMA and optimizer state and
+change the buckets, batch and learning rate. A stop request (SIGTERM/SIGINT or the `stop` file)
+saves a checkpoint and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from core.models import loader
+from core.models.sources import resolve_source
+
+from . import checkpointing
+from .batches import StageData, _generator
+from .config import RunConfig, load_config
+from .ema import EMA, full_tensor
+from .features import FeatureCache
+from .objective import flow_matching_loss, noisy_inputs
+from .run_folder import RunFolder
+from .samples import SampleMaker
+
+
+class StopSignal:
+    """Remembers a SIGTERM/SIGINT so the loop can finish its step, save and exit."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+
+class Trainer:
+    def __init__(self, run: RunFolder, resume: bool):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.run = run
+        self.config: RunConfig = load_config(run.config)
+        self.plan = json.loads(run.plan.read_text())
+        self.stop_signal = StopSignal()
+        self.accelerator = Accelerator(
+            cpu=self.plan["device"] == "cpu",
+            mixed_precision=self.plan["mixed_precision"],
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.tensorboard)),
+        )
+        acc = self.accelerator
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        source = resolve_source(self.plan["base_model"], self.plan.get("components") or None)
+        self.components = source.components
+        model = loader.load_dit(source, torch.float32, torch.device("cpu"))
+        model.train().requires_grad_(True)
+        model.activation_checkpointing = self.config.activation_checkpointing
+        self.model_config = model.config
+        opt = self.config.optimizer
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.stages[0].lr, betas=tuple(opt.betas),
+                                      eps=opt.eps, weight_decay=opt.weight_decay)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema = EMA(self._inner, self.config.ema_decay) if self.config.ema_decay > 0 else None
+        self.cache = FeatureCache(run.path)
+        self.state = {"global_step": 0, "stage": 0, "step_in_stage": 0}
+        if resume:
+            self._resume()
+        if acc.is_main_process:
+            acc.init_trackers("train")
+        self.samples = SampleMaker(self.components, self.config.samples, acc.device,
+                                   torch.bfloat16 if self.plan["mixed_precision"] == "bf16" else torch.float32)
+
+    @property
+    def _inner(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def train(self) -> str:
+        """Trains until the end or a stop request; returns "finished" or "stopped"."""
+        started = time.perf_counter()
+        first_step = self.state["global_step"]
+        total = self.config.total_steps
+        for stage_index in range(self.state["stage"], len(self.config.stages)):
+            stage = self.config.stages[stage_index]
+            self.state["stage"] = stage_index
+            accumulation = self.plan["accumulation"][stage_index]
+            manifest = self.cache.manifest(stage_index)
+            data = StageData(self.cache, manifest, stage.micro_batch_size, self.config.seed, stage_index)
+            self._stage_start(stage_index, stage, accumulation, manifest)
+            while self.state["step_in_stage"] < stage.steps:
+                tick = time.perf_counter()
+                loss, grad_norm, lr, samples_done = self._step(stage, stage_index, data, accumulation)
+                self.state["step_in_stage"] += 1
+                self.state["global_step"] += 1
+                step = self.state["global_step"]
+                elapsed = time.perf_counter() - started
+                done_here = step - first_step
+                record = {
+                    "step": step, "stage": stage.name, "stage_index": stage_index,
+                    "stage_step": self.state["step_in_stage"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                    "samples_per_s": samples_done / (time.perf_counter() - tick),
+                    "eta_s": elapsed / done_here * (total - step), "resolution": stage.resolution,
+                }
+                if step % self.config.log_every == 0 or self.state["step_in_stage"] == stage.steps:
+                    self._log_step(record)
+                end_of_stage = self.state["step_in_stage"] == stage.steps
+                if end_of_stage or (stage.sample_every and self.state["step_in_stage"] % stage.sample_every == 0):
+                    self._samples(stage_index, stage, manifest)
+                stop = self._stop_requested()
+                if stop or end_of_stage or (stage.checkpoint_every and
+                                            self.state["step_in_stage"] % stage.checkpoint_every == 0):
+                    self._checkpoint()
+                if stop:
+                    self._event("stopped", step=step, message="stop requested: saved a checkpoint and exited")
+                    return "stopped"
+            self.state["step_in_stage"] = 0
+            if stage_index + 1 < len(self.config.stages):
+                self.state["stage"] = stage_index + 1
+        self._event("finished", step=self.state["global_step"])
+        return "finished"
+
+    def _step(self, stage, stage_index: int, data: StageData, accumulation: int):
+        acc = self.accelerator
+        step = self.state["step_in_stage"]
+        lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total_loss = torch.zeros((), device=acc.device)
+        samples = 0
+        for micro in range(accumulation):
+            position = (step * accumulation + micro) * self.world + self.rank
+            generator = _generator(self.config.seed, stage_index, step, micro, self.rank, 7)
+            latents, features, mask = data.load(position, generator, stage.caption_dropout)
+            latents = latents.to(acc.device)
+            x_t, t, target = noisy_inputs(latents, generator)
+            sync = micro == accumulation - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                prediction = self.model(x_t, t, features.to(acc.device), mask.to(acc.device))
+                loss = flow_matching_loss(prediction, target, self.config.pooled_loss_weight)
+                acc.backward(loss / accumulation)
+            total_loss += loss.detach() / accumulation
+            samples += latents.shape[0]
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self._inner)
+        mean_loss = acc.reduce(total_loss, reduction="mean").item()
+        all_samples = int(acc.reduce(torch.tensor(samples, device=acc.device), reduction="sum").item())
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"the loss became {mean_loss} at step {self.state['global_step'] + 1}: "
+                                     "lower the learning rate or check the data.")
+        return mean_loss, float(grad_norm), lr, all_samples
+
+    def _stop_requested(self) -> bool:
+        local = self.stop_signal.received or self.run.stop_requested()
+        if self.world == 1:
+            return local
+        flag = torch.tensor(1.0 if local else 0.0, device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item() > 0)
+
+    # ---- records ---------------------------------------------------------------------------
+
+    def _event(self, event: str, **fields) -> None:
+        if self.accelerator.is_main_process:
+            self.run.log(event, **fields)
+
+    def _log_step(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.run.log("step", **record)
+        self.accelerator.log({k: record[k] for k in ("loss", "lr", "grad_norm", "samples_per_s")},
+                             step=record["step"])
+        self.run.set_status("running", step=record["step"], total_steps=self.config.total_steps,
+                            stage=record["stage"], loss=record["loss"], eta_s=record["eta_s"], pid=os.getpid())
+
+    def _stage_start(self, index: int, stage, accumulation: int, manifest: dict) -> None:
+        self._event("stage_start", stage=stage.name, stage_index=index, step=self.state["global_step"],
+                    resolution=stage.resolution, batch_size=stage.batch_size,
+                    micro_batch_size=stage.micro_batch_size, accumulation=accumulation, processes=self.world,
+                    items=len(manifest["items"]), lr=stage.lr, resumed_at=self.state["step_in_stage"])
+
+    # ---- samples and checkpoints -------------------------------------------------------------
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The weights a person would use: the EMA when there is one (collective under FSDP)."""
+        if self.ema is not None:
+            return self.ema.full_state()
+        return {name: full_tensor(p.detach()).float().cpu() for name, p in self._inner.named_parameters()}
+
+    def _samples(self, stage_index: int, stage, manifest: dict) -> None:
+        if not self.config.samples.prompts:
+            return
+        weights = self._weights()
+        if self.accelerator.is_main_process:
+            prompts = [(text, self.cache.load_text(path))
+                       for text, path in zip(self.config.samples.prompts, manifest["samples"])]
+            paths = self.samples.make(weights, self.model_config, prompts, self.cache.load_text(manifest["empty"]),
+                                      (stage.resolution, stage.resolution), self.run.samples, self.state["global_step"])
+            self._event("samples", step=self.state["global_step"], stage=stage.name,
+                        files=[str(p.relative_to(self.run.path)) for p in paths])
+        self.accelerator.wait_for_everyone()
+
+    def _checkpoint(self) -> None:
+        acc = self.accelerator
+        step = self.state["global_step"]
+        if acc.is_main_process:
+            checkpointing.begin(self.run, step)
+        acc.wait_for_everyone()
+        partial = checkpointing.partial_path(self.run, step)
+        acc.save_state(str(partial / "state"))
+        if self.ema is not None:
+            self.ema.save(partial / "state", self.rank)
+        in_sync = self._replicas_in_sync()
+        weights = self._weights()
+        if acc.is_main_process:
+            checkpointing.write_model_folder(partial / "model", weights, self.model_config, self.components)
+            final = checkpointing.commit(self.run, partial, step, dict(self.state), self.config.keep_checkpoints)
+            self._event("checkpoint", step=step, path=str(final.relative_to(self.run.path)),
+                        replicas_in_sync=in_sync)
+        acc.wait_for_everyone()
+
+    def _replicas_in_sync(self) -> bool | None:
+        """With replicated weights (DDP), every process must hold identical ones; None when sharded."""
+        if self.world == 1 or (self.ema is not None and self.ema.sharded):
+            return None
+        digest = hashlib.sha256()
+        for _, p in sorted(self._inner.named_parameters()):
+            digest.update(p.detach().cpu().numpy().tobytes())
+        local = torch.tensor(list(digest.digest()[:8]), dtype=torch.float64, device=self.accelerator.device)
+        gathered = self.accelerator.gather(local[None]).cpu()
+        in_sync = bool((gathered == gathered[0]).all())
+        if not in_sync:
+            raise RuntimeError("the processes' model replicas differ; the run stopped to avoid saving a wrong model.")
+        return in_sync
+
+    def _resume(self) -> None:
+        checkpoint = self.run.latest_checkpoint()
+        if checkpoint is None:
+            raise FileNotFoundError(f"{self.run.checkpoints} holds no complete checkpoint to resume from.")
+        self.accelerator.load_state(str(checkpoint / "state"))
+        if self.ema is not None:
+            self.ema.load(checkpoint / "state", self.rank)
+        self.state = json.loads((checkpoint / "state" / "trainer_state.json").read_text())
+        stage = self.config.stages[self.state["stage"]]
+        if self.state["step_in_stage"] >= stage.steps and self.state["stage"] + 1 < len(self.config.stages):
+            self.state["stage"] += 1
+            self.state["step_in_stage"] = 0
+        self._event("resumed", step=self.state["global_step"], checkpoint=checkpoint.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.loop")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run = RunFolder(args.run_dir)
+    trainer = None
+    try:
+        trainer = Trainer(run, args.resume)
+        outcome = trainer.train()
+        if trainer.accelerator.is_main_process:
+            run.set_status(outcome, step=trainer.state["global_step"], total_steps=trainer.config.total_steps)
+        trainer.accelerator.end_training()
+        return 0
+    except Exception as exc:  # one line in the run folder for the app, the traceback on stderr for the log
+        traceback.print_exc()
+        is_main = trainer is None or trainer.accelerator.is_main_process
+        if is_main:
+            message = f"{type(exc).__name__}: {exc}"
+            run.log("failed", message=message)
+            run.set_status("failed", message=message)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
