@@ -61,3 +61,28 @@ def onnx_engine(tiny_model, onnx_home):
             os.environ["LUMINA_STUDIO_HOME"] = previous
     loaded.exported = exported
     return loaded
+
+
+SHAPE_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 220, 40)}
+
+
+def draw_shapes_dataset(folder: Path, count: int = 16, size: int = 64) -> Path:
+    """Flat coloured circles and squares with `.txt` captions (two alternatives each)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(SHAPE_COLOURS)
+    for i in range(count):
+        colour, shape = names[i % len(names)], ("circle" if i % 2 else "square")
+        image = Image.new("RGB", (size, size), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=SHAPE_COLOURS[colour])
+        image.save(folder / f"shape{i:03d}.png")
+        (folder / f"shape{i:03d}.txt").write_text(f"a {colour} {shape}\n{colour} {shape} on a white background")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory) -> Path:
+    return draw_shapes_dataset(tmp_path_factory.mktemp("datasets") / "shapes")

@@ -181,7 +181,7 @@ def new_run(args) -> int:
     device = torch.device("cuda" if topology.device == "cuda" else "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     failed = FeatureCache(run.path).prepare(config, source, items, device, dtype)
-    for index, lines in failed.items():
+    for lines in failed.values():
         for line in lines:
             print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
     return launch(run, topology, precision, config, resume=False)

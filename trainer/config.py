@@ -287,13 +287,13 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         if dataset.min_side < 16:
             problems.add(f"{where}.min_side", "must be at least 16 pixels (one latent patch).")
         _check_system_prompt(dataset.system_prompt, f"{where}.system_prompt", problems, allowed=("auto",))
-        if dataset.name and names.count(dataset.name) > 1:
+        if dataset.name and [d.name for d in config.datasets].index(dataset.name) != i:
             problems.add(f"{where}.name", f"'{dataset.name}' is used by more than one dataset; names must differ.")
 
     stage_names = [s.name for s in config.stages]
     for i, stage in enumerate(config.stages):
         where = f"stages[{i}]"
-        if stage_names.count(stage.name) > 1:
+        if stage_names.index(stage.name) != i:
             problems.add(f"{where}.name", f"'{stage.name}' is used by more than one stage; names must differ.")
         if stage.resolution < 2 * RESOLUTION_STEP or stage.resolution % RESOLUTION_STEP:
             problems.add(f"{where}.resolution", f"{stage.resolution} must be a multiple of {RESOLUTION_STEP} "

@@ -1,0 +1,243 @@
+"""Whole training runs through `lumina-studio train` (accelerate launch, real processes) on a tiny model.
+
+One uninterrupted two-stage run is the reference; stopped, killed and resumed runs of the same config
+must log the same losses step for step.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from trainer.run_folder import RunFolder
+
+STAGES = [
+    {"name": "low", "resolution": 32, "steps": 12, "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3,
+     "sample_every": 6, "checkpoint_every": 4},
+    {"name": "high", "resolution": 64, "steps": 6, "batch_size": 4, "micro_batch_size": 2, "lr": 5e-4,
+     "checkpoint_every": 3},
+]
+TOTAL = 18
+
+
+def write_config(folder: Path, model: Path, dataset: Path, **changes) -> Path:
+    stages = [dict(s) for s in STAGES]
+    for index, stage_changes in changes.pop("stages", {}).items():
+        stages[index].update(stage_changes)
+    config = {"version": 1, "name": "tiny", "base_model": str(model), "seed": 3, "keep_checkpoints": 2,
+              "datasets": [{"path": str(dataset), "min_side": 32}],
+              "samples": {"prompts": ["a red circle", "a blue square"], "steps": 3},
+              "stages": stages, **changes}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def train_command(*args) -> list[str]:
+    return [sys.executable, "-m", "core.cli", "train", *map(str, args)]
+
+
+def train(*args, home: Path, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(home)}
+    return subprocess.run(train_command(*args), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start(*args, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(home)}
+    return subprocess.Popen(train_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def losses(run: RunFolder) -> dict[int, float]:
+    """Loss per step; when a step was run twice (after a resume) the later record counts."""
+    return {r["step"]: r["loss"] for r in run.read_events() if r["event"] == "step"}
+
+
+def wait_for(condition, timeout=120.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    raise TimeoutError("the run did not reach the expected point in time")
+
+
+def worker_pid(run: RunFolder) -> int:
+    return run.status()["pid"]
+
+
+def reached_step(run: RunFolder, step: int) -> bool:
+    return any(r.get("event") == "step" and r["step"] >= step for r in run.read_events())
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_model, shapes_dataset, tmp_path_factory) -> RunFolder:
+    folder = tmp_path_factory.mktemp("reference")
+    config = write_config(folder, tiny_model, shapes_dataset)
+    result = train(config, "--run-dir", folder / "run", home=folder / "home")
+    assert result.returncode == 0, result.stderr
+    return RunFolder(folder / "run")
+
+
+def test_two_stage_run_trains_switches_stage_and_writes_everything(reference_run):
+    run = reference_run
+    events = run.read_events()
+    starts = [e for e in events if e["event"] == "stage_start"]
+    assert [(s["stage"], s["step"], s["resolution"], s["accumulation"]) for s in starts] == [
+        ("low", 0, 32, 2), ("high", 12, 64, 2)]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [s["step"] for s in steps] == list(range(1, TOTAL + 1))
+    assert {s["resolution"] for s in steps if s["step"] <= 12} == {32}
+    assert {s["resolution"] for s in steps if s["step"] > 12} == {64}
+    for record in steps:
+        assert record["grad_norm"] > 0 and record["samples_per_s"] > 0 and record["eta_s"] >= 0
+    first, last = [s["loss"] for s in steps[:4]], [s["loss"] for s in steps[8:12]]
+    assert sum(last) / 4 < 0.9 * sum(first) / 4  # the loss goes down within the first stage
+    # Samples at steps 6 and 12 (stage low, 32 px) and at the end of stage high (64 px).
+    samples = sorted(p.name for p in run.samples.glob("*.png"))
+    assert samples == [f"step-{s:08d}-{i}.png" for s in (6, 12, 18) for i in (0, 1)]
+    from PIL import Image
+
+    assert Image.open(run.samples / "step-00000018-0.png").size == (64, 64)
+    # keep_checkpoints = 2: the newest two remain, each complete and loadable.
+    kept = sorted(p.name for p in run.checkpoints.iterdir())
+    assert kept == ["step-00000015", "step-00000018"]
+    assert json.loads((run.checkpoints / "step-00000018" / "state" / "trainer_state.json").read_text())[
+        "global_step"] == TOTAL
+    assert run.status()["state"] == "finished"
+    assert list(run.tensorboard.rglob("events.out.tfevents.*"))
+    assert (run.path / "config.toml").is_file() and json.loads(run.plan.read_text())["accumulation"] == [2, 2]
+    report = json.loads(run.dataset_report.read_text())
+    assert report["buckets"] == {"low": {"32x32": 16}, "high": {"64x64": 16}}
+    latents = sorted((run.path / "features").glob("latents-*"))
+    assert [p.name for p in latents] == ["latents-32", "latents-64"]
+
+
+def test_final_checkpoint_loads_in_generate(reference_run, tmp_path):
+    model = reference_run.latest_checkpoint() / "model"
+    result = subprocess.run(
+        [sys.executable, "-m", "core.cli", "generate", "a red circle", "--model", str(model), "--width", "64",
+         "--height", "64", "--steps", "3", "--seed", "1", "--out", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "h")})
+    assert result.returncode == 0, result.stderr
+    assert Path(json.loads(result.stdout)["path"]).is_file()
+    # The transformer holds the EMA weights, in diffusers' format.
+    from diffusers import Lumina2Transformer2DModel
+
+    Lumina2Transformer2DModel.from_pretrained(str(model / "transformer"))
+
+
+def test_stop_file_and_sigterm_save_and_resume_exactly(reference_run, tiny_model, shapes_dataset, tmp_path):
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 3))
+    run.request_stop()
+    assert process.wait(timeout=120) == 0
+    assert run.status()["state"] == "stopped"
+    stopped_at = max(losses(run))
+    assert run.latest_checkpoint().name == f"step-{stopped_at:08d}"  # saved where it stopped
+
+    process = start("--resume", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 14))  # into the second stage
+    os.kill(worker_pid(run), signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert run.status()["state"] == "stopped"
+
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert run.status()["state"] == "finished"
+    assert losses(run) == pytest.approx(losses(reference_run), rel=1e-6)
+    resumed = [e for e in run.read_events() if e["event"] == "resumed"]
+    assert len(resumed) == 2
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(reference_run, tiny_model, shapes_dataset, tmp_path):
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 6))
+    os.kill(worker_pid(run), signal.SIGKILL)
+    assert process.wait(timeout=60) != 0
+    assert run.status()["state"] == "failed"
+    assert run.latest_checkpoint() is not None
+
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert losses(run) == pytest.approx(losses(reference_run), rel=1e-6)
+
+
+def test_a_kill_while_saving_leaves_a_loadable_checkpoint(reference_run, tiny_model, shapes_dataset, tmp_path):
+    # A checkpoint every step: most of the run is spent saving, and the kill lands inside a save.
+    config = write_config(tmp_path, tiny_model, shapes_dataset, stages={0: {"checkpoint_every": 1}})
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 3) and any(run.checkpoints.glob(".partial-*")), interval=0.002)
+    os.kill(worker_pid(run), signal.SIGKILL)
+    process.wait(timeout=60)
+
+    latest = run.latest_checkpoint()
+    assert latest is not None and (latest / "COMPLETE").exists()
+    from core.models.loader import load_dit
+    from core.models.sources import resolve_source
+
+    import torch
+
+    load_dit(resolve_source(latest / "model"), torch.float32, torch.device("cpu"))
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert not list(run.checkpoints.glob(".partial-*"))  # the interrupted save was cleaned up
+    assert losses(run) == pytest.approx(losses(reference_run), rel=1e-6)
+
+
+def test_two_cpu_processes_stay_in_sync_and_save_one_checkpoint(tiny_model, shapes_dataset, tmp_path):
+    config = write_config(tmp_path, tiny_model, shapes_dataset, samples={"prompts": []})
+    run = RunFolder(tmp_path / "run")
+    result = train(config, "--cpu-processes", 2, "--run-dir", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    events = run.read_events()
+    assert {e["processes"] for e in events if e["event"] == "stage_start"} == {2}
+    assert {e["accumulation"] for e in events if e["event"] == "stage_start"} == {1}  # 4 = 2 per process x 2
+    checkpoints = [e for e in events if e["event"] == "checkpoint"]
+    assert checkpoints and all(e["replicas_in_sync"] is True for e in checkpoints)
+    state = run.latest_checkpoint() / "state"
+    assert sorted(p.name for p in state.iterdir()) == [
+        "ema.safetensors", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl",
+        "trainer_state.json"]
+    assert len(list(run.checkpoints.glob("step-*"))) == 2 and run.status()["state"] == "finished"
+
+
+def test_launch_errors_are_one_clear_line(tiny_model, shapes_dataset, tmp_path):
+    home = tmp_path / "home"
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    checks = [
+        (["--gpus", 2], "--gpus 2: PyTorch sees no CUDA GPU here"),
+        (["--cpu-processes", 3], "stages[0].batch_size: 4 is not a multiple of micro_batch_size 2 x 3 process(es)"),
+        (["--resume", tmp_path], "is not a training run folder"),
+    ]
+    for extra, message in checks:
+        args = extra if extra[0] == "--resume" else [config, *extra]
+        result = train(*args, home=home)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+    empty = tmp_path / "uncaptioned"
+    shutil.copytree(shapes_dataset, empty)
+    for caption in empty.glob("*.txt"):
+        caption.unlink()
+    result = train(write_config(tmp_path / "b", tiny_model, empty), home=home)
+    assert result.returncode == 1 and "stages[0] ('low') has no usable images" in result.stderr
+
+    result = train(write_config(tmp_path / "c", tmp_path / "no-model", shapes_dataset), home=home)
+    assert result.returncode == 1 and "no-model" in result.stderr
+
+    result = train(config, "--check", home=home)
+    assert result.returncode == 0 and "memory: stage 'low'" in result.stderr and "nothing was trained" in result.stderr
+    assert not (home / "runs").exists()  # --check leaves nothing behind
