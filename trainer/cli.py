@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def new_run(args) -> int:
     from core.storage import runs_dir, write_json_atomic
 
     from .datasets import bucket_histogram, format_report, read_dataset
-    from .features import FeatureCache, stage_items
+    from .features import stage_items
     from .memory import check_fit, estimate_stage, parameter_count
 
     config = load_config(args.config)
@@ -178,13 +180,26 @@ def new_run(args) -> int:
     print(f"run folder: {run.path}", file=sys.stderr)
 
     run.set_status("preparing", message="encoding latents and captions")
-    device = torch.device("cuda" if topology.device == "cuda" else "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    failed = FeatureCache(run.path).prepare(config, source, items, device, dtype)
+    job = (run.path, config, source, items, topology.device, dtype)
+    if topology.device == "cuda":
+        # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            failed = pool.submit(prepare_features, *job).result()
+    else:
+        failed = prepare_features(*job)
     for lines in failed.values():
         for line in lines:
             print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
     return launch(run, topology, precision, config, resume=False)
+
+
+def prepare_features(run_path, config, source, items, device: str, dtype) -> dict[int, list[str]]:
+    import torch
+
+    from .features import FeatureCache
+
+    return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype)
 
 
 def _model_config(source):
@@ -274,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except LuminaError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: cancelled", file=sys.stderr)
+        return 130
     except Exception as exc:
         if os.environ.get("LUMINA_STUDIO_DEBUG"):
             traceback.print_exc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         is_main = trainer is None or trainer.accelerator.is_main_process
         if is_main:
             message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                message = (f"the disk is full ({exc.filename or run.path}); the last complete checkpoint is "
+                           "intact: free some space (or lower keep_checkpoints) and continue with --resume.")
             run.log("failed", message=message)
             run.set_status("failed", message=message)
         return 1
