@@ -227,29 +227,31 @@ def main(argv: list[str] | None = None) -> int:
         from app.main_window import run  # the app: Qt only, torch stays in the engine process
 
         return run([sys.argv[0]])
+    commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models}
+    return report_errors(PROG, commands[args.command], args)
+
+
+def report_errors(prog: str, command, *args) -> int:
+    """Run a command; a problem becomes one line on stderr and an exit code, never a traceback."""
     try:
-        commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models}
-        return commands[args.command](args)
-    except Cancelled:
-        print(f"{PROG}: cancelled", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{PROG}: cancelled", file=sys.stderr)
+        return command(*args)
+    except (Cancelled, KeyboardInterrupt):
+        print(f"{prog}: cancelled", file=sys.stderr)
         return 130
     except LuminaError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"{PROG}: error: out of memory. Try a smaller size, --low-vram on, or --dtype bf16.", file=sys.stderr)
+        print(f"{prog}: error: out of memory. Try a smaller size, --low-vram on, or --dtype bf16.", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: one line for the person, the traceback on request
         if os.environ.get("LUMINA_STUDIO_DEBUG"):
             traceback.print_exc()
         name = type(exc).__name__
         if "OutOfMemory" in name:
-            print(f"{PROG}: error: the GPU ran out of memory. Try --low-vram on or a smaller size.", file=sys.stderr)
+            print(f"{prog}: error: the GPU ran out of memory. Try --low-vram on or a smaller size.", file=sys.stderr)
         else:
-            print(f"{PROG}: internal error ({name}: {exc}). Set LUMINA_STUDIO_DEBUG=1 for details.", file=sys.stderr)
+            print(f"{prog}: internal error ({name}: {exc}). Set LUMINA_STUDIO_DEBUG=1 for details.", file=sys.stderr)
         return 3
 
 

@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from core.errors import LuminaError
+from core.cli import OneLineParser, report_errors
+from core.prompts import MAX_TOKENS
 
 from .config import ConfigError, RunConfig, load_config
 from .launch import Topology, accelerate_command, log_tail, run_processes
@@ -29,12 +27,7 @@ PROG = "lumina-studio train"
 PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Progressive multi-stage full fine-tuning of Lumina-Image 2.0.")
     parser.add_argument("config", nargs="?", help="a run config (TOML); see --presets")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
@@ -159,11 +152,12 @@ def new_run(args) -> int:
 
     run_path = Path(args.run_dir).expanduser() if args.run_dir else \
         Path(config.output or runs_dir()) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run_path.exists() and any(run_path.iterdir()):
-        raise ConfigError(f"{run_path} already holds files: resume it with --resume {run_path}, "
-                          "or pick another --run-dir.")
     run = RunFolder(run_path)
+    if run.latest_checkpoint() is not None:
+        raise ConfigError(f"{run_path} already holds a trained run: continue it with --resume {run_path}, "
+                          "or pick another --run-dir.")
     run.path.mkdir(parents=True, exist_ok=True)
+    run.events.unlink(missing_ok=True)  # a start that never reached a checkpoint begins again (features are reused)
     config.write(run.config)
     plan = {
         "base_model": str(source.dit if source.is_single_file else source.components),
@@ -185,16 +179,18 @@ def new_run(args) -> int:
     if topology.device == "cuda":
         # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            failed = pool.submit(prepare_features, *job).result()
+            failed, truncated = pool.submit(prepare_features, *job).result()
     else:
-        failed = prepare_features(*job)
-    for lines in failed.values():
-        for line in lines:
-            print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
+        failed, truncated = prepare_features(*job)
+    for line in failed:
+        print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
+    if truncated:
+        print(f"{PROG}: warning: {truncated} caption(s) are longer than {MAX_TOKENS} tokens with the system prompt; "
+              "their ends are cut, as at generation time.", file=sys.stderr)
     return launch(run, topology, precision, config, resume=False)
 
 
-def prepare_features(run_path, config, source, items, device: str, dtype) -> dict[int, list[str]]:
+def prepare_features(run_path, config, source, items, device: str, dtype) -> tuple[list[str], int]:
     import torch
 
     from .features import FeatureCache
@@ -269,36 +265,25 @@ def list_presets() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.presets:
-            return list_presets()
-        if args.stop:
-            run = RunFolder(Path(args.stop).expanduser())
-            if not run.config.is_file():
-                raise ConfigError(f"{run.path} is not a training run folder.")
-            run.request_stop()
-            print(f"asked {run.path} to save a checkpoint and stop", file=sys.stderr)
-            return 0
-        if args.resume:
-            return resume_run(args)
-        if not args.config:
-            raise ConfigError("give a config file (see --presets), or --resume RUN_DIR.")
-        return new_run(args)
-    except LuminaError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: cancelled", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("LUMINA_STUDIO_DEBUG"):
-            traceback.print_exc()
-        print(f"{PROG}: internal error ({type(exc).__name__}: {exc}). Set LUMINA_STUDIO_DEBUG=1 for details.",
-              file=sys.stderr)
-        return 3
+def run_command(args) -> int:
+    if args.presets:
+        return list_presets()
+    if args.stop:
+        run = RunFolder(Path(args.stop).expanduser())
+        if not run.config.is_file():
+            raise ConfigError(f"{run.path} is not a training run folder.")
+        run.request_stop()
+        print(f"asked {run.path} to save a checkpoint and stop", file=sys.stderr)
+        return 0
+    if args.resume:
+        return resume_run(args)
+    if not args.config:
+        raise ConfigError("give a config file (see --presets), or --resume RUN_DIR.")
+    return new_run(args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    return report_errors(PROG, run_command, build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -78,16 +78,17 @@ class FeatureCache:
     # ---- computing them (the launcher, before training starts) --------------------------------------
 
     def prepare(self, config: RunConfig, source: ModelSource, items: list[Item], device: torch.device,
-                dtype: torch.dtype) -> dict[int, list[str]]:
-        """Encode every stage's latents and every caption; returns, per stage, the items that failed."""
+                dtype: torch.dtype) -> tuple[list[str], int]:
+        """Encode every stage's latents and every caption. Returns the images that could not be read
+        (they are left out) and how many captions were cut at the 256-token limit."""
         components = source.components
-        failed = {}
+        failed = []
         per_stage = [stage_items(stage, items) for stage in config.stages]
         sample_systems = [self._sample_system_prompt(s, i) for s, i in zip(config.stages, per_stage)]
         vae = loader.load_vae(components, dtype, device)
         try:
             for index, stage in enumerate(config.stages):
-                failed[index] = self._encode_latents(index, stage, per_stage[index], vae)
+                failed += self._encode_latents(index, stage, per_stage[index], vae)
         finally:
             del vae
             _free(device)
@@ -99,13 +100,13 @@ class FeatureCache:
             for index in range(len(config.stages)):
                 for entry in self.manifest(index)["items"]:
                     texts.update(entry["texts"])
-            self._encode_texts(sorted(texts), prompts)
+            truncated = self._encode_texts(sorted(texts), prompts)
         finally:
             del encoder
             _free(device)
         for index, system in enumerate(sample_systems):
             self._finish_manifest(index, [full_prompt(p, system) for p in config.samples.prompts])
-        return failed
+        return sorted(set(failed)), truncated
 
     @staticmethod
     def _sample_system_prompt(stage: StageConfig, items: list[Item]) -> str:
@@ -121,7 +122,7 @@ class FeatureCache:
         buckets = bucket_sizes(stage.resolution)
         config = vae.config
         shift, scale = getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
-        entries, failed, todo = [], [], defaultdict(list)
+        entries, failed, unreadable, todo = [], [], set(), defaultdict(list)
         for item in items:
             bucket = nearest_bucket(item.width, item.height, buckets)
             stat = item.image.stat()
@@ -143,6 +144,7 @@ class FeatureCache:
                                 fitted = fit_to_bucket(image.convert("RGB"), bucket)
                         except (OSError, ValueError) as exc:
                             failed.append(f"{entry['image']}: {exc}")
+                            unreadable.add(entry["image"])
                             continue
                         batch.append(entry)
                         pixels.append(torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0))
@@ -152,18 +154,21 @@ class FeatureCache:
                         for entry, latent in zip(batch, latents):
                             _save_atomic({"latent": latent.cpu()}, self.root / entry["latent"])
                     bar.update(len(pending[start : start + ENCODE_BATCH]))
-        bad = {line.split(": ")[0] for line in failed}
-        entries = [e for e in entries if e["image"] not in bad]
+        entries = [e for e in entries if e["image"] not in unreadable]
         write_json_atomic(self.manifest_path(index), {"stage": stage.name, "resolution": stage.resolution,
                                                       "items": entries, "failed": failed})
         return failed
 
-    def _encode_texts(self, texts: list[str], prompts: PromptEncoder) -> None:
+    def _encode_texts(self, texts: list[str], prompts: PromptEncoder) -> int:
+        """Encodes the texts not cached yet; returns how many were cut at the token limit."""
         todo = [t for t in texts if not self.text_path(t).exists()]
         (self.root / "text").mkdir(parents=True, exist_ok=True)
+        cut = 0
         for text in tqdm(todo, desc="caption features", unit="caption", file=sys.stderr, disable=not todo):
             encoded = prompts.encode(text)
+            cut += bool(encoded.truncated_text)
             _save_atomic({"features": encoded.features[0]}, self.text_path(text))
+        return cut
 
     def _finish_manifest(self, index: int, sample_texts: list[str]) -> None:
         """Texts become file names; the stage's sample prompts and the empty caption are added."""

@@ -86,8 +86,10 @@ def run_processes(run: RunFolder, command: list[str], on_event=None) -> int:
                 run.request_stop()
                 print("\nstopping: the run saves a checkpoint and exits (press Ctrl+C again to end it now)",
                       file=sys.stderr)
+            elif hasattr(os, "killpg"):
+                os.killpg(process.pid, signal.SIGKILL)  # the whole group: accelerate and its workers
             else:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -214,10 +214,11 @@ def test_two_cpu_processes_stay_in_sync_and_save_one_checkpoint(tiny_model, shap
     assert len(list(run.checkpoints.glob("step-*"))) == 2 and run.status()["state"] == "finished"
 
 
-def test_launch_errors_are_one_clear_line(tiny_model, shapes_dataset, tmp_path):
+def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_dataset, tmp_path):
     home = tmp_path / "home"
     config = write_config(tmp_path, tiny_model, shapes_dataset)
     checks = [
+        (["--run-dir", reference_run.path], "already holds a trained run: continue it with --resume"),
         (["--gpus", 2], "--gpus 2: PyTorch sees no CUDA GPU here"),
         (["--cpu-processes", 3], "stages[0].batch_size: 4 is not a multiple of micro_batch_size 2 x 3 process(es)"),
         (["--resume", tmp_path], "is not a training run folder"),
