@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import Cancelled, LuminaError
+from .errors import Cancelled, LuminaError, RequestError
 from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
 
 PROG = "lumina-studio"
@@ -63,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Training lives in trainer/ (a layer above core); its own parser reads these arguments.
     commands.add_parser("train", help="fine-tune in stages from a config (see: train --help)", add_help=False)
+
+    world = commands.add_parser("scenes", help="draw a dataset of flat-shape scenes with captions (the demo's world)")
+    world.add_argument("folder")
+    world.add_argument("--count", type=int, default=1000)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--pairs", type=float, default=0.4, help="share of scenes with two shapes and a relation")
+
+    evaluate = commands.add_parser("evaluate", help="measure prompt alignment on prompts from the scene world")
+    evaluate.add_argument("--model", default="demo", help="a model path or registered name (default: demo)")
+    evaluate.add_argument("--count", type=int, default=200, help="prompts (about 40%% with two shapes)")
+    evaluate.add_argument("--seed", type=int, default=1000)
+    evaluate.add_argument("--steps", type=int)
+    evaluate.add_argument("--guidance", type=float, default=4.0)
+    evaluate.add_argument("--cache", default="off")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--out", help="also save the generated images here")
+    evaluate.add_argument("--json", action="store_true")
 
     models = commands.add_parser("models", help="list, add or remove models")
     model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
@@ -205,6 +222,34 @@ def run_models(args) -> int:
     return 0
 
 
+def run_scenes(args) -> int:
+    from tqdm import tqdm
+
+    from .scenes.world import write_dataset
+
+    if args.count < 1 or not 0 <= args.pairs <= 1:
+        raise RequestError("--count must be at least 1 and --pairs between 0 and 1.")
+    with tqdm(total=args.count, desc="drawing scenes", unit="img", file=sys.stderr) as bar:
+        write_dataset(args.folder, args.count, args.seed, args.pairs, on_progress=lambda n: bar.update(1))
+    print(f"{args.count} scenes with captions in {args.folder}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .engine import Engine
+    from .models.registry import find_model
+    from .scenes.alignment import evaluate
+
+    if args.count < 1:
+        raise RequestError("--count must be at least 1.")
+    engine = Engine(find_model(args.model), device=args.device)
+    engine.load()
+    report = evaluate(engine, args.count, args.seed, Path(args.out) if args.out else None, steps=args.steps,
+                      guidance=args.guidance, cache=args.cache)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.describe())
+    return 0
+
+
 def run_train(train_args: list[str]) -> int:
     """Hand over to the trainer's own command line in a child process (core never imports trainer)."""
     import subprocess
@@ -227,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.main_window import run  # the app: Qt only, torch stays in the engine process
 
         return run([sys.argv[0]])
-    commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models}
+    commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models, "scenes": run_scenes,
+                "evaluate": run_evaluate}
     return report_errors(PROG, commands[args.command], args)
 
 
