@@ -1,6 +1,7 @@
 """Train a small 8x-downsampling AutoencoderKL on a set of images (the demo model's VAE).
 
-Reconstruction (mean squared error) plus a small KL term keeps the latent smooth enough for diffusion.
+Reconstruction (mean squared error) of the posterior mean, plus a small KL term that keeps the latent
+bounded.
 Afterwards the latent's mean and spread over the training images become the VAE's shift_factor and
 scaling_factor, so scaled latents have zero mean and unit variance, the convention the DiT expects.
 """
@@ -32,14 +33,15 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int = 32, lr: float 
     for _ in tqdm(range(steps), desc="training the VAE", unit="step", file=sys.stderr):
         x = images[torch.randint(len(images), (batch,), generator=generator)]
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        reconstruction = vae.decode(z).sample
+        # The mean, not a sample: with a fresh encoder's unit variance the noise drowns colour for
+        # thousands of steps. Encoding uses the mean too (mode), so decoding sees what it trained on.
+        reconstruction = vae.decode(posterior.mean).sample
         loss = torch.nn.functional.mse_loss(reconstruction, x) + KL_WEIGHT * posterior.kl().mean() / x[0].numel()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     vae.eval().requires_grad_(False)
     return losses
 
