@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QT
 from core import __version__
 from core.errors import LuminaError
 from core.library import Library
-from core.models.registry import list_models
+from core.models.registry import available_models
 from core.storage import data_dir, library_dir
 from core.worker import WorkerOptions
 
@@ -124,12 +124,12 @@ class MainWindow(QMainWindow):
         saved = self.settings.value("model")
         if saved:
             return saved
-        models = list_models()
+        models = available_models()
         return models[-1]["name"] if models else None
 
     def start_engine(self) -> None:
         model = self.current_model()
-        self.generate.set_models(list_models(), model)
+        self.generate.set_models(available_models(), model)
         if not model:
             self.client.stop()
             self.show_banner("No model yet. Add a Lumina-Image 2.0 diffusers folder or checkpoint with "
@@ -142,6 +142,11 @@ class MainWindow(QMainWindow):
     def _engine_ready(self, event: dict) -> None:
         run = event["run"]
         self.show_banner("")
+        name = event["model"]["name"]
+        if self.settings.value("size_for_model") != name:  # a new model starts at its own size (demo: 64x64)
+            size = event.get("default_size", 1024)
+            self.generate.apply_values({"width": size, "height": size})
+            self.settings.setValue("size_for_model", name)
         self.generate.ask_token_count()
         self.statusBar().showMessage(
             f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
@@ -176,10 +181,10 @@ class MainWindow(QMainWindow):
         dialog.exec()
         if getattr(dialog, "added", None):
             self.settings.setValue("model", dialog.added)
-            self.generate.set_models(list_models(), dialog.added)
+            self.generate.set_models(available_models(), dialog.added)
             self.start_engine()
         else:
-            self.generate.set_models(list_models(), self.current_model())
+            self.generate.set_models(available_models(), self.current_model())
 
     def rebuild_library(self) -> None:
         """Re-index on a background thread (reading every PNG takes a while); report when done."""

@@ -28,12 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="make images from a prompt")
     gen.add_argument("prompt", help='the prompt ("" for an unconditional image)')
-    gen.add_argument("--model", help="a diffusers folder, a single-file DiT, or a registered model name")
+    gen.add_argument("--model", help="a diffusers folder, a single-file DiT, or a registered model name "
+                                     "(default: the built-in demo model)")
     gen.add_argument("--components", help="diffusers folder with text encoder, tokenizer and VAE for a single-file DiT")
     gen.add_argument("--negative", default="", help="negative prompt (encoded without a system prompt)")
     gen.add_argument("--system-prompt", default="real", help="real, align, base, aesthetics, 4grid, empty, or custom text")
-    gen.add_argument("--width", type=int, default=1024)
-    gen.add_argument("--height", type=int, default=1024)
+    gen.add_argument("--width", type=int, help="default: the model's size (1024; the demo model: 64)")
+    gen.add_argument("--height", type=int, help="default: the model's size (1024; the demo model: 64)")
     gen.add_argument("--steps", type=int, help="solver steps (default 18 official, 30 diffusers)")
     gen.add_argument("--guidance", type=float, default=4.0, help="CFG scale (1 = no guidance)")
     gen.add_argument("--cfg-trunc", type=float, help="official: guide while t < X (0.25); diffusers: cfg_trunc_ratio (1.0)")

@@ -184,7 +184,8 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Defaults filled in and checked against this model (sizes RoPE can address)."""
         self.load()
-        resolved = request.with_defaults(self.default_shift)
+        # diffusers' convention: the transformer's sample_size (in latent pixels) x 8 is the default size.
+        resolved = request.with_defaults(self.default_shift, self.config.sample_size * 8)
         max_h, max_w = self.config.max_image_size()
         if resolved.height > max_h or resolved.width > max_w:
             raise RequestError(

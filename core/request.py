@@ -30,8 +30,8 @@ class GenerationRequest:
     prompt: str
     negative_prompt: str = ""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT  # a name from prompts.SYSTEM_PROMPTS, or custom text
-    width: int = 1024
-    height: int = 1024
+    width: int | None = None  # None: the model's own size (1024 for Lumina-Image 2.0, 64 for the demo)
+    height: int | None = None
     steps: int | None = None
     guidance: float = 4.0
     cfg_trunc: float | None = None
@@ -43,12 +43,14 @@ class GenerationRequest:
     compat: str = "official"
     cache: str = "off"  # off, a threshold ("0.3"), or "v1:0.3" / "v2:0.5"
 
-    def with_defaults(self, model_shift: float = 6.0) -> GenerationRequest:
-        """Fill unset values from the compat mode's defaults; validates first."""
+    def with_defaults(self, model_shift: float = 6.0, model_size: int = 1024) -> GenerationRequest:
+        """Fill unset values from the compat mode's and the model's defaults; validates first."""
         self.validate()
         defaults = DEFAULTS[self.compat]
         return replace(
             self,
+            width=self.width if self.width is not None else model_size,
+            height=self.height if self.height is not None else model_size,
             steps=self.steps if self.steps is not None else defaults["steps"],
             solver=self.solver or defaults["solver"],
             cfg_trunc=self.cfg_trunc if self.cfg_trunc is not None else defaults["cfg_trunc"],
@@ -76,6 +78,8 @@ class GenerationRequest:
         if self.compat not in COMPAT_NAMES:
             raise RequestError(f"Unknown compat mode '{self.compat}': use official or diffusers.")
         for label, value in (("width", self.width), ("height", self.height)):
+            if value is None:
+                continue
             if not isinstance(value, int) or value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
                 raise RequestError(
                     f"The {label} must be a positive multiple of 16 pixels (one model token is 16x16 px); "

@@ -58,7 +58,8 @@ def _child_main(options: WorkerOptions, jobs, events, cancel) -> None:
     except Exception as exc:  # a person must learn why, whatever it is
         events.put({"type": "load_error", "message": str(exc) or type(exc).__name__})
         return
-    events.put({"type": "ready", "model": engine.model_info, "run": engine.run_info})
+    events.put({"type": "ready", "model": engine.model_info, "run": engine.run_info,
+                "default_size": engine.config.sample_size * 8})
     from pathlib import Path
 
     while True:

@@ -24,15 +24,22 @@ def test_add_find_list_remove(tiny_model, tmp_path):
         remove_model("tiny")
 
 
-def test_unknown_names_and_the_demo(tiny_model):
+def test_unknown_names_and_the_demo(tiny_model, tmp_path, monkeypatch):
+    from core.models import registry
+
     with pytest.raises(ModelLoadError, match="neither an existing path"):
         find_model("nothing-like-this")
-    with pytest.raises(ModelLoadError, match="demo"):
-        find_model("demo")
-    with pytest.raises(ModelLoadError, match="No model given"):
-        find_model(None)
     with pytest.raises(ModelLoadError, match="reserved"):
         add_model(tiny_model, name="demo")
+    monkeypatch.setattr(registry, "DEMO_FOLDER", tmp_path / "not-installed")
+    for spec in ("demo", None, ""):
+        with pytest.raises(ModelLoadError, match=r"demo model is missing .* `python -m trainer.demo`"):
+            find_model(spec)
+    assert registry.available_models() == []
+    monkeypatch.setattr(registry, "DEMO_FOLDER", tiny_model)  # an installed demo: the default model
+    assert find_model(None).name == "demo" and find_model("demo").components == tiny_model
+    add_model(tiny_model, name="mine")
+    assert [m["name"] for m in registry.available_models()] == ["demo", "mine"]
 
 
 def test_hash_is_cached_and_tracks_content(tiny_model, data_home):

@@ -52,10 +52,16 @@ def caption_texts(stage: StageConfig, item: Item) -> list[str]:
 
 
 class FeatureCache:
-    """The run's features folder: writes them (launcher) and reads them back (training processes)."""
+    """The run's features folder: writes them (launcher) and reads them back (training processes).
 
-    def __init__(self, run_dir: Path):
+    Read features stay in memory up to `memory_budget` bytes, so small datasets are read from disk once.
+    """
+
+    def __init__(self, run_dir: Path, memory_budget: int = 2 * 2**30):
         self.root = Path(run_dir) / "features"
+        self.memory_budget = memory_budget
+        self._memory: dict[str, torch.Tensor] = {}
+        self._memory_bytes = 0
 
     def text_path(self, text: str) -> Path:
         return self.root / "text" / f"{_key(text)}.safetensors"
@@ -69,11 +75,21 @@ class FeatureCache:
             raise FileNotFoundError(f"{self.manifest_path(stage_index)} is missing: the features were not prepared.")
         return manifest
 
+    def _load(self, relative: str, name: str) -> torch.Tensor:
+        tensor = self._memory.get(relative)
+        if tensor is None:
+            tensor = load_file(str(self.root / relative))[name]
+            size = tensor.numel() * tensor.element_size()
+            if self._memory_bytes + size <= self.memory_budget:
+                self._memory[relative] = tensor
+                self._memory_bytes += size
+        return tensor
+
     def load_text(self, relative: str) -> torch.Tensor:
-        return load_file(str(self.root / relative))["features"]
+        return self._load(relative, "features")
 
     def load_latent(self, relative: str) -> torch.Tensor:
-        return load_file(str(self.root / relative))["latent"]
+        return self._load(relative, "latent")
 
     # ---- computing them (the launcher, before training starts) --------------------------------------
 

@@ -11,6 +11,7 @@ from ..storage import data_dir, read_json, write_json_atomic
 from .sources import ModelSource, dit_weight_files, resolve_source
 
 DEMO_NAME = "demo"
+DEMO_FOLDER = Path(__file__).resolve().parents[2] / "resources" / "demo-model"
 
 
 def _registry_path() -> Path:
@@ -18,7 +19,27 @@ def _registry_path() -> Path:
 
 
 def list_models() -> list[dict]:
+    """The models a person registered."""
     return read_json(_registry_path(), {"models": []}).get("models", [])
+
+
+def demo_available() -> bool:
+    return (DEMO_FOLDER / "model_index.json").is_file()
+
+
+def available_models() -> list[dict]:
+    """What can be chosen: the built-in demo model (when installed) first, then the registered ones."""
+    demo = [{"name": DEMO_NAME, "path": str(DEMO_FOLDER), "kind": "built-in"}] if demo_available() else []
+    return demo + list_models()
+
+
+def demo_source() -> ModelSource:
+    if not demo_available():
+        raise ModelLoadError(
+            f"The built-in demo model is missing ({DEMO_FOLDER}). Build it with `python -m trainer.demo`, "
+            "or pass --model PATH to a Lumina-Image 2.0 model."
+        )
+    return resolve_source(DEMO_FOLDER, name=DEMO_NAME)
 
 
 def add_model(path: str | Path, name: str | None = None, components: str | Path | None = None) -> dict:
@@ -47,16 +68,9 @@ def remove_model(name: str) -> None:
 
 
 def find_model(spec: str | None, components: str | Path | None = None) -> ModelSource:
-    """A path or a registered name -> ModelSource."""
-    if not spec:
-        raise ModelLoadError(
-            "No model given. Pass --model PATH (a Lumina-Image 2.0 diffusers folder, or a single-file DiT with "
-            "--components DIR) or the name of a model added with `lumina-studio models add`."
-        )
-    if spec == DEMO_NAME:
-        raise ModelLoadError(
-            "The built-in demo model is not part of this version yet. Pass --model PATH to a Lumina-Image 2.0 model."
-        )
+    """A path or a registered name -> ModelSource; no model (or "demo") is the built-in demo model."""
+    if not spec or spec == DEMO_NAME:
+        return demo_source()
     looks_like_path = any(sep in spec for sep in ("/", "\\")) or spec.startswith(("~", "."))
     if looks_like_path or Path(spec).expanduser().exists():
         return resolve_source(spec, components)

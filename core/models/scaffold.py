@@ -65,6 +65,15 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     return tokenizer
 
 
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's width into three even RoPE axes (caption position, row, column): 96 -> 32, 32, 32."""
+    if head_dim % 2:
+        raise ValueError(f"the attention head width must be even for RoPE, not {head_dim}")
+    base = head_dim // 6 * 2
+    extra = head_dim - 3 * base  # 0, 2 or 4 more, given to the image axes
+    return base, base + extra // 2 // 2 * 2, base + extra - extra // 2 // 2 * 2
+
+
 def build_pipeline(spec: ScaffoldSpec = ScaffoldSpec(), corpus: list[str] | None = None, seed: int = 0):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
     from transformers import Gemma2Config, Gemma2Model
@@ -97,7 +106,7 @@ def build_pipeline(spec: ScaffoldSpec = ScaffoldSpec(), corpus: list[str] | None
         num_attention_heads=spec.num_attention_heads,
         num_kv_heads=spec.num_kv_heads,
         multiple_of=spec.multiple_of,
-        axes_dim_rope=(head_dim // 3,) * 3,
+        axes_dim_rope=rope_axes(head_dim),
         axes_lens=(300, 512, 512),
         cap_feat_dim=spec.text_width,
     )

@@ -1,8 +1,8 @@
 """Read a scene back from pixels: each shape's colour, kind and place. Used to score prompt alignment.
 
 The background is the median colour of the border; shapes are the connected regions that differ from
-it. Colour: the palette colour nearest the region's median. Kind: how much of its bounding box the
-region fills (square ~1, circle ~0.79, triangle ~0.5). Place: the nearest named anchor.
+it. Colour: the palette colour nearest the region's median. Kind: the ideal square, circle or triangle
+in the region's bounding box that overlaps it best. Place: the nearest named anchor.
 """
 
 from __future__ import annotations
@@ -54,15 +54,26 @@ def _nearest_colour(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((palette - rgb) ** 2).sum(axis=1)))]
 
 
+def _templates(height: int, width: int) -> dict[str, np.ndarray]:
+    """The three shapes filling a height x width box, as boolean masks."""
+    y, x = np.mgrid[0:height, 0:width]
+    v, u = (y + 0.5) / height, (x + 0.5) / width  # pixel centres in [0, 1]
+    return {
+        "square": np.ones((height, width), dtype=bool),
+        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
+        "triangle": np.abs(u - 0.5) <= v / 2,  # apex at the top, base at the bottom
+    }
+
+
 def _shape_of(pixels: np.ndarray) -> str:
-    rows, cols = pixels[:, 0], pixels[:, 1]
-    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    fill = len(pixels) / (height * width)
-    if fill > 0.88:
-        return "square"
-    if fill > 0.64:
-        return "circle"
-    return "triangle"
+    """The shape whose ideal mask in the region's bounding box overlaps the region best (IoU): robust to
+    the soft, rounded edges a VAE gives small shapes."""
+    top, left = pixels.min(axis=0)
+    height, width = pixels.max(axis=0) - (top, left) + 1
+    mask = np.zeros((height, width), dtype=bool)
+    mask[pixels[:, 0] - top, pixels[:, 1] - left] = True
+    overlap = {name: (mask & ideal).sum() / (mask | ideal).sum() for name, ideal in _templates(height, width).items()}
+    return max(overlap, key=overlap.get)
 
 
 def detect(image) -> list[Found]:

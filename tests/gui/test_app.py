@@ -141,9 +141,11 @@ def test_closing_during_a_job_asks_first(window, qtbot, monkeypatch):
     assert window.close() and window.client.worker is None
 
 
-def test_without_a_model_the_window_says_what_to_do(qtbot, data_home):
+def test_without_a_model_the_window_says_what_to_do(qtbot, data_home, monkeypatch, tmp_path):
     from app.main_window import MainWindow
+    from core.models import registry
 
+    monkeypatch.setattr(registry, "DEMO_FOLDER", tmp_path / "no-demo")  # an installation without the demo
     win = MainWindow(device="cpu")
     qtbot.addWidget(win)
     assert "No model yet" in win.banner.text() and win.client.worker is None
