@@ -1,1 +1,4 @@
-"""Progressive multi-stage fine-tuning, run as its own process (arrives with the trainer issue)."""
+"""Progressive multi-stage fine-tuning, launched as its own processes through `accelerate launch`.
+
+cli (`lumina-studio train`) -> config, datasets, features (prepared once) -> launch -> loop (per process).
+"""

@@ -132,8 +132,6 @@ class Trainer:
                     self._event("stopped", step=step, message="stop requested: saved a checkpoint and exited")
                     return "stopped"
             self.state["step_in_stage"] = 0
-            if stage_index + 1 < len(self.config.stages):
-                self.state["stage"] = stage_index + 1
         self._event("finished", step=self.state["global_step"])
         return "finished"
 
