@@ -304,12 +304,8 @@ class Engine:
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         """Latent (1, C, h, w) -> (H, W, 3) float32 pixels in [0, 1]."""
-        config = self.vae.config
         with self.placement.use(self.vae):
-            scaled = latent / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
-            image = self.vae.decode(scaled.to(self.device, self.vae.dtype)).sample
-        image = (image.float() / 2 + 0.5).clamp(0, 1)
-        return image[0].permute(1, 2, 0).cpu().numpy()
+            return loader.decode_latent(self.vae, latent)
 
     def preview(self, info: StepInfo) -> np.ndarray:
         """A small RGB preview (latent resolution) of the current estimate of the image."""

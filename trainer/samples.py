@@ -76,14 +76,10 @@ class SampleMaker:
         return written
 
     def _decode(self, latent: torch.Tensor) -> Image.Image:
-        vae = self.vae.to(self.device)
-        config = vae.config
-        scaled = latent.float() / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
-        pixels = vae.decode(scaled.to(self.device)).sample
-        self._vae = vae.to("cpu")
-        pixels = (pixels[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        self._vae = self.vae.to(self.device)
+        pixels = loader.decode_latent(self._vae, latent.float())
+        self._vae = self._vae.to("cpu")
         return Image.fromarray((pixels * 255).round().astype(np.uint8))
-
 
 def _encoded(features: torch.Tensor) -> EncodedPrompt:
     return EncodedPrompt(features=features[None].float(), token_count=features.shape[0], truncated_text="")

@@ -104,6 +104,15 @@ def load_vae(components: Path, dtype: torch.dtype, device: torch.device):
     return vae.to(device).eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def decode_latent(vae, latent: torch.Tensor):
+    """Scaled latent (1, C, h, w) -> (H, W, 3) float32 numpy pixels in [0, 1], on the VAE's device."""
+    config = vae.config
+    scaled = latent / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    image = vae.decode(scaled.to(vae.device, vae.dtype)).sample
+    return (image[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
 def default_shift(components: Path) -> float:
     """The model's inference time shift (scheduler_config.json `shift`), 6.0 when absent."""
     path = components / "scheduler" / "scheduler_config.json"
