@@ -43,14 +43,22 @@ DEFAULT_CORPUS = [
 ]
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int):
-    """A real GemmaTokenizer (BPE with byte fallback, so any text encodes) trained on `corpus`."""
-    from tokenizers import Tokenizer, models, normalizers, processors, trainers
+def build_tokenizer(corpus: list[str], vocab_size: int, phrases: tuple[str, ...] = ()):
+    """A real GemmaTokenizer (BPE with byte fallback, so any text encodes) trained on `corpus`.
+
+    Merges stay inside words and never take in punctuation, as in Gemma's own vocabulary: a word is then
+    the same token wherever it stands (a merge across words makes "blue square" one token and "blue" in
+    "blue circle" another). Each of `phrases` becomes a single added token wherever it appears verbatim.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import GemmaTokenizer
 
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     bpe.normalizer = normalizers.Replace(" ", "▁")
+    # Only while training: merges learnt within these pieces never join two pieces, so applying them to
+    # whole text later (GemmaTokenizer has no such split) gives the same tokens.
+    bpe.pre_tokenizer = pre_tokenizers.Split(Regex("▁?[^▁\\p{P}]+|\\p{P}|▁"), behavior="isolated")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False)
     bpe.train_from_iterator(corpus, trainer)
     trained = json.loads(bpe.to_str())["model"]
@@ -62,6 +70,8 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
     )
     tokenizer.padding_side = "right"
+    if phrases:
+        tokenizer.add_tokens([AddedToken(phrase, normalized=False, single_word=False) for phrase in phrases])
     return tokenizer
 
 
@@ -74,12 +84,13 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
     return base, base + extra // 2 // 2 * 2, base + extra - extra // 2 // 2 * 2
 
 
-def build_pipeline(spec: ScaffoldSpec = ScaffoldSpec(), corpus: list[str] | None = None, seed: int = 0):
+def build_pipeline(spec: ScaffoldSpec = ScaffoldSpec(), corpus: list[str] | None = None, seed: int = 0,
+                   phrases: tuple[str, ...] = ()):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(corpus or DEFAULT_CORPUS, spec.vocab_size)
+    tokenizer = build_tokenizer(corpus or DEFAULT_CORPUS, spec.vocab_size, phrases)
     text_encoder = Gemma2Model(
         Gemma2Config(
             vocab_size=len(tokenizer),

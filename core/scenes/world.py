@@ -27,7 +27,7 @@ COLOURS = {
 BACKGROUNDS = {"white": (250, 250, 250), "light gray": (200, 200, 200), "dark gray": (70, 70, 70),
                "black": (15, 15, 15)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 16, "large": 28}  # side / diameter in pixels at 64x64
+SIZES = {"small": 20, "large": 30}  # side / diameter in pixels at 64x64 (20: a VAE keeps a triangle's corners)
 PLACES = {"left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "centre": (32, 32)}
 RELATIONS = ("left of", "right of", "above", "below")
 
@@ -143,8 +143,16 @@ def pair_scene(rng: random.Random, relation=None, background=None) -> Scene:
     return Scene(shapes, background, None, relation, caption)
 
 
+def _sentence_case(scene: Scene, rng: random.Random) -> Scene:
+    """Half the captions start with a capital letter, a third of those end with a full stop, as people type."""
+    if rng.random() < 0.5:
+        return scene
+    caption = scene.caption[0].upper() + scene.caption[1:] + ("." if rng.random() < 1 / 3 else "")
+    return Scene(scene.shapes, scene.background, scene.place, scene.relation, caption)
+
+
 def random_scene(rng: random.Random, pair_share: float = 0.4) -> Scene:
-    return pair_scene(rng) if rng.random() < pair_share else single_scene(rng)
+    return _sentence_case(pair_scene(rng) if rng.random() < pair_share else single_scene(rng), rng)
 
 
 def scenes(count: int, seed: int, pair_share: float = 0.4) -> list[Scene]:
