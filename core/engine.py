@@ -35,6 +35,7 @@ from .prompt_encoder import PromptEncoder
 from .prompts import full_prompt
 from .request import GenerationRequest
 from .sampling.cache import CacheSettings, StepCache
+from .sampling.cache_fit import read_fitted
 from .sampling.guidance import DiffusersGuidance, OfficialGuidance
 from .sampling.sampler import StepInfo, sample
 from .sampling.schedule import diffusers_grid, official_grid
@@ -116,6 +117,7 @@ class Engine:
         max_tokens = min(256, self.config.max_caption_tokens)
         self.prompts = PromptEncoder(self.tokenizer, self.text_encoder, max_tokens=max_tokens)
         self.default_shift = loader.default_shift(components)
+        self.fitted_cache = None if self.source.is_single_file else read_fitted(self.source.dit)
         self.loaded = True
 
     def _check_components(self) -> None:
@@ -222,8 +224,11 @@ class Engine:
         on_step: StepCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_image: Callable[[GeneratedImage], None] | None = None,
+        make_cache: Callable[[], StepCache] | None = None,
     ) -> list[GeneratedImage]:
-        """Make request.count images with seeds seed, seed+1, ...; save each to out_dir if given."""
+        """Make request.count images with seeds seed, seed+1, ...; save each to out_dir if given.
+
+        make_cache replaces the request's cache with one of the caller's (cache_fit records with it)."""
         req = self.resolve(request)
         if out_dir is not None:
             check_writable(out_dir)
@@ -247,7 +252,10 @@ class Engine:
                 (1, self.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
             )
             # A fresh cache per image: no state leaks from one generation to the next.
-            denoiser.start_image(StepCache(cache_settings) if cache_settings else None)
+            if make_cache is not None:
+                denoiser.start_image(make_cache())
+            else:
+                denoiser.start_image(StepCache(cache_settings, self.fitted_cache) if cache_settings else None)
             tick = time.perf_counter()
             with self.placement.use(self.dit) if self.dit is not None else contextlib.nullcontext():
                 latent = sample(
@@ -294,6 +302,7 @@ class Engine:
             "transformer_evaluations": denoiser.evaluations,
             "joint_block_evaluations": denoiser.joint_evaluations,
             "cache_skipped": denoiser.evaluations - denoiser.joint_evaluations,
+            "cache_coefficients": denoiser.cache.coefficients_used if denoiser.cache else None,
             "timings": timings,
         }
         record = {"format": FORMAT, "settings": settings, "model": self.model_info, "run": run}

@@ -17,8 +17,8 @@ def psnr(a, b) -> float:
 
 def test_settings_parse():
     assert CacheSettings.parse("off") is None and CacheSettings.parse(None) is None
-    assert CacheSettings.parse("0.3") == CacheSettings(0.3, "v1")
-    assert CacheSettings.parse("v2:0.5") == CacheSettings(0.5, "v2")
+    assert CacheSettings.parse("0.3") == CacheSettings(0.3, "auto") and str(CacheSettings.parse("0.3")) == "0.3"
+    assert CacheSettings.parse("v2:0.5") == CacheSettings(0.5, "v2") and str(CacheSettings(0.5, "v2")) == "v2:0.5"
     for bad in ("fast", "-0.1", "v3:0.2", "nan"):
         with pytest.raises(RequestError, match="Cache setting"):
             CacheSettings.parse(bad)
@@ -79,3 +79,39 @@ def test_onnx_backend_uses_the_same_policy(engine, onnx_engine):
     ours, theirs = engine.generate(request)[0], onnx_engine.generate(request)[0]
     assert ours.joint_evaluations == theirs.joint_evaluations < ours.evaluations
     assert np.abs(ours.pixels - theirs.pixels).max() < 1e-4
+
+
+def test_fitting_recovers_a_known_polynomial():
+    from core.sampling.cache_fit import fit
+
+    changes = np.linspace(0.01, 0.5, 50)
+    coefficients = fit([(x, 3 * x**2 - x + 0.05) for x in changes])
+    assert np.allclose(coefficients, [0, 0, 3, -1, 0.05], atol=1e-6)
+
+
+def test_a_model_carries_its_own_fitted_polynomial(tiny_model, tmp_path):
+    import shutil
+
+    from core.engine import Engine
+    from core.errors import ModelLoadError
+    from core.models.sources import resolve_source
+    from core.sampling.cache_fit import fit, record_changes, write_fitted
+
+    folder = shutil.copytree(tiny_model, tmp_path / "fitted")
+    plain = Engine(resolve_source(folder), device="cpu")
+    plain.load()
+    pairs = record_changes(plain, ["a red circle", "a blue square"], steps=8, width=64, height=64)
+    assert len(pairs) > 20 and all(x >= 0 and y >= 0 for x, y in pairs)
+    assert plain.generate(GenerationRequest(**REQUEST, cache="0.3"))[0].record["run"]["cache_coefficients"] == "v1"
+
+    write_fitted(folder / "transformer", fit(pairs), "two prompts, 8 steps")
+    fitted = Engine(resolve_source(folder), device="cpu")
+    fitted.load()
+    assert fitted.fitted_cache == fit(pairs)
+    used = {cache: fitted.generate(GenerationRequest(**REQUEST, cache=cache))[0].record["run"]["cache_coefficients"]
+            for cache in ("0.3", "v1:0.3", "v2:0.3")}
+    assert used == {"0.3": "model", "v1:0.3": "v1", "v2:0.3": "v2"}
+
+    (folder / "transformer" / "step_cache.json").write_text('{"coefficients": [1, 2]}')
+    with pytest.raises(ModelLoadError, match="step_cache.json is not a usable"):
+        Engine(resolve_source(folder), device="cpu").load()

@@ -58,7 +58,10 @@ class StagedDenoiser:
                 self.cache.remember(which, out - hidden)
         else:
             out = hidden + self.cache.residual(which)
-        return self.stages.final(out, temb, cond)
+        velocity = self.stages.final(out, temb, cond)
+        if self.cache is not None:
+            self.cache.observe(which, velocity)
+        return velocity
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, t: float, with_uncond: bool, step: int = 0, steps: int = 1):

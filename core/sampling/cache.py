@@ -6,6 +6,9 @@ coefficient sets v1 and v2) and accumulated. While the sum stays under the thres
 are skipped and their last residual (output - input) is reused; otherwise they run and the sum resets.
 The first and the last step always run. Threshold 0 never skips.
 
+A model may carry its own polynomial, fitted the TeaCache way on its own sampling (`cache_fit.py`), in
+transformer/step_cache.json; a bare threshold then uses it ("auto"), and v1:/v2: still pick the published sets.
+
 One addition of ours: never more than MAX_SKIPS_IN_A_ROW skips in a row. Outside the range a polynomial
 was fitted on it can turn negative (v2 does for changes below ~1.5%), and the sum would then never reach
 the threshold again, freezing the image; the cap makes that impossible and rarely binds otherwise.
@@ -27,27 +30,33 @@ COEFFICIENTS = {
     "v1": [393.76566581, -603.50993606, 209.10239044, -23.00726601, 0.86377344],
     "v2": [225.7042019806413, -608.8453716535591, 304.1869942338369, 124.21267720116742, -1.4089066892956552],
 }
+FITTED_FILE = "step_cache.json"  # in a diffusers folder's transformer/: {"coefficients": [...], ...}
 APP_PRESETS = ("off", "0.2", "0.3", "0.5")
 MAX_SKIPS_IN_A_ROW = 6
+
+
+def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Relative L1 change, TeaCache's measure."""
+    return ((new - old).abs().mean() / old.abs().mean()).item()
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     threshold: float
-    coefficients: str = "v1"
+    coefficients: str = "auto"  # the model's own fitted polynomial if it has one, else v1
 
     @classmethod
     def parse(cls, text: str | None) -> CacheSettings | None:
-        """'off' -> None; '0.3' -> v1 at 0.3; 'v2:0.5' -> v2 at 0.5."""
+        """'off' -> None; '0.3' -> auto at 0.3; 'v2:0.5' -> v2 at 0.5."""
         if text is None or str(text).strip().lower() in ("", "off"):
             return None
         version, _, value = str(text).strip().rpartition(":")
-        version = version or "v1"
+        version = version or "auto"
         try:
             threshold = float(value)
         except ValueError:
             threshold = -1.0
-        if version not in COEFFICIENTS or not np.isfinite(threshold) or threshold < 0:
+        if version not in (*COEFFICIENTS, "auto") or not np.isfinite(threshold) or threshold < 0:
             raise RequestError(
                 f"Cache setting '{text}' is not understood: use off, a threshold such as 0.3 (0.2-0.5 are "
                 "typical), or v1:THRESHOLD / v2:THRESHOLD to pick the coefficient set."
@@ -55,7 +64,7 @@ class CacheSettings:
         return cls(threshold, version)
 
     def __str__(self) -> str:
-        return f"{self.coefficients}:{self.threshold:g}"
+        return f"{self.threshold:g}" if self.coefficients == "auto" else f"{self.coefficients}:{self.threshold:g}"
 
 
 @dataclass
@@ -71,12 +80,17 @@ class StepCache:
     """The cache of one generation (create a new one per image: nothing leaks between generations)."""
 
     settings: CacheSettings
+    fitted: list[float] | None = None  # the model's own polynomial, if it has one
     states: dict[str, PassState] = field(default_factory=dict)
     computed: int = 0
     skipped: int = 0
 
     def __post_init__(self):
-        self.rescale = np.poly1d(COEFFICIENTS[self.settings.coefficients])
+        name = self.settings.coefficients
+        if name == "auto":
+            name = "model" if self.fitted else "v1"
+        self.coefficients_used = name
+        self.rescale = np.poly1d(self.fitted if name == "model" else COEFFICIENTS[name])
 
     def should_compute(self, which: str, signal: torch.Tensor, step: int, steps: int) -> bool:
         state = self.states.setdefault(which, PassState())
@@ -86,8 +100,7 @@ class StepCache:
             compute = True
         else:
             # One host sync per pass: the decision is a Python branch.
-            change = ((signal - previous).abs().mean() / previous.abs().mean()).item()
-            state.accumulated += float(self.rescale(change))
+            state.accumulated += float(self.rescale(relative_change(signal, previous)))
             compute = state.accumulated >= self.settings.threshold or state.skips_in_a_row >= MAX_SKIPS_IN_A_ROW
         if compute:
             state.accumulated = 0.0
@@ -97,6 +110,9 @@ class StepCache:
             state.skips_in_a_row += 1
             self.skipped += 1
         return compute
+
+    def observe(self, which: str, output: torch.Tensor) -> None:
+        """The pass's output (velocity); used only when fitting a polynomial (cache_fit.ChangeRecorder)."""
 
     def remember(self, which: str, residual: torch.Tensor) -> None:
         self.states[which].residual = residual
