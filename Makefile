@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench demo-model clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_generate.py
+
+demo-model: install
+	$(BIN)/python -m trainer.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

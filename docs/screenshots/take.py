@@ -1,0 +1,62 @@
+"""Take the README's screenshots of the real app with the built-in demo model (run under Xvfb):
+
+    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py
+"""
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+os.environ["LUMINA_STUDIO_HOME"] = tempfile.mkdtemp(prefix="lumina-shots-")
+
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+PROMPTS = ["a red circle on the left, white background", "a blue square above a yellow triangle, black background",
+           "a large green triangle in the centre of a light gray background", "a pink circle to the right of a cyan square",
+           "A small orange square at the top of the image.", "dark gray background with a purple circle on the bottom"]
+
+
+def wait(app, condition, timeout=300.0):
+    end = time.time() + timeout
+    while not condition():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() > end:
+            raise TimeoutError
+
+
+def settle(app, seconds=1.5):
+    """Let thumbnails decode and the window repaint."""
+    end = time.time() + seconds
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main():
+    from app.main_window import MainWindow, apply_theme
+
+    app = QApplication([])
+    window = MainWindow(device="cpu")
+    window.resize(1280, 820)
+    window.show()
+    wait(app, lambda: bool(window.client.info))
+    for index, prompt in enumerate(PROMPTS):
+        window.generate.apply_values({"prompt": prompt, "seed_mode": "fixed", "seed": 11 + index, "count": 1})
+        window.generate.request_generation()
+        wait(app, lambda: not window.client.busy)
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        for tab, name in ((window.generate, "generate"), (window.gallery, "gallery")):
+            window.tabs.setCurrentWidget(tab)
+            settle(app)
+            window.grab().save(str(HERE / f"{name}-{theme}.png"))
+    window.client.stop()
+
+
+if __name__ == "__main__":
+    main()
