@@ -32,6 +32,7 @@ class ScaffoldSpec:
     vocab_size: int = 600
     vae_channels: tuple[int, int, int, int] = (8, 16, 16, 16)
     latent_channels: int = 16
+    sample_size: int = 16  # latent pixels: the model's default image is 8x this
 
 
 DEFAULT_CORPUS = [
@@ -108,7 +109,7 @@ def build_pipeline(spec: ScaffoldSpec = ScaffoldSpec(), corpus: list[str] | None
     )
     head_dim = spec.hidden_size // spec.num_attention_heads
     transformer = Lumina2Transformer2DModel(
-        sample_size=16,
+        sample_size=spec.sample_size,
         patch_size=2,
         in_channels=spec.latent_channels,
         hidden_size=spec.hidden_size,

@@ -151,6 +151,24 @@ def test_without_a_model_the_window_says_what_to_do(qtbot, data_home, monkeypatc
     assert "No model yet" in win.banner.text() and win.client.worker is None
 
 
+def test_a_fresh_install_opens_with_the_demo_model(qtbot, data_home):
+    from app.main_window import MainWindow
+
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win)
+    try:
+        qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+        values = win.generate.form_values()
+        assert win.generate.model.currentData() == "demo" and (values["width"], values["height"]) == (64, 64)
+        win.generate.apply_values({"prompt": "a red circle in the centre, white background", "steps": 6,
+                                   "seed_mode": "fixed", "seed": 1})
+        win.generate.request_generation()
+        qtbot.waitUntil(lambda: win.gallery.model.rowCount() == 1, timeout=120_000)
+        assert read_settings(win.gallery.model.entries[0].path)["model"] == "demo"
+    finally:
+        win.client.stop()
+
+
 def test_the_app_process_does_not_import_torch(home, tmp_path):
     code = (
         "import sys\n"
