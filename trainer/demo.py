@@ -61,7 +61,6 @@ def build_base(folder: Path, settings: BuildSettings) -> dict:
     """The base model folder, with its VAE trained on the scenes; returns what was measured."""
     # Each system prompt (with "<Prompt Start>") is one token, so a prompt is about 10 tokens, not 35. A
     # caption follows it after a space, so the corpus's captions start with one too ("▁a", as in the middle).
-    began = time.perf_counter()
     phrases = tuple(full_prompt("", text).rstrip() for text in SYSTEM_PROMPTS.values() if text)
     corpus = [" " + caption for caption in vocabulary_corpus()]
     pipeline = build_pipeline(DEMO_SPEC, corpus=corpus, seed=SEED, phrases=phrases)
@@ -74,7 +73,6 @@ def build_base(folder: Path, settings: BuildSettings) -> dict:
                 "latent_shift": shift, "latent_scale": scale,
                 "vae_ceiling": vae_ceiling(pipeline.vae, settings.eval_count).to_dict()}
     pipeline.save_pretrained(str(folder), safe_serialization=True)
-    measured["base_seconds"] = time.perf_counter() - began
     return measured
 
 
