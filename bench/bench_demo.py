@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_generate import cpu_name  # noqa: E402
 
 from core.models.registry import DEMO_FOLDER  # noqa: E402
-from core.scenes.alignment import evaluate  # noqa: E402
-from trainer.demo import load_engine  # noqa: E402
+from trainer.demo import measure_alignment  # noqa: E402
 
 
 def main() -> None:
@@ -34,28 +33,27 @@ def main() -> None:
     parser.add_argument("--cache", default="0.3")
     args = parser.parse_args()
 
-    engine = load_engine(DEMO_FOLDER)
-    reports = {setting: evaluate(engine, args.count, args.seed, cache=setting) for setting in ("off", args.cache)}
-    plain, cached = reports["off"], reports[args.cache]
+    reports = measure_alignment(DEMO_FOLDER, args.count, args.seed, args.cache)
+    plain, cached = reports["default"], reports[f"cache_{args.cache}"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "prompts": args.count, "seed": args.seed,
-        "reports": {setting: report.to_dict() for setting, report in reports.items()},
+        "reports": reports,
         "cache": {
-            "joint_passes_saved": 1 - cached.transformer_evaluations / plain.transformer_evaluations,
-            "speedup": plain.seconds_per_image / cached.seconds_per_image,
-            "single_drop_points": 100 * (plain.single["all"] - cached.single["all"]),
-            "pair_drop_points": 100 * (plain.pair["all"] - cached.pair["all"]),
+            "joint_passes_saved": 1 - cached["transformer_evaluations"] / plain["transformer_evaluations"],
+            "speedup": plain["seconds_per_image"] / cached["seconds_per_image"],
+            "single_drop_points": 100 * (plain["single"]["all"] - cached["single"]["all"]),
+            "pair_drop_points": 100 * (plain["pair"]["all"] - cached["pair"]["all"]),
         },
     }
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "bench_demo.json").write_text(json.dumps(result, indent=2))
-    print(f"{'cache':<8}{'s/image':>9}{'joint passes':>14}{'single: all':>13}{'pairs: all':>12}")
-    for setting, report in reports.items():
-        print(f"{setting:<8}{report.seconds_per_image:>9.3f}{report.transformer_evaluations:>14.1f}"
-              f"{report.single['all']:>13.1%}{report.pair['all']:>12.1%}")
+    print(f"{'settings':<12}{'s/image':>9}{'joint passes':>14}{'single: all':>13}{'pairs: all':>12}")
+    for label, report in reports.items():
+        print(f"{label:<12}{report['seconds_per_image']:>9.3f}{report['transformer_evaluations']:>14.1f}"
+              f"{report['single']['all']:>13.1%}{report['pair']['all']:>12.1%}")
     print(json.dumps(result["cache"], indent=2))
 
 

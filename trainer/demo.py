@@ -183,13 +183,14 @@ def fit_step_cache(folder: Path, count: int) -> None:
     write_fitted(folder / "transformer", fit(pairs), f"{count} scene-world prompts at the default settings")
 
 
-def measure_alignment(folder: Path, count: int) -> dict:
-    """The evaluator at the default settings, and with the cache at 0.3 (the app's middle preset)."""
+def measure_alignment(folder: Path, count: int, seed: int = EVAL_SEED, cache: str = "0.3") -> dict:
+    """The evaluator's reports at the default settings ("default") and with the step cache ("cache_X"; 0.3 is
+    the app's middle preset), on the same prompts and seeds."""
     from core.scenes.alignment import evaluate
 
     engine = load_engine(folder)
-    return {label: evaluate(engine, count, EVAL_SEED, cache=cache).to_dict()
-            for label, cache in (("default", "off"), ("cache_0.3", "0.3"))}
+    return {label: evaluate(engine, count, seed, cache=setting).to_dict()
+            for label, setting in (("default", "off"), (f"cache_{cache}", cache))}
 
 
 def alignment_row(label: str, report: dict) -> str:
@@ -205,8 +206,9 @@ def write_model_card(folder: Path, measured: dict, settings: BuildSettings) -> N
     stages = ", ".join(f"{s['name']} ({s['resolution']} px, {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']})"
                        for s in config["stages"])
     rows = [alignment_row("the VAE's own reconstructions (the ceiling)", measured["vae_ceiling"])]
-    labels = {"default": "generated, default settings", "cache_0.3": "generated, `--cache 0.3`"}
-    rows += [alignment_row(labels.get(label, label), report) for label, report in measured["alignment"].items()]
+    rows += [alignment_row("generated, default settings" if label == "default" else
+                           f"generated, `--cache {label.removeprefix('cache_')}`", report)
+             for label, report in measured["alignment"].items()]
     card = f"""# Lumina Studio demo model
 
 A small Lumina-Image 2.0 model (same architecture and file layout: `Lumina2Transformer2DModel`, Gemma-2

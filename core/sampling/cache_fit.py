@@ -60,8 +60,10 @@ def fit(pairs: list[tuple[float, float]]) -> list[float]:
 
 
 def write_fitted(transformer_folder: Path, coefficients: list[float], note: str) -> Path:
+    from ..storage import write_text_atomic
+
     path = Path(transformer_folder) / FITTED_FILE
-    path.write_text(json.dumps({"coefficients": coefficients, "fitted_on": note}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"coefficients": coefficients, "fitted_on": note}, indent=2) + "\n")
     return path
 
 
