@@ -19,6 +19,7 @@ CONFIG_VERSION = 1
 DATASET_FORMATS = ("auto", "folder", "imagefolder", "jsonl")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 RESOLUTION_STEP = 16  # a latent patch is 16x16 pixels
 
 
@@ -45,6 +46,7 @@ class StageConfig:
     micro_batch_size: int  # samples per forward pass on one process
     lr: float = 2e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after the warm-up: constant, or linear / cosine decay to 0 at the stage's end
     caption_dropout: float = 0.1  # share of captions replaced by "" (so CFG has an unconditional model)
     system_prompt: str = "dataset"  # "dataset": each dataset's own; else a name or custom text
     datasets: list[str] = field(default_factory=list)  # names of the datasets to use; empty = all
@@ -315,6 +317,11 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
             problems.add(f"{where}.lr", f"{stage.lr} must be above 0 and at most 1 (the authors use 2e-4).")
         if stage.warmup_steps < 0:
             problems.add(f"{where}.warmup_steps", "must be 0 or more.")
+        elif stage.lr_schedule != "constant" and stage.warmup_steps >= stage.steps:
+            problems.add(f"{where}.warmup_steps", f"{stage.warmup_steps} leaves no steps for the "
+                                                  f"{stage.lr_schedule} decay; make it less than steps ({stage.steps}).")
+        if stage.lr_schedule not in LR_SCHEDULES:
+            problems.add(f"{where}.lr_schedule", f"'{stage.lr_schedule}' is not one of {', '.join(LR_SCHEDULES)}.")
         if not 0 <= stage.caption_dropout < 1:
             problems.add(f"{where}.caption_dropout", f"{stage.caption_dropout} must be in [0, 1) (authors: 0.1).")
         if stage.sample_every < 0 or stage.checkpoint_every < 0:

@@ -37,6 +37,19 @@ from .run_folder import RunFolder
 from .samples import SampleMaker
 
 
+def stage_lr(stage, step: int) -> float:
+    """The learning rate of a stage's step (0-based): a linear warm-up, then constant or a decay that
+    reaches 0 after the stage's last step."""
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    if stage.lr_schedule == "constant":
+        return stage.lr
+    progress = (step - stage.warmup_steps + 1) / (stage.steps - stage.warmup_steps + 1)
+    if stage.lr_schedule == "linear":
+        return stage.lr * (1 - progress)
+    return stage.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class StopSignal:
     """Remembers a SIGTERM/SIGINT so the loop can finish its step, save and exit."""
 
@@ -138,7 +151,7 @@ class Trainer:
     def _step(self, stage, stage_index: int, data: StageData, accumulation: int):
         acc = self.accelerator
         step = self.state["step_in_stage"]
-        lr = stage.lr * min(1.0, (step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
+        lr = stage_lr(stage, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total_loss = torch.zeros((), device=acc.device)

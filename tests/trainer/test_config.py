@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from trainer.config import ConfigError, load_config, parse_config
+from trainer.loop import stage_lr
 
 VALID = {
     "version": 1,
@@ -64,6 +65,7 @@ CASES = [
     (("stages", 0, "lr"), 0, "stages[0].lr: 0 must be above 0"),
     (("stages", 0, "lr"), "fast", "stages[0].lr: must be a number, not 'fast'"),
     (("stages", 0, "warmup_steps"), -1, "stages[0].warmup_steps: must be 0 or more"),
+    (("stages", 0, "lr_schedule"), "cosin", "stages[0].lr_schedule: 'cosin' is not one of constant, linear, cosine"),
     (("stages", 0, "caption_dropout"), 1.5, "stages[0].caption_dropout: 1.5 must be in [0, 1)"),
     (("stages", 0, "sample_every"), -5, "stages[0]: sample_every and checkpoint_every must be 0"),
     (("stages", 0, "system_prompt"), "artsy", "stages[0].system_prompt: 'artsy' is not a system prompt name"),
@@ -127,3 +129,25 @@ def test_presets_are_valid():
         config = load_config(preset)
         assert len(config.stages) >= 2
         assert [s.resolution for s in config.stages] == sorted(s.resolution for s in config.stages)
+
+
+def test_a_decay_needs_steps_after_the_warm_up():
+    data = with_change(("stages", 0, "lr_schedule"), "cosine")
+    data["stages"][0]["warmup_steps"] = 10
+    with pytest.raises(ConfigError, match=r"stages\[0\].warmup_steps: 10 leaves no steps for the cosine decay"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_learning_rate_schedules(schedule):
+    stage = parse_config(with_change(("stages", 0, "lr_schedule"), schedule)).stages[0]
+    stage.warmup_steps, stage.steps, stage.lr = 4, 104, 1e-3
+    rates = [stage_lr(stage, step) for step in range(stage.steps)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # the warm-up is the same for all
+    if schedule == "constant":
+        assert rates[4:] == [1e-3] * 100
+    else:
+        assert all(a > b for a, b in zip(rates[4:], rates[5:]))  # falls at every step after the warm-up
+        assert 0 < rates[-1] < 2e-5 and rates[4] > 0.99e-3
+        halfway = rates[4 + 49]  # the middle of the decay: half the rate for both
+        assert halfway == pytest.approx(5e-4, rel=0.02)
