@@ -89,25 +89,43 @@ def test_fitting_recovers_a_known_polynomial():
     assert np.allclose(coefficients, [0, 0, 3, -1, 0.05], atol=1e-6)
 
 
+def test_calibration_makes_threshold_0_3_skip_the_published_share():
+    from core.sampling.cache_fit import CALIBRATION_SKIPPED, Recording, calibrate, skipped_share
+
+    rng = np.random.default_rng(0)
+    recording = Recording(passes=[
+        [(which, None if step in (0, 29) else float(rng.uniform(0.001, 0.02))) for step in range(30)
+         for which in ("cond", "uncond")] for _ in range(20)])
+    polynomial = [0.0, 0.0, 0.0, 1.0, 0.0]  # the change itself
+    assert skipped_share(recording, polynomial, 0.3) > 0.7  # unscaled, 0.3 skips nearly up to the cap
+    scale = calibrate(recording, polynomial)
+    scaled = [c * scale for c in polynomial]
+    assert skipped_share(recording, scaled, 0.3) >= CALIBRATION_SKIPPED
+    assert skipped_share(recording, [c * 1.05 for c in scaled], 0.3) < CALIBRATION_SKIPPED  # the smallest such
+    assert skipped_share(recording, scaled, 0.2) < CALIBRATION_SKIPPED < skipped_share(recording, scaled, 0.5)
+
+
 def test_a_model_carries_its_own_fitted_polynomial(tiny_model, tmp_path):
     import shutil
 
     from core.engine import Engine
     from core.errors import ModelLoadError
     from core.models.sources import resolve_source
-    from core.sampling.cache_fit import fit, record_changes, write_fitted
+    from core.sampling.cache_fit import fit_calibrated, record_changes, write_fitted
 
     folder = shutil.copytree(tiny_model, tmp_path / "fitted")
     plain = Engine(resolve_source(folder), device="cpu")
     plain.load()
-    pairs = record_changes(plain, ["a red circle", "a blue square"], steps=8, width=64, height=64)
-    assert len(pairs) > 20 and all(x >= 0 and y >= 0 for x, y in pairs)
+    recording = record_changes(plain, ["a red circle", "a blue square"], steps=8, width=64, height=64)
+    assert len(recording.pairs) > 20 and all(x >= 0 and y >= 0 for x, y in recording.pairs)
+    assert len(recording.passes) == 2
     assert plain.generate(GenerationRequest(**REQUEST, cache="0.3"))[0].record["run"]["cache_coefficients"] == "v1"
 
-    write_fitted(folder / "transformer", fit(pairs), "two prompts, 8 steps")
+    coefficients, scale = fit_calibrated(recording)
+    write_fitted(folder / "transformer", coefficients, f"two prompts, 8 steps, scaled x{scale:.3g}")
     fitted = Engine(resolve_source(folder), device="cpu")
     fitted.load()
-    assert fitted.fitted_cache == fit(pairs)
+    assert fitted.fitted_cache == coefficients
     used = {cache: fitted.generate(GenerationRequest(**REQUEST, cache=cache))[0].record["run"]["cache_coefficients"]
             for cache in ("0.3", "v1:0.3", "v2:0.3")}
     assert used == {"0.3": "model", "v1:0.3": "v1", "v2:0.3": "v2"}

@@ -96,11 +96,18 @@ class StepCache:
         state = self.states.setdefault(which, PassState())
         previous, state.previous_signal = state.previous_signal, signal
         edge = step == 0 or step == steps - 1
-        if edge or previous is None or state.residual is None or self.settings.threshold <= 0:
+        must = edge or previous is None or state.residual is None or self.settings.threshold <= 0
+        # One host sync per pass: the decision is a Python branch.
+        return self.decide(which, None if must else relative_change(signal, previous))
+
+    def decide(self, which: str, change: float | None) -> bool:
+        """Compute this pass? `change` is the signal's relative change since the previous pass, None where
+        the pass must run (an edge step, nothing cached yet, threshold 0)."""
+        state = self.states.setdefault(which, PassState())
+        if change is None:
             compute = True
         else:
-            # One host sync per pass: the decision is a Python branch.
-            state.accumulated += float(self.rescale(relative_change(signal, previous)))
+            state.accumulated += float(self.rescale(change))
             compute = state.accumulated >= self.settings.threshold or state.skips_in_a_row >= MAX_SKIPS_IN_A_ROW
         if compute:
             state.accumulated = 0.0
