@@ -349,7 +349,7 @@ class GeneratePanel(QWidget):
 
     def _on_preview(self, event: dict) -> None:
         image = QImage(event["rgb"], event["width"], event["height"], 3 * event["width"], QImage.Format_RGB888)
-        self.view.show_pixmap(QPixmap.fromImage(image.copy()))
+        self.view.show_pixmap(QPixmap.fromImage(image.copy()), preview=True)
 
     def _on_image(self, event: dict) -> None:
         pixmap = QPixmap(event["path"])

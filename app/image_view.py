@@ -1,4 +1,8 @@
-"""A label that shows one image scaled to fit, keeping its aspect ratio."""
+"""A label that shows one image scaled to fit, keeping its aspect ratio.
+
+An image enlarged 2x or more is drawn with nearest-neighbour scaling, pixel by pixel as it is (a 64x64
+image from the demo model stays crisp); smaller factors, and live previews, are smoothed.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ class ImageView(QLabel):
         self.setMinimumSize(200, 200)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
         self._pixmap: QPixmap | None = None
+        self._preview = False
 
-    def show_pixmap(self, pixmap: QPixmap) -> None:
-        self._pixmap = pixmap
+    def show_pixmap(self, pixmap: QPixmap, preview: bool = False) -> None:
+        self._pixmap, self._preview = pixmap, preview
         self._rescale()
 
     def clear_image(self) -> None:
@@ -34,4 +39,6 @@ class ImageView(QLabel):
 
     def _rescale(self) -> None:
         if self.has_image():
-            self.setPixmap(self._pixmap.scaled(self.size(), Qt.KeepAspectRatio, Qt.SmoothTransformation))
+            enlarged = min(self.width() / self._pixmap.width(), self.height() / self._pixmap.height())
+            mode = Qt.FastTransformation if enlarged >= 2 and not self._preview else Qt.SmoothTransformation
+            self.setPixmap(self._pixmap.scaled(self.size(), Qt.KeepAspectRatio, mode))
