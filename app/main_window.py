@@ -143,9 +143,9 @@ class MainWindow(QMainWindow):
         run = event["run"]
         self.show_banner("")
         name = event["model"]["name"]
-        if self.settings.value("size_for_model") != name:  # a new model starts at its own size (demo: 64x64)
+        if self.settings.value("size_for_model") != name:  # a new model starts at its own size and sampling
             size = event.get("default_size", 1024)
-            self.generate.apply_values({"width": size, "height": size})
+            self.generate.apply_values({"width": size, "height": size, **event.get("sampling_defaults", {})})
             self.settings.setValue("size_for_model", name)
         self.generate.ask_token_count()
         self.statusBar().showMessage(

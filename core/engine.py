@@ -117,6 +117,7 @@ class Engine:
         max_tokens = min(256, self.config.max_caption_tokens)
         self.prompts = PromptEncoder(self.tokenizer, self.text_encoder, max_tokens=max_tokens)
         self.default_shift = loader.default_shift(components)
+        self.sampling_defaults = loader.sampling_defaults(components)
         self.fitted_cache = None if self.source.is_single_file else read_fitted(self.source.dit)
         self.loaded = True
 
@@ -187,7 +188,7 @@ class Engine:
         """Defaults filled in and checked against this model (sizes RoPE can address)."""
         self.load()
         # diffusers' convention: the transformer's sample_size (in latent pixels) x 8 is the default size.
-        resolved = request.with_defaults(self.default_shift, self.config.sample_size * 8)
+        resolved = request.with_defaults(self.default_shift, self.config.sample_size * 8, self.sampling_defaults)
         max_h, max_w = self.config.max_image_size()
         if resolved.height > max_h or resolved.width > max_w:
             raise RequestError(

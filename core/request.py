@@ -25,6 +25,11 @@ DEFAULTS = {
 }
 
 
+def default_settings(compat: str = "official", model_defaults: dict | None = None) -> dict:
+    """steps, solver, cfg_trunc and cfg_renorm where a request leaves them unset."""
+    return {**DEFAULTS[compat], **((model_defaults or {}) if compat == "official" else {})}
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
@@ -43,10 +48,15 @@ class GenerationRequest:
     compat: str = "official"
     cache: str = "off"  # off, a threshold ("0.3"), or "v1:0.3" / "v2:0.5"
 
-    def with_defaults(self, model_shift: float = 6.0, model_size: int = 1024) -> GenerationRequest:
-        """Fill unset values from the compat mode's and the model's defaults; validates first."""
+    def with_defaults(self, model_shift: float = 6.0, model_size: int = 1024,
+                      model_defaults: dict | None = None) -> GenerationRequest:
+        """Fill unset values from the model's and the compat mode's defaults; validates first.
+
+        model_defaults (the model's sampling_defaults.json) replace the official ones; compat "diffusers"
+        keeps diffusers' own, as its purpose is to match Lumina2Pipeline.
+        """
         self.validate()
-        defaults = DEFAULTS[self.compat]
+        defaults = default_settings(self.compat, model_defaults)
         return replace(
             self,
             width=self.width if self.width is not None else model_size,

@@ -50,7 +50,7 @@ def _child_main(options: WorkerOptions, jobs, events, cancel) -> None:
         from .engine import Engine
         from .errors import Cancelled, LuminaError
         from .models.registry import find_model
-        from .request import GenerationRequest
+        from .request import GenerationRequest, default_settings
 
         engine = Engine(find_model(options.model, options.components), device=options.device, dtype=options.dtype,
                         low_vram=options.low_vram, backend=options.backend)
@@ -59,7 +59,8 @@ def _child_main(options: WorkerOptions, jobs, events, cancel) -> None:
         events.put({"type": "load_error", "message": str(exc) or type(exc).__name__})
         return
     events.put({"type": "ready", "model": engine.model_info, "run": engine.run_info,
-                "default_size": engine.config.sample_size * 8})
+                "default_size": engine.config.sample_size * 8,
+                "sampling_defaults": default_settings("official", engine.sampling_defaults)})
     from pathlib import Path
 
     while True:

@@ -67,6 +67,7 @@ def test_generate_without_a_model_uses_the_demo(capsys, tmp_path, data_home):
     assert code == 0, err
     record = json.loads(out.strip().splitlines()[-1])
     assert record["model"] == "demo" and (record["width"], record["height"]) == (64, 64)
+    assert record["cfg_trunc"] == 1.0  # its own sampling default (sampling_defaults.json), not the authors' 0.25
 
 
 def test_it_follows_prompts_from_its_world(demo_engine):

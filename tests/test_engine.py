@@ -34,6 +34,30 @@ def test_official_defaults_and_evaluation_count(engine):
     assert result.evaluations == 36 + sum(t < 0.25 for t in evaluation_times)
 
 
+def test_a_model_carries_its_own_sampling_defaults(tiny_model, tmp_path):
+    import shutil
+
+    from core.engine import Engine
+    from core.errors import ModelLoadError
+    from core.models.sources import resolve_source
+
+    folder = shutil.copytree(tiny_model, tmp_path / "model")
+    defaults = folder / "sampling_defaults.json"
+    defaults.write_text('{"cfg_trunc": 1.0, "steps": 5, "solver": "euler"}')
+    engine = Engine(resolve_source(folder), device="cpu")
+    resolved = engine.resolve(GenerationRequest("a cat"))
+    assert (resolved.cfg_trunc, resolved.steps, resolved.solver, resolved.cfg_renorm) == (1.0, 5, "euler", 1.0)
+    assert engine.resolve(GenerationRequest("a cat", steps=3)).steps == 3  # what a person sets wins
+    matching_diffusers = engine.resolve(GenerationRequest("a cat", compat="diffusers"))
+    assert (matching_diffusers.steps, matching_diffusers.solver) == (30, "euler")  # diffusers' own, as it promises
+
+    for text, message in (('{"guidance": 3}', "unknown keys guidance"), ('{"cfg_trunc": -1}', "CFG truncation must"),
+                          ('{"steps": 5', "is not valid JSON")):
+        defaults.write_text(text)
+        with pytest.raises(ModelLoadError, match=message):
+            Engine(resolve_source(folder), device="cpu").load()
+
+
 @pytest.mark.parametrize("solver", ["euler", "midpoint", "dpm"])
 def test_every_solver_makes_an_image(engine, solver):
     result = engine.generate(GenerationRequest("a cat", seed=5, solver=solver, **SMALL))[0]

@@ -1,14 +1,14 @@
 """Build the built-in demo model from nothing, on a CPU:
 
-    python -m trainer.demo [--work build/demo] [--out resources/demo-model] [--reuse-base | --reuse-run]
+    python -m trainer.demo [--work build/demo] [--out resources/demo-model] [--reuse-base | --reuse-run | --refit]
 
 1. draw the scene dataset (PNG + .txt captions),
 2. build the base model: a BPE Gemma tokenizer trained on the world's captions (each system prompt one token),
    a small Gemma-2 text encoder (random and frozen, as the authors keep theirs frozen), a small random
    Lumina2Transformer2DModel, the scheduler config, and a small VAE trained here on the scenes,
 3. train the DiT with `lumina-studio train` on resources/demo/train.toml (32 px, then 64 px),
-4. copy the final checkpoint's model folder to --out, fit its own step-cache polynomial, measure its
-   prompt alignment and write the model card.
+4. copy the final checkpoint's model folder to --out, write its sampling defaults, fit its own step-cache
+   polynomial, measure its prompt alignment and write the model card.
 
 --scenes, --vae-steps, --config and --eval-count exist for the tests, which run the whole build in miniature.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import tomli_w
 
+from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.scaffold import ScaffoldSpec, build_pipeline
 from core.prompts import SYSTEM_PROMPTS, full_prompt
 from core.scenes.world import draw, scenes, vocabulary_corpus, write_dataset
@@ -40,6 +41,9 @@ DEMO_SPEC = ScaffoldSpec(
     text_width=64, text_layers=1, vocab_size=600, vae_channels=(8, 16, 16, 16), latent_channels=16,
     sample_size=8,  # 64x64 pixels
 )
+# Guidance on every step: with the authors' truncation (none after t = 0.25) a shape's kind blurs in the last
+# steps; on 100 held-out prompts guiding throughout took colour and kind 73% -> 81% and pairs 19% -> 36%.
+SAMPLING_DEFAULTS = {"cfg_trunc": 1.0}
 SEED = 0
 EVAL_SEED = 1000
 FIT_SEED = 500
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the scenes and the base model (with its trained VAE) from an earlier build")
     parser.add_argument("--reuse-run", action="store_true",
                         help="keep the trained run too: only copy, fit the step cache, evaluate, write the card")
+    parser.add_argument("--refit", action="store_true",
+                        help="keep the model in --out as it is: only fit the step cache, evaluate, write the card")
     defaults = BuildSettings()
     parser.add_argument("--scenes", type=int, default=defaults.scenes)
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
@@ -150,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = BuildSettings(args.scenes, args.vae_steps, args.config.resolve(), args.eval_count)
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
-    # --reuse-run: the run is trained; copy, fit and evaluate again (after changing those steps).
-    measured = json.loads((work / "build.json").read_text()) if args.reuse_run else train(work, settings, args.reuse_base)
+    # --reuse-run / --refit: the run is trained; (copy,) fit and evaluate again (after changing those steps).
+    again = args.reuse_run or args.refit
+    measured = json.loads((work / "build.json").read_text()) if again else train(work, settings, args.reuse_base)
     started = time.perf_counter()
-    copy_model(latest_model(work / "run"), out)
+    if not args.refit:
+        copy_model(latest_model(work / "run"), out)
+    (out / SAMPLING_DEFAULTS_FILE).write_text(json.dumps(SAMPLING_DEFAULTS, indent=2) + "\n")
     fit_step_cache(out, settings.fit_count)
-    if not args.reuse_run:
+    if not again:
         measured["total_seconds"] += time.perf_counter() - started
     measured["alignment"] = measure_alignment(out, settings.eval_count)
     (work / "build.json").write_text(json.dumps(measured, indent=2))
@@ -204,7 +213,8 @@ def alignment_row(label: str, report: dict) -> str:
 
 def write_model_card(folder: Path, measured: dict, settings: BuildSettings) -> None:
     config = tomllib.loads(settings.config.read_text())
-    stages = ", ".join(f"{s['name']} ({s['resolution']} px, {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']})"
+    stages = ", ".join(f"{s['name']} ({s['resolution']} px, {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}"
+                       f"{', ' + s['lr_schedule'] + ' decay' if s.get('lr_schedule', 'constant') != 'constant' else ''})"
                        for s in config["stages"])
     rows = [alignment_row("the VAE's own reconstructions (the ceiling)", measured["vae_ceiling"])]
     rows += [alignment_row("generated, default settings" if label == "default" else
@@ -234,7 +244,8 @@ backgrounds, at a place or in a relation. It exists so that the app works on a f
    {DEMO_SPEC.num_attention_heads} heads) with `lumina-studio train resources/demo/train.toml`: {stages};
    EMA {config['ema_decay']}.
 6. Its own step-cache polynomial (`transformer/step_cache.json`), fitted on {settings.fit_count} prompts that the
-   evaluation does not use.
+   evaluation does not use and scaled so that threshold 0.3 skips 36% of their passes, as the published
+   set does on Lumina-Image 2.0.
 
 ## Prompt alignment (`lumina-studio evaluate`, {settings.eval_count} prompts from the world's grammar, seed {EVAL_SEED})
 
@@ -242,8 +253,11 @@ backgrounds, at a place or in a relation. It exists so that the app works on a f
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Default settings: 64x64, 18 midpoint steps, guidance 4, CFG truncation 0.25, renorm 1.0; `--cache 0.3`
-uses the model's own polynomial. Times are sampling plus decoding on the machine that built it.
+Default settings: 64x64, 18 midpoint steps, guidance 4 on every step, renorm 1.0. The folder's
+`sampling_defaults.json` sets CFG truncation to 1.0 (guidance to the end) in place of the authors' 0.25:
+with 0.25 a shape's kind blurs in the last steps (on 100 held-out prompts, colour and kind 73% -> 81%,
+pairs 19% -> 36%). `--cache 0.3` uses the model's own polynomial. Times are sampling plus decoding on
+the machine that built it.
 
 ## Limits
 

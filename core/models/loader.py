@@ -119,3 +119,27 @@ def default_shift(components: Path) -> float:
     if not path.exists():
         return DEFAULT_SHIFT
     return float(read_json_file(path).get("shift", DEFAULT_SHIFT))
+
+
+SAMPLING_DEFAULTS_FILE = "sampling_defaults.json"  # in a diffusers folder, beside model_index.json
+SAMPLING_KEYS = ("steps", "solver", "cfg_trunc", "cfg_renorm")
+
+
+def sampling_defaults(components: Path) -> dict:
+    """The model's own sampling defaults (sampling_defaults.json: any of steps, solver, cfg_trunc,
+    cfg_renorm), which replace the authors' for this model where a request leaves them unset; {} if none."""
+    from ..errors import LuminaError
+    from ..request import GenerationRequest
+
+    path = components / SAMPLING_DEFAULTS_FILE
+    if not path.exists():
+        return {}
+    values = read_json_file(path)
+    unknown = sorted(set(values) - set(SAMPLING_KEYS)) if isinstance(values, dict) else ["(not an object)"]
+    try:
+        if unknown:
+            raise ModelLoadError(f"unknown keys {', '.join(unknown)}; allowed: {', '.join(SAMPLING_KEYS)}")
+        GenerationRequest("check", **values).validate()
+    except LuminaError as error:
+        raise ModelLoadError(f"{path} is not usable: {error} Fix or delete the file.") from error
+    return values
