@@ -160,7 +160,7 @@ def test_a_fresh_install_opens_with_the_demo_model(qtbot, data_home):
         qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
         values = win.generate.form_values()
         assert win.generate.model.currentData() == "demo" and (values["width"], values["height"]) == (64, 64)
-        assert values["cfg_trunc"] == 1.0 and values["steps"] == 18  # the model's own sampling defaults
+        assert (values["cfg_trunc"], values["cfg_renorm"], values["steps"]) == (1.0, 0.0, 18)  # its own defaults
         win.generate.apply_values({"prompt": "a red circle in the centre, white background", "steps": 6,
                                    "seed_mode": "fixed", "seed": 1})
         win.generate.request_generation()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tomli_w
 
-from trainer.demo import TRAIN_CONFIG
+from trainer.demo import SAMPLING_DEFAULTS, TRAIN_CONFIG
 
 
 def miniature_config(folder: Path) -> Path:
@@ -25,6 +25,7 @@ def miniature_config(folder: Path) -> Path:
 
 def test_the_builder_runs_end_to_end(tmp_path):
     from core.models.sources import resolve_source
+    from core.models.loader import sampling_defaults
     from core.sampling.cache_fit import read_fitted
 
     out = tmp_path / "demo-model"
@@ -41,6 +42,7 @@ def test_the_builder_runs_end_to_end(tmp_path):
     card = (out / "README.md").read_text()
     assert "48 scenes" in card and "Prompt alignment" in card
     assert len(read_fitted(out / "transformer")) == 5
+    assert sampling_defaults(out) == SAMPLING_DEFAULTS
     assert resolve_source(out).components == out.resolve()
     run_steps = [json.loads(line)["step"] for line in (tmp_path / "work" / "run" / "events.jsonl").open()
                  if '"event": "finished"' in line]
