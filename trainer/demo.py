@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-base", action="store_true",
                         help="keep the scenes and the base model (with its trained VAE) from an earlier build")
     parser.add_argument("--reuse-run", action="store_true",
-                        help="keep the trained run too: only copy, fit the step cache, evaluate, write the card")
+                        help="keep the trained run too: only copy, write the sampling defaults, fit the cache, evaluate, "
+                             "write the card")
     parser.add_argument("--refit", action="store_true",
-                        help="keep the model in --out as it is: only fit the step cache, evaluate, write the card")
+                        help="keep the model in --out: only write its sampling defaults, fit the cache, evaluate, write the card")
     defaults = BuildSettings()
     parser.add_argument("--scenes", type=int, default=defaults.scenes)
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
