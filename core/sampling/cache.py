@@ -6,8 +6,9 @@ coefficient sets v1 and v2) and accumulated. While the sum stays under the thres
 are skipped and their last residual (output - input) is reused; otherwise they run and the sum resets.
 The first and the last step always run. Threshold 0 never skips.
 
-A model may carry its own polynomial, fitted the TeaCache way on its own sampling (`cache_fit.py`), in
-transformer/step_cache.json; a bare threshold then uses it ("auto"), and v1:/v2: still pick the published sets.
+A model may carry its own polynomial, fitted the TeaCache way on its own sampling and scaled so thresholds
+mean about the published speed-ups (`cache_fit.py`), in transformer/step_cache.json; a bare threshold then
+uses it ("auto"), and v1:/v2: still pick the published sets.
 
 One addition of ours: never more than MAX_SKIPS_IN_A_ROW skips in a row. Outside the range a polynomial
 was fitted on it can turn negative (v2 does for changes below ~1.5%), and the sum would then never reach
