@@ -32,7 +32,7 @@ import tomli_w
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.demo import EVAL_SEED, SEED, TRAIN_CONFIG, latest_model  # noqa: E402
+from trainer.demo import EVAL_SEED, SEED, TRAIN_CONFIG, latest_model, load_engine  # noqa: E402
 
 COSINE = {"stages.1.lr_schedule": "cosine"}
 VARIANTS = {
@@ -64,12 +64,9 @@ def variant_config(overrides: dict, base: Path, scenes: Path, small: bool) -> di
 
 
 def evaluate_model(folder: Path, count: int, cache: str) -> dict:
-    from core.engine import Engine
-    from core.models.sources import resolve_source
     from core.scenes.alignment import evaluate
 
-    engine = Engine(resolve_source(folder, name="demo"), dtype="fp32")
-    engine.load()
+    engine = load_engine(folder, device="auto", dtype="fp32")  # the GPU, in the CPU build's precision
     started = time.perf_counter()
     report = evaluate(engine, count, EVAL_SEED, cache=cache).to_dict()
     report["eval_seconds"] = time.perf_counter() - started

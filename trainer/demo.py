@@ -31,6 +31,7 @@ from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.scaffold import ScaffoldSpec, build_pipeline
 from core.prompts import SYSTEM_PROMPTS, full_prompt
 from core.scenes.world import draw, scenes, vocabulary_corpus, write_dataset
+from core.storage import write_text_atomic
 
 from .vae import fit_latent_scale, images_to_tensor, reconstruction_error, train_vae
 
@@ -147,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-base", action="store_true",
                         help="keep the scenes and the base model (with its trained VAE) from an earlier build")
     parser.add_argument("--reuse-run", action="store_true",
-                        help="keep the trained run too: only copy, write the sampling defaults, fit the cache, evaluate, "
-                             "write the card")
+                        help="keep the trained run too: only copy, write the sampling defaults, fit the cache, "
+                             "evaluate, write the card")
     parser.add_argument("--refit", action="store_true",
-                        help="keep the model in --out: only write its sampling defaults, fit the cache, evaluate, write the card")
+                        help="keep the model in --out: only write its sampling defaults, fit the cache, evaluate, "
+                             "write the card")
     defaults = BuildSettings()
     parser.add_argument("--scenes", type=int, default=defaults.scenes)
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if not args.refit:
         copy_model(latest_model(work / "run"), out)
-    (out / SAMPLING_DEFAULTS_FILE).write_text(json.dumps(SAMPLING_DEFAULTS, indent=2) + "\n")
+    write_text_atomic(out / SAMPLING_DEFAULTS_FILE, json.dumps(SAMPLING_DEFAULTS, indent=2) + "\n")
     fit_step_cache(out, settings.fit_count)
     if not again:
         measured["total_seconds"] += time.perf_counter() - started
@@ -176,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_engine(folder: Path):
+def load_engine(folder: Path, device: str = "cpu", dtype: str = "auto"):
     from core.engine import Engine
     from core.models.sources import resolve_source
 
-    engine = Engine(resolve_source(folder, name="demo"), device="cpu")
+    engine = Engine(resolve_source(folder, name="demo"), device=device, dtype=dtype)
     engine.load()
     return engine
 
@@ -214,11 +216,16 @@ def alignment_row(label: str, report: dict) -> str:
             f"{pair['all']:.0%} | {passes} | {time_per_image} |")
 
 
+def stage_summary(stage: dict) -> str:
+    schedule = stage.get("lr_schedule", "constant")
+    decay = "" if schedule == "constant" else f", {schedule} decay"
+    return (f"{stage['name']} ({stage['resolution']} px, {stage['steps']} steps, batch {stage['batch_size']}, "
+            f"lr {stage['lr']}{decay})")
+
+
 def write_model_card(folder: Path, measured: dict, settings: BuildSettings) -> None:
     config = tomllib.loads(settings.config.read_text())
-    stages = ", ".join(f"{s['name']} ({s['resolution']} px, {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}"
-                       f"{', ' + s['lr_schedule'] + ' decay' if s.get('lr_schedule', 'constant') != 'constant' else ''})"
-                       for s in config["stages"])
+    stages = ", ".join(stage_summary(stage) for stage in config["stages"])
     rows = [alignment_row("the VAE's own reconstructions (the ceiling)", measured["vae_ceiling"])]
     rows += [alignment_row("generated, default settings" if label == "default" else
                            f"generated, `--cache {label.removeprefix('cache_')}`", report)
