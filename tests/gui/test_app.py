@@ -32,7 +32,9 @@ def window(qtbot, home):
     from app.main_window import MainWindow
 
     win = MainWindow(device="cpu")
-    qtbot.addWidget(win)
+    # pytest-qt closes its widgets before fixtures end: stop the engine first, or a job still finishing would
+    # make closing ask "A generation is running..." (a test may end between a job's last image and its "done").
+    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     win.show()
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
     yield win
@@ -115,6 +117,7 @@ def test_a_killed_engine_is_survived(window, qtbot):
     qtbot.waitUntil(lambda: "restarted" in window.banner.text(), timeout=30_000)
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=120_000)
     assert window.gallery.model.entries[0].prompt == "survivor"
+    wait_idle(window, qtbot)
 
 
 def test_settings_survive_a_restart(window, qtbot):
