@@ -54,7 +54,7 @@ FIT_SEED = 500
 
 @dataclass(frozen=True)
 class BuildSettings:
-    scenes: int = 6000
+    scenes: int = 24000  # with 6,000 (each seen 64 times) the DiT over-fitted: held-out pairs 36-63% against 58-83%
     vae_steps: int = 3000
     config: Path = TRAIN_CONFIG
     eval_count: int = 200
@@ -212,8 +212,9 @@ def alignment_row(label: str, report: dict) -> str:
     single, pair = report["single"], report["pair"]
     passes = f"{report['transformer_evaluations']:.1f}" if report["transformer_evaluations"] else "-"
     time_per_image = f"{report['seconds_per_image']:.2f} s" if report["seconds_per_image"] else "-"
-    return (f"| {label} | {single['colour_and_shape']:.0%} | {single['position']:.0%} | {pair['objects']:.0%} | "
-            f"{pair['all']:.0%} | {passes} | {time_per_image} |")
+    # One decimal: the targets are thresholds (60% pairs), and 59.7% must not read as 60%.
+    return (f"| {label} | {single['colour_and_shape']:.1%} | {single['position']:.1%} | {pair['objects']:.1%} | "
+            f"{pair['all']:.1%} | {passes} | {time_per_image} |")
 
 
 def stage_summary(stage: dict) -> str:
