@@ -266,10 +266,10 @@ backgrounds, at a place or in a relation. It exists so that the app works on a f
 
 Default settings: 64x64, 18 midpoint steps, guidance 4 on every step without renormalisation. The
 folder's `sampling_defaults.json` sets them in place of the authors' (CFG truncation 0.25, renorm 1.0),
-chosen on 100 held-out prompts (seed 2000): with the truncation a shape's kind blurs in the last steps
-(colour and kind 73% -> 81%, pairs 19% -> 36% when guiding throughout), and without the renorm colour and
-kind reached 89%. `--cache 0.3` uses the model's own polynomial. Times are sampling plus decoding on the
-machine that built it.
+chosen on 100 held-out prompts (seed 2000) with an earlier build's weights: with the truncation a shape's
+kind blurs in the last steps (colour and kind 73% -> 81%, pairs 19% -> 36% when guiding throughout; 89%
+without the renorm). These weights on the same prompts: the authors' settings 78% / 33%, these 89% / 58%.
+`--cache 0.3` uses the model's own polynomial. Times are sampling plus decoding on the machine that built it.
 
 ## Limits
 
