@@ -1,9 +1,12 @@
 """Our staged Next-DiT against diffusers' Lumina2Transformer2DModel, weight for weight."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from diffusers import Lumina2Transformer2DModel
 
+from core.models import nextdit
 from core.models.nextdit import NextDiT, NextDiTConfig
 
 CONFIG = dict(
@@ -39,6 +42,23 @@ def test_matches_diffusers_with_padded_captions(pair, latent_size, lengths):
         got = ours(x, t, features, mask)
     scale = expected.abs().max()
     assert (got - expected).abs().max() / scale < 1e-6
+
+
+def test_expanded_kv_heads_match_grouped_ones(pair, monkeypatch):
+    """Where SDPA cannot run grouped heads fused (CUDA with a mask or in float32), K/V are expanded instead."""
+    _, ours = pair
+    takes = nextdit.sdpa_takes_grouped_heads
+    x, t, features = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8]), torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        grouped = ours(x, t, features, mask)
+        monkeypatch.setattr(nextdit, "sdpa_takes_grouped_heads", lambda q, key_mask: False)
+        expanded = ours(x, t, features, mask)
+    assert torch.allclose(expanded, grouped, atol=1e-5)
+    assert takes(torch.empty(1), torch.ones(1, dtype=torch.bool))  # the CPU kernel: always
+    cuda = [SimpleNamespace(is_cuda=True, dtype=dtype) for dtype in (torch.bfloat16, torch.float32)]
+    assert takes(cuda[0], None) and not takes(cuda[0], torch.ones(1)) and not takes(cuda[1], None)
 
 
 def test_stages_equal_forward_and_rows_are_independent(pair):

@@ -111,6 +111,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).to(x.dtype)
 
 
+def sdpa_takes_grouped_heads(q: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
+    """Whether SDPA runs grouped-query attention (`enable_gqa`) in a fused kernel. On CUDA only the flash
+    kernel does, and only in half precision without a mask (padded captions bring one); elsewhere it falls
+    back to the math kernel, which holds every L x L score. The CPU kernel takes grouped heads as fast as or
+    faster than expanded K/V (bench/bench_attention.py)."""
+    return not q.is_cuda or (key_mask is None and q.dtype in (torch.float16, torch.bfloat16))
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RMS-normalised queries and keys."""
 
@@ -135,9 +143,12 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin).transpose(1, 2)
         k = apply_rope(k, cos, sin).transpose(1, 2)
         v = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, enable_gqa=self.heads != self.kv_heads
-        )
+        grouped = self.heads != self.kv_heads
+        if grouped and not sdpa_takes_grouped_heads(q, key_mask):  # give each query head its own K/V copy
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            grouped = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=grouped)
         return self.to_out[0](out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
 
 
