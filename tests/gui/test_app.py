@@ -37,8 +37,7 @@ def window(qtbot, home):
     qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     win.show()
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
-    yield win
-    win.client.stop()
+    return win
 
 
 def generate(window, qtbot, prompt, **values):
