@@ -1,27 +1,30 @@
 """The image library: PNGs in one folder, indexed in SQLite for search, favourites and a trash.
 
 The PNG files are the truth (each carries its settings, see metadata.py); `library.sqlite` is an index
-that `rebuild()` can always recreate from them. Prompt search uses SQLite FTS5. Deleting moves a file into
+that `rebuild()` can always recreate from them (favourites are also kept in `.favourites.json` for that;
+a damaged index is moved aside and rebuilt). Prompt search uses SQLite FTS5. Deleting moves a file into
 `.trash/` (undo moves it back); only `empty_trash()` removes files for good.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-import shutil
 import sqlite3
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .errors import LuminaError, MetadataError
 from .metadata import read_settings
+from .storage import read_json, write_atomic, write_json_atomic, write_text_atomic
 
+SCHEMA_VERSION = 2  # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY,
@@ -29,7 +32,7 @@ CREATE TABLE IF NOT EXISTS images (
     prompt TEXT NOT NULL DEFAULT '',
     negative_prompt TEXT NOT NULL DEFAULT '',
     model TEXT NOT NULL DEFAULT '',
-    seed INTEGER,
+    seed TEXT,                          -- decimal digits
     width INTEGER,
     height INTEGER,
     created REAL NOT NULL,              -- file modification time when indexed
@@ -50,7 +53,12 @@ CREATE TRIGGER IF NOT EXISTS images_ad AFTER DELETE ON images BEGIN
     VALUES ('delete', old.id, old.prompt, old.negative_prompt, old.model);
 END;
 """
+DROP_SCHEMA = "DROP TRIGGER IF EXISTS images_ai; DROP TRIGGER IF EXISTS images_ad; DROP TABLE IF EXISTS images_fts;" \
+              " DROP TABLE IF EXISTS images;"
+INDEX = "library.sqlite"
 TRASH = ".trash"
+FAVOURITES = ".favourites.json"  # the favourites outside SQLite, so a rebuild or a damaged index keeps them
+_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,67 @@ class Entry:
         return json.loads(self.settings_json)
 
 
+@dataclass
+class Outcome:
+    """What a trash or restore did: the ids it moved, and one line per file it could not handle."""
+
+    moved: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
 class Library:
+    """The index over one folder. After opening, `recovered` names the damaged index that was moved aside
+    (the index is then empty and `needs_rebuild` is true: call `rebuild()`, in the background in the app)."""
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self.recovered: Path | None = None
+        self.needs_rebuild = False
         try:
             (self.folder / TRASH).mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.folder / "library.sqlite"))
-            self.db.executescript(SCHEMA)
+            try:
+                self.db = self._connect()
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT_CODES:
+                    raise
+                self.recovered = self._move_aside()
+                self.db = self._connect()
         except (OSError, sqlite3.Error) as exc:
             raise LuminaError(f"The library folder {self.folder} cannot be used: {exc}.") from None
-        self.db.row_factory = sqlite3.Row
+
+    def _connect(self) -> sqlite3.Connection:
+        # WAL and a busy timeout: the app and a command-line run can add images at the same time.
+        db = sqlite3.connect(str(self.folder / INDEX), timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                error = sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+                error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+                raise error
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone() is not None
+            if has_table and version < SCHEMA_VERSION:  # an older layout: the index is rebuilt from the files
+                self._save_favourites(db)
+                db.executescript(DROP_SCHEMA)
+                self.needs_rebuild = True
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        """Keep the damaged index under a new name (nothing is deleted) and start an empty one."""
+        aside = self.folder / f"{INDEX}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):
+            source = self.folder / (INDEX + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        self.needs_rebuild = True
+        return aside
 
     def close(self) -> None:
         self.db.close()
@@ -93,48 +152,50 @@ class Library:
         path = Path(path)
         if path.parent.resolve() != self.folder.resolve():
             raise LuminaError(f"{path} is not in the library folder {self.folder}.")
-        return self._insert(path, trashed=None)
-
-    def _insert(self, path: Path, trashed: float | None) -> int:
-        row = self.db.execute("SELECT id FROM images WHERE name = ?", (path.name,)).fetchone()
-        if row:
-            return row["id"]
-        settings = read_settings(path)
-        with self.db:
-            cursor = self.db.execute(
-                "INSERT INTO images (name, prompt, negative_prompt, model, seed, width, height, created, trashed,"
-                " settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    path.name, settings.get("prompt", ""), settings.get("negative_prompt", ""),
-                    settings.get("model") or "", settings.get("seed"), settings.get("width"),
-                    settings.get("height"), path.stat().st_mtime, trashed, json.dumps(settings),
-                ),
-            )
-        return cursor.lastrowid
+        row = _row(path, trashed=None)
+        with self.db:  # one statement: another process may add the same file at the same moment
+            self.db.execute(f"INSERT INTO images ({_COLUMNS}) VALUES ({_PLACES}) ON CONFLICT(name) DO NOTHING", row)
+        return self.db.execute("SELECT id FROM images WHERE name = ?", (path.name,)).fetchone()["id"]
 
     def rebuild(self) -> tuple[int, list[tuple[str, str]]]:
-        """Re-index every PNG in the folder and the trash. Returns (indexed, [(file, why it was skipped)])."""
-        favourites = {r["name"] for r in self.db.execute("SELECT name FROM images WHERE favourite = 1")}
-        with self.db:
-            self.db.execute("DELETE FROM images")
-            self.db.execute("INSERT INTO images_fts(images_fts) VALUES ('rebuild')")
-        indexed, skipped = 0, []
-        for folder, trashed in ((self.folder, None), (self.folder / TRASH, time.time())):
+        """Re-index every PNG in the folder and the trash. Returns (indexed, [(file, why it was skipped)]).
+
+        All or nothing: every file is read first, then the index is swapped in one transaction, so an
+        interruption leaves the old index. Favourites come back from the favourites file, trash state from
+        where each file lies (.trash/).
+        """
+        favourites = self._favourite_names()
+        trashed_at = {r["name"]: r["trashed"] for r in self.db.execute("SELECT name, trashed FROM images")}
+        rows, skipped = [], []
+        for folder, in_trash in ((self.folder, False), (self.folder / TRASH, True)):
             for path in sorted(folder.iterdir()):
-                if not path.is_file() or path.name.startswith((".", "library.sqlite")):
+                if not path.is_file() or path.name.startswith((".", INDEX)):
                     continue
                 if path.suffix.lower() != ".png":
                     skipped.append((path.name, "not a PNG image"))
                     continue
+                trashed = (trashed_at.get(path.name) or time.time()) if in_trash else None
                 try:
-                    image_id = self._insert(path, trashed)
-                except MetadataError as exc:
+                    rows.append(_row(path, trashed, favourite=path.name in favourites))
+                except (MetadataError, OSError) as exc:
                     skipped.append((path.name, str(exc)))
-                    continue
-                if path.name in favourites:
-                    self.set_favourite(image_id, True)
-                indexed += 1
-        return indexed, skipped
+        with self.db:
+            self.db.execute("DELETE FROM images")
+            self.db.executemany(f"INSERT OR IGNORE INTO images ({_COLUMNS}) VALUES ({_PLACES})", rows)
+            self.db.execute("INSERT INTO images_fts(images_fts) VALUES ('rebuild')")
+        self.needs_rebuild = False
+        self._save_favourites(self.db)
+        return len(rows), skipped
+
+    def _favourite_names(self) -> set[str]:
+        saved = read_json(self.folder / FAVOURITES, None)
+        if isinstance(saved, list):
+            return {name for name in saved if isinstance(name, str)}
+        return {r["name"] for r in self.db.execute("SELECT name FROM images WHERE favourite = 1")}
+
+    def _save_favourites(self, db: sqlite3.Connection) -> None:
+        names = [r[0] for r in db.execute("SELECT name FROM images WHERE favourite = 1 ORDER BY name")]
+        write_json_atomic(self.folder / FAVOURITES, names)
 
     # ---- finding ---------------------------------------------------------------------------------
 
@@ -175,7 +236,7 @@ class Library:
         folder = self.folder / TRASH if row["trashed"] is not None else self.folder
         return Entry(
             id=row["id"], path=folder / row["name"], prompt=row["prompt"], negative_prompt=row["negative_prompt"],
-            model=row["model"], seed=row["seed"], width=row["width"], height=row["height"], created=row["created"],
+            model=row["model"], seed=None if row["seed"] is None else int(row["seed"]), width=row["width"], height=row["height"], created=row["created"],
             favourite=bool(row["favourite"]), settings_json=row["settings"],
         )
 
@@ -184,21 +245,42 @@ class Library:
     def set_favourite(self, image_id: int, favourite: bool) -> None:
         with self.db:
             self.db.execute("UPDATE images SET favourite = ? WHERE id = ?", (int(favourite), image_id))
+        self._save_favourites(self.db)
 
-    def trash(self, ids: list[int]) -> None:
-        """Move images to the trash (files go to .trash/); `restore` undoes it."""
-        for image_id in ids:
-            entry = self.get(image_id)
-            os.replace(entry.path, self.folder / TRASH / entry.path.name)
-            with self.db:
-                self.db.execute("UPDATE images SET trashed = ? WHERE id = ?", (time.time(), image_id))
+    def trash(self, ids: list[int]) -> Outcome:
+        """Move images to the trash (files go to .trash/); `restore(outcome.moved)` undoes it."""
+        return self._move(ids, self.folder / TRASH, trashed=True)
 
-    def restore(self, ids: list[int]) -> None:
+    def restore(self, ids: list[int]) -> Outcome:
+        return self._move(ids, self.folder, trashed=False)
+
+    def _move(self, ids: list[int], destination: Path, trashed: bool) -> Outcome:
+        """Each file on its own: one that is gone leaves the index; one that cannot move stays as it was."""
+        outcome = Outcome()
         for image_id in ids:
-            entry = self.get(image_id)
-            os.replace(entry.path, self.folder / entry.path.name)
+            row = self.db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None:
+                continue
+            entry = self._entry(row)
+            target = destination / entry.path.name
+            if not entry.path.exists():
+                with self.db:
+                    self.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+                outcome.problems.append(f"{entry.path.name} was no longer on disk; it was removed from the library.")
+                continue
+            if target.exists():
+                outcome.problems.append(f"{entry.path.name} was left where it is: {destination} already has a file "
+                                        "of that name.")
+                continue
+            try:
+                os.replace(entry.path, target)
+            except OSError as exc:
+                outcome.problems.append(f"{entry.path.name} could not be moved: {exc.strerror or exc}.")
+                continue
             with self.db:
-                self.db.execute("UPDATE images SET trashed = NULL WHERE id = ?", (image_id,))
+                self.db.execute("UPDATE images SET trashed = ? WHERE id = ?", (time.time() if trashed else None, image_id))
+            outcome.moved.append(image_id)
+        return outcome
 
     def empty_trash(self) -> int:
         """Delete trashed images for good. Returns how many."""
@@ -207,6 +289,7 @@ class Library:
             entry.path.unlink(missing_ok=True)
             with self.db:
                 self.db.execute("DELETE FROM images WHERE id = ?", (entry.id,))
+        self._save_favourites(self.db)
         return len(entries)
 
     # ---- export ----------------------------------------------------------------------------------
@@ -230,24 +313,36 @@ class Library:
         manifest_text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in manifest)
         try:
             if target.suffix.lower() == ".zip":
-                target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.with_name(f".{target.name}.tmp")
-                with zipfile.ZipFile(temp, "w", zipfile.ZIP_STORED) as archive:
-                    for entry, name in zip(entries, names):
-                        archive.writestr(name, _png_bytes(entry.path, strip_metadata))
-                    archive.writestr("metadata.jsonl", manifest_text)
-                os.replace(temp, target)
+                def write_zip(handle):
+                    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+                        for entry, name in zip(entries, names):
+                            archive.writestr(name, _png_bytes(entry.path, strip_metadata))
+                        archive.writestr("metadata.jsonl", manifest_text)
+
+                write_atomic(target, write_zip)
             else:
-                target.mkdir(parents=True, exist_ok=True)
                 for entry, name in zip(entries, names):
-                    if strip_metadata:
-                        (target / name).write_bytes(_png_bytes(entry.path, True))
-                    else:
-                        shutil.copy2(entry.path, target / name)
-                (target / "metadata.jsonl").write_text(manifest_text, encoding="utf-8")
+                    write_atomic(target / name, _png_bytes(entry.path, strip_metadata))
+                write_text_atomic(target / "metadata.jsonl", manifest_text)
         except OSError as exc:
-            raise LuminaError(f"Could not export to {target}: {exc.strerror or exc}.") from None
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise LuminaError(f"Could not export to {target}: {reason}.") from None
         return target
+
+
+_COLUMN_NAMES = ("name", "prompt", "negative_prompt", "model", "seed", "width", "height", "created", "trashed",
+                 "favourite", "settings")
+_COLUMNS = ", ".join(_COLUMN_NAMES)
+_PLACES = ", ".join("?" * len(_COLUMN_NAMES))
+
+
+def _row(path: Path, trashed: float | None, favourite: bool = False) -> tuple:
+    """One index row read from a PNG (raises MetadataError for a file without readable settings)."""
+    settings = read_settings(path)
+    seed = settings.get("seed")
+    return (path.name, settings.get("prompt", ""), settings.get("negative_prompt", ""), settings.get("model") or "",
+            None if seed is None else str(seed), settings.get("width"), settings.get("height"), path.stat().st_mtime,
+            trashed, int(favourite), json.dumps(settings))
 
 
 def _filters(text, model, favourites_only, since, until, trashed) -> tuple[str, list]:

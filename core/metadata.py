@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .errors import MetadataError, OutputError
+from .errors import MetadataError, OutputError, RequestError
+from .storage import write_atomic
 
 JSON_KEY = "lumina_studio"
 FORMAT = "lumina-studio/1"
@@ -76,24 +77,17 @@ def check_writable(folder: Path) -> None:
 
 
 def write_png(image: Image.Image, folder: Path, stem: str, info: PngImagePlugin.PngInfo) -> Path:
-    """Write `stem.png` (or `stem-2.png`, ... if taken) atomically: temp file, fsync, then link into place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=".png.tmp")
-    temp = Path(temp_name)
+    """Write `stem.png` (or `stem-2.png`, ... if taken) atomically, never overwriting another image."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return _claim_name(temp, folder, stem)
+        return write_atomic(folder / f"{stem}.png", lambda handle: image.save(handle, format="PNG", pnginfo=info),
+                            place=_claim_name)
     except OSError as exc:
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise OutputError(f"Could not save the image in {folder}: {reason}. Nothing was overwritten.") from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
-def _claim_name(temp: Path, folder: Path, stem: str) -> Path:
+def _claim_name(temp: Path, wanted: Path) -> Path:
+    folder, stem = wanted.parent, wanted.stem
     for n in range(1, 10_000):
         target = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
@@ -111,40 +105,99 @@ def _claim_name(temp: Path, folder: Path, stem: str) -> Path:
 # ---- reading -------------------------------------------------------------------------------------
 
 
+MAX_TEXT_BYTES = 1 << 20  # a settings chunk larger than this is not read (Pillow's own limit for one chunk)
+_SETTINGS_KEYS = (JSON_KEY, "parameters", "invokeai_metadata", "prompt")
+
+
 def read_png_text(path: Path) -> dict[str, str]:
+    """The PNG's text chunks. Pixels are decoded only when no settings chunk precedes them."""
     try:
         with Image.open(path) as image:
-            image.load()
-            return {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+            text = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+            if not any(key in text for key in _SETTINGS_KEYS):  # chunks may also follow the pixels
+                image.load()
+                text = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+            return text
     except FileNotFoundError:
         raise MetadataError(f"{path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # ValueError: a text chunk that decompresses beyond Pillow's limits
         raise MetadataError(f"{path} is not a readable image ({exc}).") from None
 
 
 def read_settings(path: str | Path) -> dict:
     """Generation settings stored in an image, as GenerationRequest field names where they map.
 
-    Always has "source" (lumina-studio, a1111, comfyui, invokeai); other keys only when found.
+    Always has "source" (lumina-studio, a1111, comfyui, invokeai); other keys only when found. Every value
+    has passed the request's own checks, so it can go straight into a form. Raises only MetadataError.
     """
     path = Path(path)
     text = read_png_text(path)
+    key = next((k for k in _SETTINGS_KEYS if k in text), None)
+    if key is None:
+        raise MetadataError(f"{path} holds no generation settings (no parameters, ComfyUI or InvokeAI data).")
+    if len(text[key]) > MAX_TEXT_BYTES:
+        raise MetadataError(f"{path}: its '{key}' text is {len(text[key]):,} characters long, more than the "
+                            f"{MAX_TEXT_BYTES:,} read for settings.")
     try:
-        if JSON_KEY in text:
-            record = json.loads(text[JSON_KEY])
-            return {"source": "lumina-studio", **record["settings"], "model": record.get("model", {}).get("name")}
-        if "parameters" in text:
-            return parse_a1111(text["parameters"])
-        if "invokeai_metadata" in text:
-            return _parse_invokeai(json.loads(text["invokeai_metadata"]))
-        if "prompt" in text:
-            return _parse_comfyui(json.loads(text["prompt"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise MetadataError(f"{path} has generation settings that could not be parsed ({exc}).") from None
-    raise MetadataError(f"{path} holds no generation settings (no parameters, ComfyUI or InvokeAI data).")
+        if key == JSON_KEY:
+            record = _json_object(text[key])
+            settings = _json_object_of(record.get("settings"))
+            model = record.get("model")
+            settings = {**settings, "source": "lumina-studio",
+                        "model": model.get("name") if isinstance(model, dict) else None}
+        elif key == "parameters":
+            settings = parse_a1111(text[key])
+        elif key == "invokeai_metadata":
+            settings = _parse_invokeai(_json_object(text[key]))
+        else:
+            settings = _parse_comfyui(_json_object(text[key]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise MetadataError(f"{path} has generation settings that could not be parsed ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}).") from None
+    try:
+        return checked_settings(settings)
+    except RequestError as exc:
+        raise MetadataError(f"{path}: {exc}") from None
 
 
-_A1111_PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+def _json_object(text: str) -> dict:
+    return _json_object_of(json.loads(text))
+
+
+def _json_object_of(value) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+_TEXT_KEYS = ("source", "sampler", "model", "model_hash", "system_prompt_text")
+
+
+def checked_settings(settings: dict) -> dict:
+    """Only the keys we know, each checked by GenerationRequest's own rules; raises RequestError naming the
+    field. Text-only keys (sampler, model, ...) must be text; anything else is dropped."""
+    from .request import GenerationRequest, request_fields
+
+    checked = {}
+    for key, value in settings.items():
+        if key in request_fields():
+            if isinstance(value, bool) or (value is not None and isinstance(value, (dict, list))):
+                raise RequestError(f"the setting '{key}' has an unusable value ({str(value)[:40]!r}).")
+            probe = GenerationRequest(prompt="", **{key: value}) if key != "prompt" else GenerationRequest(prompt=value)
+            try:
+                probe.validate()
+            except RequestError as exc:
+                raise RequestError(f"the setting '{key}' is unusable: {exc}") from None
+        elif key in _TEXT_KEYS:
+            if value is not None and not isinstance(value, str):
+                raise RequestError(f"the setting '{key}' must be text, not {type(value).__name__}.")
+        else:
+            continue
+        checked[key] = value
+    return checked
+
+
 _A1111_KEYS = {
     "Steps": ("steps", int),
     "CFG scale": ("guidance", float),
@@ -158,22 +211,56 @@ _A1111_KEYS = {
     "Model": ("model", str),
     "Model hash": ("model_hash", str),
 }
+_A1111_KEY = re.compile(r"\w[\w \-/]*")
+# Every alternative consumes at least one character and never backtracks: tokenising is linear.
+_A1111_TOKEN = re.compile(r'\\.|"|,|:|[^\\",:]+|\\')
+
+
+def _a1111_pairs(line: str) -> list[tuple[str, str]] | None:
+    """`Key: value, Key: "quoted, value"` -> [(key, raw value)] in one pass; None when not such a line."""
+    fields, current, quoted = [], [], False
+    for token in _A1111_TOKEN.findall(line):
+        if token == '"':
+            quoted = not quoted
+        elif token == "," and not quoted:
+            fields.append("".join(current))
+            current = []
+            continue
+        current.append(token)
+    fields.append("".join(current))
+    pairs = []
+    for field_text in fields:
+        key, colon, value = field_text.partition(":")
+        key = key.strip()
+        if not colon or not _A1111_KEY.fullmatch(key):
+            return None
+        pairs.append((key, value.strip()))
+    return pairs
+
+
+def _a1111_value(settings: dict, key: str, raw: str) -> None:
+    value = json.loads(raw) if raw.startswith('"') and raw.endswith('"') and len(raw) > 1 else raw
+    if key == "Size":
+        width, height = str(value).split("x")
+        settings["width"], settings["height"] = int(width), int(height)
+    elif key == "Sampler":
+        settings["solver" if value in ("euler", "midpoint", "dpm") else "sampler"] = str(value)
+    elif key in _A1111_KEYS:
+        name, kind = _A1111_KEYS[key]
+        settings[name] = kind(value)
 
 
 def parse_a1111(text: str) -> dict:
     lines = text.strip().split("\n")
     settings: dict = {"source": "a1111"}
-    if lines and _A1111_PAIR.match(lines[-1]) and "Steps:" in lines[-1]:
-        for key, raw in _A1111_PAIR.findall(lines.pop()):
-            value = json.loads(raw) if raw.startswith('"') else raw.strip()
-            if key == "Size":
-                width, height = value.split("x")
-                settings["width"], settings["height"] = int(width), int(height)
-            elif key == "Sampler":
-                settings["solver" if value in ("euler", "midpoint", "dpm") else "sampler"] = value
-            elif key in _A1111_KEYS:
-                name, kind = _A1111_KEYS[key]
-                settings[name] = kind(value)
+    pairs = _a1111_pairs(lines[-1]) if lines and "Steps:" in lines[-1] else None
+    if pairs is not None:
+        lines.pop()
+        for key, raw in pairs:
+            try:
+                _a1111_value(settings, key, raw)
+            except ValueError:
+                raise ValueError(f"'{key}: {raw[:40]}' is not a usable value") from None
     prompt, negative, in_negative = [], [], False
     for line in lines:
         if line.startswith("Negative prompt:"):

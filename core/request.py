@@ -7,8 +7,9 @@ Defaults follow the authors' demo (official) or diffusers' Lumina2Pipeline (comp
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import RequestError
 from .prompts import DEFAULT_SYSTEM_PROMPT, MAX_PROMPT_CHARS, system_prompt_text
@@ -79,23 +80,28 @@ class GenerationRequest:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise RequestError("The prompt and negative prompt must be text.")
         for label, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            _check_encodable(label, text)
             if len(text) > MAX_PROMPT_CHARS:
                 raise RequestError(
                     f"The {label} is {len(text):,} characters long; only its first 256 tokens (a few hundred "
                     f"words) can be used. Shorten it below {MAX_PROMPT_CHARS:,} characters."
                 )
+        if not isinstance(self.system_prompt, str):
+            raise RequestError("The system prompt must be a name or text.")
+        _check_encodable("system prompt", self.system_prompt)
         system_prompt_text(self.system_prompt)  # raises for an unknown name
         if self.compat not in COMPAT_NAMES:
             raise RequestError(f"Unknown compat mode '{self.compat}': use official or diffusers.")
         for label, value in (("width", self.width), ("height", self.height)):
             if value is None:
                 continue
-            if not isinstance(value, int) or value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
+            if not _whole(value) or value < PIXELS_PER_TOKEN or value % PIXELS_PER_TOKEN:
+                nearest = max(16, round(value / 16) * 16) if _finite(value) else 1024
                 raise RequestError(
                     f"The {label} must be a positive multiple of 16 pixels (one model token is 16x16 px); "
-                    f"got {value}. Nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 1024}."
+                    f"got {value}. Nearest valid: {nearest}."
                 )
-        if self.steps is not None and (not isinstance(self.steps, int) or not 1 <= self.steps <= 1000):
+        if self.steps is not None and (not _whole(self.steps) or not 1 <= self.steps <= 1000):
             raise RequestError(f"Steps must be a whole number from 1 to 1000; got {self.steps}.")
         if not _finite(self.guidance) or self.guidance < 0:
             raise RequestError(f"Guidance must be 0 or more (1 turns guidance off); got {self.guidance}.")
@@ -108,10 +114,31 @@ class GenerationRequest:
         if self.shift is not None and (not _finite(self.shift) or self.shift <= 0):
             raise RequestError(f"Time shift must be above 0 (6 is the model's default); got {self.shift}.")
         CacheSettings.parse(self.cache)  # raises with the accepted forms
-        if not isinstance(self.count, int) or not 1 <= self.count <= 1000:
+        if not _whole(self.count) or not 1 <= self.count <= 1000:
             raise RequestError(f"Count must be a whole number from 1 to 1000; got {self.count}.")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED - self.count + 1):
+        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED - self.count + 1):
             raise RequestError(f"Seed must be a whole number from 0 to {MAX_SEED - self.count + 1}; got {self.seed}.")
+
+
+@functools.cache
+def request_fields() -> tuple[str, ...]:
+    """The request's setting names, in order: the one list every form, parser and table derives from."""
+    return tuple(f.name for f in fields(GenerationRequest))
+
+
+def _check_encodable(label: str, text: str) -> None:
+    """Text from a command line in another encoding arrives with lone surrogates that no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"The {label} contains bytes that are not UTF-8 text (at character {exc.start + 1}). Retype it, "
+            "or set your terminal to UTF-8."
+        ) from None
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value) -> bool:

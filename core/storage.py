@@ -5,11 +5,14 @@ The data folder is $LUMINA_STUDIO_HOME if set (tests use this), else the platfor
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def data_dir() -> Path:
@@ -40,17 +43,51 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: a crash leaves the old file or the new one, never half."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None],
+                 place: Callable[[Path, Path], Path] | None = None) -> Path:
+    """The one atomic writer: a temporary file beside `path`, fsync, then a rename into place.
+
+    A crash leaves the old file or the new one, never half of one, and a failed write leaves no temporary
+    file behind. `content` is the bytes, or a function that writes them to a binary handle (a zip archive,
+    a PNG encoder). The file gets the mode the umask gives (0644 under 022), as a plain `open` would:
+    `mkstemp` creates 0600 files. `place(temp, path)` may claim another name (never overwriting) and
+    returns where the file landed; the default replaces `path`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    temp = Path(temp_name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        os.chmod(temp, 0o666 & ~_umask())
+        if place is None:
+            os.replace(temp, path)
+            return path
+        return place(temp, path)
     finally:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once: setting it back and forth is not thread-safe, so not per write)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def runs_dir() -> Path:
