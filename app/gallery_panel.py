@@ -341,16 +341,17 @@ class GalleryPanel(QWidget):
         ids = [e.id for e in self.selected()]
         if not ids:
             return
-        self.library.trash(ids)
-        self.undo_stack.append(ids)
-        self.status.emit(f"Moved {len(ids)} image(s) to the trash. Ctrl+Z brings them back.")
+        outcome = self.library.trash(ids)
+        if outcome.moved:
+            self.undo_stack.append(outcome.moved)
+        self.status.emit(" ".join([f"Moved {len(outcome.moved)} image(s) to the trash. Ctrl+Z brings them back.",
+                                   *outcome.problems]))
         self.refresh()
 
     def undo_delete(self) -> None:
         if self.undo_stack:
-            ids = self.undo_stack.pop()
-            self.library.restore(ids)
-            self.status.emit(f"Restored {len(ids)} image(s).")
+            outcome = self.library.restore(self.undo_stack.pop())
+            self.status.emit(" ".join([f"Restored {len(outcome.moved)} image(s).", *outcome.problems]))
             self.refresh()
 
     def empty_trash(self) -> int:

@@ -20,6 +20,7 @@ from core.request import SOLVER_NAMES, GenerationRequest
 from core.sampling.cache import APP_PRESETS
 from core.sizes import trained_sizes
 
+from .background import run_in_background
 from .image_view import ImageView
 
 SEED_MODES = ("random", "fixed", "increment")
@@ -31,6 +32,7 @@ class GeneratePanel(QWidget):
     model_manager_requested = Signal()
     model_changed = Signal(str)
     backend_changed = Signal(str)
+    settings_loaded = Signal(str)  # the image whose settings now fill the form
 
     def __init__(self, client, parent=None):
         super().__init__(parent)
@@ -380,12 +382,15 @@ class GeneratePanel(QWidget):
             break
 
     def load_settings_from(self, path: str) -> None:
-        try:
-            settings = read_settings(path)
-        except LuminaError as exc:
-            self.message.setText(str(exc))
-            return
+        """Read an image's settings off the GUI thread (a large or hostile file must not freeze the window)."""
+        self.message.setText(f"Reading the settings of {Path(path).name}…")
+        run_in_background(lambda: read_settings(path), lambda settings: self._settings_read(path, settings),
+                          lambda exc: self.message.setText(str(exc) if isinstance(exc, LuminaError) else
+                                                           f"Could not read {path}: {type(exc).__name__}: {exc}"))
+
+    def _settings_read(self, path: str, settings: dict) -> None:
         self.apply_values(settings)
         if isinstance(settings.get("seed"), int):
             self.use_seed(settings["seed"])
         self.message.setText(f"Loaded the settings of {Path(path).name} ({settings['source']}).")
+        self.settings_loaded.emit(path)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
-import threading
+import signal
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QSettings, Signal, qVersion
+from PySide6.QtCore import QSettings, QTimer, qVersion
 from PySide6.QtGui import QAction, QColor, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
@@ -18,6 +18,7 @@ from core.models.registry import available_models
 from core.storage import data_dir, library_dir
 from core.worker import WorkerOptions
 
+from .background import run_in_background
 from .engine_client import EngineClient
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
@@ -31,19 +32,22 @@ def settings_store() -> QSettings:
 
 
 class MainWindow(QMainWindow):
-    library_rebuilt = Signal(object)  # (indexed, [(file, why skipped)]) from the rebuild thread
-
     def __init__(self, device: str = "auto"):
         super().__init__()
         self.setWindowTitle("Lumina Studio")
         self.device = device
+        self._ask_before_quitting = True
         self.settings = settings_store()
         self.client = EngineClient(self)
         self.library, library_problem = self._open_library()
 
-        self.banner = QLabel()
+        self.banner = QLabel()  # the engine's state: loading, load errors, crashes
         self.banner.setWordWrap(True)
         self.banner.setMargin(6)
+        self.notice = QLabel()  # the library's state, apart from the engine's so neither hides the other
+        self.notice.setWordWrap(True)
+        self.notice.setMargin(6)
+        self.notice.setVisible(False)
         self.generate = GeneratePanel(self.client)
         self.gallery = GalleryPanel(self.library)
         self.tabs = QTabWidget()
@@ -53,13 +57,16 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.banner)
+        layout.addWidget(self.notice)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
         self._build_menus()
         self._connect()
         self._restore()
         if library_problem:
-            self.show_banner(library_problem, error=True)
+            self.show_notice(library_problem, error=True)
+        elif self.library.needs_rebuild:
+            self._recover_library()
         self.start_engine()
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -113,7 +120,6 @@ class MainWindow(QMainWindow):
         self.client.load_error.connect(lambda message: self.show_banner(f"The model could not be loaded: {message}", True))
         self.client.crashed.connect(lambda message: self.show_banner(message, True))
         self.client.image_done.connect(lambda event: self.gallery.add_image(event["path"]))
-        self.library_rebuilt.connect(self._library_rebuilt)
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -171,6 +177,11 @@ class MainWindow(QMainWindow):
         self.banner.setVisible(bool(text))
         self.banner.setStyleSheet("background: #fdecea; color: #611a15;" if error else "background: #e8f0fe; color: #174ea6;")
 
+    def show_notice(self, text: str, error: bool = False) -> None:
+        self.notice.setText(text)
+        self.notice.setVisible(bool(text))
+        self.notice.setStyleSheet("background: #fdecea; color: #611a15;" if error else "background: #e6f4ea; color: #137333;")
+
     def focus_search(self) -> None:
         self.tabs.setCurrentWidget(self.gallery)
         self.gallery.search.setFocus()
@@ -186,7 +197,23 @@ class MainWindow(QMainWindow):
         else:
             self.generate.set_models(available_models(), self.current_model())
 
-    def rebuild_library(self) -> None:
+    def _recover_library(self) -> None:
+        """A damaged index was moved aside (or an old one must be redone): re-index from the PNGs now."""
+        if self.library.recovered:
+            self.show_notice(f"The library index was damaged. It was kept as {self.library.recovered} and is "
+                             "being rebuilt from the image files; favourites and the trash are kept.", error=True)
+        else:
+            self.show_notice("The library index is being rebuilt from the image files (a new index layout).")
+        self.rebuild_library(report=self._library_recovered)
+
+    def _library_recovered(self, result) -> None:
+        indexed, skipped = result
+        where = f" The damaged index is kept as {self.library.recovered}." if self.library.recovered else ""
+        self.show_notice(f"The library was rebuilt from its files: {indexed} image(s), {len(skipped)} file(s) "
+                         f"skipped.{where}", error=False)
+        self.gallery.refresh()
+
+    def rebuild_library(self, report=None) -> None:
         """Re-index on a background thread (reading every PNG takes a while); report when done."""
         if self.library is None:
             return
@@ -196,13 +223,15 @@ class MainWindow(QMainWindow):
         def work():
             library = Library(folder)  # SQLite connections belong to one thread
             try:
-                self.library_rebuilt.emit(library.rebuild())
-            except LuminaError as exc:
-                self.library_rebuilt.emit((0, [("library", str(exc))]))
+                return library.rebuild()
             finally:
                 library.close()
 
-        threading.Thread(target=work, name="library-rebuild", daemon=True).start()
+        def failed(exc):
+            self.statusBar().clearMessage()
+            self.show_notice(f"The library could not be rebuilt: {exc}", error=True)
+
+        run_in_background(work, report or self._library_rebuilt, failed)
 
     def _library_rebuilt(self, result) -> None:
         indexed, skipped = result
@@ -261,8 +290,13 @@ class MainWindow(QMainWindow):
         self.settings.setValue("tab", self.tabs.currentIndex())
         self.settings.sync()
 
+    def quit_without_asking(self) -> None:
+        """SIGTERM / SIGINT: shut down as File → Quit does, without a question nobody may be there to answer."""
+        self._ask_before_quitting = False
+        self.close()
+
     def closeEvent(self, event):  # noqa: N802
-        if self.client.busy:
+        if self.client.busy and self._ask_before_quitting:
             answer = QMessageBox.question(self, "Quit Lumina Studio", "A generation is running. Stop it and quit?")
             if answer != QMessageBox.Yes:
                 event.ignore()
@@ -308,5 +342,11 @@ def run(argv: list[str] | None = None, device: str = "auto") -> int:
     apply_theme(app, theme if theme in THEMES else "system")
     window = MainWindow(device=device)
     window.show()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: window.quit_without_asking())
+    # Python runs signal handlers only between bytecodes; a timer gives it that chance while Qt waits.
+    wake = QTimer(interval=200)
+    wake.timeout.connect(lambda: None)
+    wake.start()
     return app.exec()
 

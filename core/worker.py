@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 import queue
+import threading
 import traceback
 from dataclasses import dataclass, field
 
@@ -44,8 +46,26 @@ class WorkerOptions:
     preview: bool = True
 
 
+def _exit_with_parent() -> None:
+    """End this child as soon as its parent is gone, whatever ended the parent (kill -9 included).
+
+    A spawned child holds the read end of a pipe whose write end only the parent has: it becomes readable
+    when the parent dies, which `parent_process().join()` waits for.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _child_main(options: WorkerOptions, jobs, events, cancel) -> None:
     """Runs in the child process: load once, then serve jobs until a None arrives."""
+    _exit_with_parent()
     try:
         from .engine import Engine
         from .errors import Cancelled, LuminaError

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,50 @@ def test_token_count_and_job_errors(worker, tmp_path):
     job = worker.submit({"prompt": "x", **SMALL}, str(blocker / "out"))
     events = wait_for(worker, lambda ev: of_type(ev, "error"))
     assert of_type(events, "error")[0]["job"] == job and "Cannot write" in of_type(events, "error")[0]["message"]
+
+
+def _process_gone(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped (a container's init may not): either way it runs no more."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+HOLDER = """
+import sys, time
+from core.worker import EngineWorker, WorkerOptions
+if __name__ == "__main__":
+    worker = EngineWorker(WorkerOptions(model=sys.argv[1], device="cpu"))
+    while not worker.ready:
+        worker.poll(timeout=0.2)
+    worker.submit({"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50}, sys.argv[2])
+    print(worker.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_engine_exits_when_its_parent_is_killed(tiny_model, tmp_path, how):
+    import subprocess
+
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(tiny_model), str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        engine_pid = int(holder.stdout.readline())
+        time.sleep(1)  # the job is running
+        assert not _process_gone(engine_pid)
+        holder.send_signal(how)
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while not _process_gone(engine_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _process_gone(engine_pid), "the engine child outlived its parent"
+    finally:
+        holder.kill()
+        holder.wait()
