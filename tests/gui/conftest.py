@@ -1,7 +1,13 @@
 """GUI tests never block on a dialog: offscreen, nobody can answer one, and a modal loop swallows timeouts."""
 
+import json
+
 import pytest
 from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from core.models.registry import add_model
+
+from app_helpers import SMALL
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +24,25 @@ def dialogs_fail_instead_of_blocking(monkeypatch):
         monkeypatch.setattr(QMessageBox, name, unexpected(f"QMessageBox.{name}"))
     for name in ("getExistingDirectory", "getOpenFileName", "getSaveFileName"):
         monkeypatch.setattr(QFileDialog, name, unexpected(f"QFileDialog.{name}"))
+
+
+@pytest.fixture
+def home(tiny_model, data_home):
+    from app.main_window import settings_store
+
+    add_model(tiny_model, name="tiny")
+    settings_store().setValue("form", json.dumps(SMALL))
+    return data_home
+
+
+@pytest.fixture
+def window(qtbot, home):
+    from app.main_window import MainWindow
+
+    win = MainWindow(device="cpu")
+    # pytest-qt closes its widgets before fixtures end: stop the engine first, or a job still finishing would
+    # make closing ask "A generation is running..." (a test may end between a job's last image and its "done").
+    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
+    win.show()
+    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+    return win

@@ -12,41 +12,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
 from core.metadata import read_settings
-from core.models.registry import add_model
+
+from app_helpers import SMALL, generate, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-SMALL = {"width": 64, "height": 48, "steps": 3, "seed_mode": "fixed", "seed": 1, "backend": "torch", "count": 1}
-
-
-@pytest.fixture
-def home(tiny_model, data_home):
-    from app.main_window import settings_store
-
-    add_model(tiny_model, name="tiny")
-    settings_store().setValue("form", json.dumps(SMALL))
-    return data_home
-
-
-@pytest.fixture
-def window(qtbot, home):
-    from app.main_window import MainWindow
-
-    win = MainWindow(device="cpu")
-    # pytest-qt closes its widgets before fixtures end: stop the engine first, or a job still finishing would
-    # make closing ask "A generation is running..." (a test may end between a job's last image and its "done").
-    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
-    win.show()
-    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
-    return win
-
-
-def generate(window, qtbot, prompt, **values):
-    window.generate.apply_values({**SMALL, **values, "prompt": prompt})
-    window.generate.request_generation()
-
-
-def wait_idle(window, qtbot, timeout=120_000):
-    qtbot.waitUntil(lambda: not window.client.busy, timeout=timeout)
 
 
 def test_ctrl_enter_previews_and_the_gallery(window, qtbot):
@@ -102,7 +71,8 @@ def test_use_settings_and_drop_an_image(window, qtbot):
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=30_000)
     path = window.gallery.model.entries[0].path
     window.generate.apply_values({"prompt": "something else", "steps": 9})
-    window.generate.load_settings_from(str(path))
+    with qtbot.waitSignal(window.generate.settings_loaded, timeout=10_000):
+        window.generate.load_settings_from(str(path))
     assert window.generate.prompt.toPlainText() == "settings to reuse"
     assert (window.generate.steps.value(), window.generate.seed.value()) == (4, 77)
 

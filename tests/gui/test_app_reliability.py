@@ -1,0 +1,146 @@
+"""The app keeps working through a damaged library, missing files, hostile PNGs and signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from app_helpers import generate, wait_idle
+
+from core.library import INDEX, Library
+from core.storage import library_dir
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from hostile_pngs import hostile_files, png_with_text  # noqa: E402
+from test_library import make_png  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _damaged_library(damage: str) -> None:
+    lib = Library(library_dir())
+    for i in range(200):
+        lib.add(make_png(lib.folder, f"img{i}", f"picture {i} " + "word " * 20, seed=i))
+    lib.set_favourite(lib.search(limit=1)[0].id, True)
+    lib.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    lib.close()
+    index = lib.folder / INDEX
+    blob = bytearray(index.read_bytes())
+    at = 0 if damage == "header" else len(blob) // 2
+    blob[at:at + 8192] = os.urandom(8192)
+    index.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("damage", ["middle", "header"])
+def test_the_app_starts_on_a_damaged_library_and_rebuilds_it(qtbot, home, damage):
+    from app.main_window import MainWindow
+
+    _damaged_library(damage)
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
+    win.show()
+    assert win.notice.isVisible() and "damaged" in win.notice.text() and "kept as" in win.notice.text()
+    qtbot.waitUntil(lambda: "rebuilt from its files: 200 image(s)" in win.notice.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+    assert win.notice.isVisible() and "rebuilt" in win.notice.text()  # the engine's banner did not replace it
+    assert win.gallery.count_label.text() == "200 image(s)"
+    win.gallery.favourites.setChecked(True)
+    assert win.gallery.model.rowCount() == 1
+    assert list(library_dir().glob(f"{INDEX}.damaged-*"))
+
+
+def test_deleting_images_whose_file_is_gone_and_undo(window, qtbot):
+    for prompt in ("one", "two", "three"):
+        generate(window, qtbot, prompt)
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 3, timeout=30_000)
+    messages = []
+    window.gallery.status.connect(messages.append)
+    window.gallery.model.entries[1].path.unlink()
+    window.gallery.select_all()
+    window.gallery.delete_selected()
+    assert "Moved 2 image(s)" in messages[-1] and "no longer on disk" in messages[-1]
+    assert window.gallery.model.rowCount() == 0
+    window.gallery.undo_delete()
+    assert "Restored 2 image(s)" in messages[-1]
+    assert sorted(e.prompt for e in window.gallery.model.entries) == ["one", "three"]
+    assert all(e.path.exists() for e in window.gallery.model.entries)
+
+
+def test_dropping_crafted_pngs_shows_one_message_and_keeps_the_form(window, qtbot, tmp_path):
+    window.generate.apply_values({"prompt": "keep me", "steps": 7})
+    files = hostile_files(tmp_path, ["width-nan", "a1111-nan", "comfy-list", "deep-json", "ztxt-bomb"])
+    for name, path in files.items():
+        window.generate.load_settings_from(str(path))
+        qtbot.waitUntil(lambda: "Reading" not in window.generate.message.text(), timeout=10_000)
+        assert path.name in window.generate.message.text(), name
+        assert window.generate.prompt.toPlainText() == "keep me" and window.generate.steps.value() == 7
+    assert "guidance" in _message_for(window, qtbot, files["a1111-nan"])
+    assert "width" in _message_for(window, qtbot, files["width-nan"])
+
+
+def _message_for(window, qtbot, path) -> str:
+    window.generate.load_settings_from(str(path))
+    qtbot.waitUntil(lambda: "Reading" not in window.generate.message.text(), timeout=10_000)
+    return window.generate.message.text()
+
+
+def test_dropping_a_huge_parameters_chunk_does_not_block_the_gui_thread(window, qtbot, tmp_path):
+    path = png_with_text(tmp_path / "big.png", [("parameters", "a big one\nSteps: 5, " + " " * 900_000 + "x")])
+    start = time.perf_counter()
+    window.generate.load_settings_from(str(path))
+    assert time.perf_counter() - start < 0.05  # the read happens on the thread pool
+    qtbot.waitUntil(lambda: "Reading" not in window.generate.message.text(), timeout=10_000)
+
+
+APP = """
+import sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from app.main_window import run
+if __name__ == "__main__":
+    qt = QApplication([])
+    QTimer.singleShot(0, lambda: print("started", flush=True))
+    sys.exit(run([sys.argv[0]], device="cpu"))
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_app_quits_like_file_quit(home, tmp_path, how):
+    from app.main_window import settings_store
+
+    script = tmp_path / "launch.py"  # not app.py: that would shadow the package
+    script.write_text(APP)
+    app = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen",
+                                "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        assert app.stdout.readline().strip() == "started"
+        time.sleep(3)  # the engine process is starting or running
+        children = _children(app.pid)
+        assert children, "the engine process did not start"
+        app.send_signal(how)
+        assert app.wait(30) == 0, app.stderr.read()
+        assert settings_store().value("geometry") is not None  # settings were saved, as on File → Quit
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    finally:
+        app.kill()
+        app.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(status.parent.name))
+    return found
