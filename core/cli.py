@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", default="torch", choices=("torch", "onnx", "auto"),
                      help="auto: whichever measured faster here for this model (measured once, remembered)")
     gen.add_argument("--cache", default="off",
-                     help="off, or a threshold for skipping joint blocks (0.2, 0.3, 0.5; v2:X picks the v2 coefficients)")
+                     help="off, or a threshold for skipping joint blocks: the presets are 0.2, 0.3, 0.5; higher "
+                          "values are allowed and skip more (softer images; 1 or more skips nearly every step the "
+                          "cap allows); v2:X picks the v2 coefficients")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     gen.add_argument("--low-vram", default="auto", choices=("auto", "on", "off"),
@@ -123,6 +125,7 @@ def run_generate(args) -> int:
     from .engine import Engine
     from .metadata import check_writable
     from .models.registry import find_model
+    from .sampling.cache import APP_PRESETS, CacheSettings
     from .storage import library_dir
 
     out_dir = Path(args.out).expanduser() if args.out else library_dir()
@@ -130,21 +133,29 @@ def run_generate(args) -> int:
     engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
                     low_vram=args.low_vram, backend=args.backend, on_export=export_progress())
     engine.load()
-    for note in engine.prompt_warnings(engine.resolve(request)):
+    resolved = engine.resolve(request)
+    for note in engine.prompt_warnings(resolved):
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    cache = CacheSettings.parse(request.cache)
+    if cache and cache.threshold > max(float(p) for p in APP_PRESETS[1:]):
+        print(f"{PROG}: warning: --cache {request.cache} is above the presets (0.2, 0.3, 0.5): more steps are "
+              "skipped and images get softer.", file=sys.stderr)
 
     bar = None
 
-    def on_step(index, info):
+    def start_bar(index):  # shown before the first step: a large image's first step can take minutes
         nonlocal bar
-        if info.step == 1:
-            bar = tqdm(total=info.total, desc=f"image {index + 1}/{request.count}", unit="step",
-                       file=sys.stderr, leave=False)
-        bar.update(1)
+        bar = tqdm(total=resolved.steps, desc=f"image {index + 1}/{request.count}", unit="step", file=sys.stderr,
+                   leave=False, mininterval=0)
+        bar.refresh()
+
+    def on_step(index, info):
+        bar.update(info.step - bar.n)
+
+    finished = []
 
     def on_image(result):
-        if bar is not None:
-            bar.close()
+        bar.close()
         if args.json:
             settings = result.settings
             print(json.dumps({
@@ -169,7 +180,11 @@ def run_generate(args) -> int:
             }), flush=True)
         else:
             print(f"{result.path}  (seed {result.settings['seed']}, {result.timings['total_s']:.1f} s)", flush=True)
+        finished.append(result.path)
+        if len(finished) < request.count:
+            start_bar(len(finished))
 
+    start_bar(0)
     engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image)
     return 0
 

@@ -40,6 +40,7 @@ from .sampling.guidance import DiffusersGuidance, OfficialGuidance
 from .sampling.sampler import StepInfo, sample
 from .sampling.schedule import diffusers_grid, official_grid
 from .sampling.solvers import make_solver
+from .storage import human_size
 
 StepCallback = Callable[[int, StepInfo], None]  # (image index, step info)
 
@@ -200,11 +201,9 @@ class Engine:
     def prompt_warnings(self, request: GenerationRequest) -> list[str]:
         """Notes about the prompts: truncation (with what was cut) and an empty prompt."""
         notes = []
-        if request.width * request.height > 1.1 * 1024 * 1024:
-            notes.append(
-                f"{request.width}x{request.height} is larger than the ~1024x1024 the model was trained on; "
-                "expect repeated or stretched subjects."
-            )
+        size_note = oversize_note(request.width, request.height, self.config.sample_size * 8, self.config.num_attention_heads)
+        if size_note:
+            notes.append(size_note)
         if not request.prompt.strip():
             notes.append("The prompt is empty: the image is unconditional (no text guides it).")
         positive = full_prompt(request.prompt, request.system_prompt_text)
@@ -323,3 +322,20 @@ class Engine:
             with self.placement.use(self.vae):
                 self._previewer = LatentPreviewer.fit(self.vae)
         return self._previewer(info.denoised)
+
+
+def oversize_note(width: int, height: int, own_size: int, heads: int) -> str | None:
+    """A warning, before any work, for sizes above the model's own: what they cost in time and memory.
+
+    Linear parts grow with the image tokens, attention with their square; PyTorch's CPU attention holds the
+    whole score matrix of one head at a time (float32).
+    """
+    tokens, own_tokens = (width // 16) * (height // 16), (own_size // 16) ** 2
+    if tokens <= 1.1 * own_tokens:
+        return None
+    factor = tokens / own_tokens
+    scores = tokens**2 * 4 * heads
+    return (f"{width}x{height} is larger than the {own_size}x{own_size} this model was trained on: expect repeated "
+            f"or stretched subjects. It has {tokens:,} image tokens, {factor:,.0f}x as many, so each step takes at "
+            f"least {factor:,.0f}x as long ({factor**2:,.0f}x for attention), and attention may need about "
+            f"{human_size(scores)} of memory at once.")

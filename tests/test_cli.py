@@ -159,3 +159,43 @@ def test_onnx_backend_and_cache_from_the_command_line(capsys, tiny_model, onnx_e
     assert (record["backend"], record["provider"], record["cache"]) == ("onnx", "CPUExecutionProvider", "0.3")
     assert 0 < record["joint_block_evaluations"] <= record["transformer_evaluations"]
     assert read_settings(record["path"])["cache"] == "0.3"
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, timeout=timeout,
+                          env={**os.environ, "LUMINA_STUDIO_DEBUG": ""})
+
+
+@pytest.mark.parametrize("flag", ["prompt", "--negative"])
+def test_prompt_bytes_that_are_not_utf8_are_one_clear_line_before_loading(tiny_model, tmp_path, flag):
+    bad = b"a red \xff\xfe circle"
+    args = [bad, "--negative", "x"] if flag == "prompt" else ["a red circle", "--negative", bad]
+    out = _cli("generate", *args, "--model", str(tiny_model), "--out", str(tmp_path))
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert "not UTF-8" in error_line(err) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)  # without the early bar this test would wait for the whole 4096x4096 step
+def test_a_size_above_the_models_own_warns_and_shows_progress_before_the_first_step(tmp_path):
+    child = subprocess.Popen([sys.executable, "-m", "core.cli", "generate", "a red circle", "--width", "4096",
+                              "--height", "4096", "--steps", "1", "--out", str(tmp_path)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        while "0/1" not in seen:
+            char = child.stderr.read(1)  # tqdm ends its lines with \r, not \n
+            assert char, f"the run ended without a progress bar: {seen}"
+            seen += char
+        assert "warning: 4096x4096 is larger than the 64x64 this model was trained on" in seen
+        assert "65,536 image tokens" in seen and "of memory" in seen
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cache_thresholds_above_the_presets_are_allowed_with_a_note(capsys, tiny_model, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "a cat", "--model", str(tiny_model), *SMALL, "--cache", "2",
+                           "--out", str(tmp_path))
+    assert code == 0 and "above the presets" in err
+    assert "higher values are allowed" in " ".join(_cli("generate", "--help").stdout.decode().split())
