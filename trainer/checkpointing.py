@@ -10,6 +10,7 @@ checkpoints/step-NNNNNNNN/
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.models.nextdit import NextDiTConfig
-from core.storage import write_json_atomic
+from core.storage import human_size, write_json_atomic
 
 from .run_folder import RunFolder
 
@@ -98,3 +99,40 @@ def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: 
     for leftover in run.checkpoints.glob(".partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+class CheckpointSpaceError(OSError):
+    """A checkpoint could not be written for lack of disk space; the message says what is intact and needed."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from Python, or from a library that reports it only in words (safetensors' SafetensorError)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
+
+
+def save_size(run: RunFolder, parameters: int, with_ema: bool) -> int:
+    """Bytes one more checkpoint takes: the newest one's own files, or (before the first) weights, AdamW's two
+    moments, the EMA and the exported transformer in fp32. Linked base-model files cost nothing."""
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        return sum(p.stat().st_size for p in latest.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+    return parameters * 4 * (1 + 2 + int(with_ema) + 1)
+
+
+def disk_full_error(run: RunFolder, needed: int) -> CheckpointSpaceError:
+    latest = run.latest_checkpoint()
+    intact = (f"the last complete checkpoint, {latest.relative_to(run.path)}, is intact" if latest
+              else "no checkpoint had been saved yet")
+    free = shutil.disk_usage(run.checkpoints).free
+    return CheckpointSpaceError(
+        f"the disk is full: a checkpoint could not be saved in {run.checkpoints}, and {intact}. One save needs "
+        f"about {human_size(needed)} free ({human_size(free)} is free now): free some space (or lower "
+        "keep_checkpoints), then continue with --resume.")

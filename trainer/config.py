@@ -6,6 +6,7 @@ so the copy saved in the run folder says exactly what ran.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -156,14 +157,16 @@ def _build(cls, data, where: str, problems: _Problems, required: tuple[str, ...]
         if not _type_ok(expected, value):
             problems.add(name, f"must be {_type_words(expected)}, not {value!r}.")
             del values[key]
+    if any(key not in values for key in required):  # a required key of the wrong type: reported above
+        return None
     return cls(**values)
 
 
 def _type_ok(expected: str, value) -> bool:
     if expected == "int":
         return isinstance(value, int) and not isinstance(value, bool)
-    if expected == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected == "float":  # nan and inf are never a usable setting (TOML allows them)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if expected == "bool":
         return isinstance(value, bool)
     if expected == "str":
@@ -176,7 +179,7 @@ def _type_ok(expected: str, value) -> bool:
 
 
 def _type_words(expected: str) -> str:
-    return {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+    return {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",
             "list[str]": "a list of texts", "list[float]": "a list of numbers"}.get(expected, expected)
 
 

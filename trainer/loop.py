@@ -17,10 +17,12 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -231,12 +233,25 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _checkpoint(self) -> None:
+        """Save one checkpoint; on failure its partial folder is removed and a full disk says what it needs."""
+        partial = checkpointing.partial_path(self.run, self.state["global_step"])
+        try:
+            self._save_checkpoint(partial)
+        except Exception as exc:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            if checkpointing.is_disk_full(exc):
+                needed = checkpointing.save_size(self.run, sum(p.numel() for p in self._inner.parameters()),
+                                                 self.ema is not None)
+                raise checkpointing.disk_full_error(self.run, needed) from exc
+            raise
+
+    def _save_checkpoint(self, partial: Path) -> None:
         acc = self.accelerator
         step = self.state["global_step"]
         if acc.is_main_process:
             checkpointing.begin(self.run, step)
         acc.wait_for_everyone()
-        partial = checkpointing.partial_path(self.run, step)
         acc.save_state(str(partial / "state"))
         if self.ema is not None:
             self.ema.save(partial / "state", self.rank)
@@ -297,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         is_main = trainer is None or trainer.accelerator.is_main_process
         if is_main:
             message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            if isinstance(exc, checkpointing.CheckpointSpaceError):
+                message = str(exc)
+            elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 message = (f"the disk is full ({exc.filename or run.path}); the last complete checkpoint is "
                            "intact: free some space (or lower keep_checkpoints) and continue with --resume.")
             run.log("failed", message=message)

@@ -1,6 +1,7 @@
 """Every config error names the field and says what to do."""
 
 import copy
+import math
 
 import pytest
 
@@ -63,7 +64,15 @@ CASES = [
     (("stages", 0, "batch_size"), 7, "stages[0].batch_size: 7 is not a multiple of micro_batch_size 2"),
     (("stages", 0, "micro_batch_size"), 0, "stages[0].micro_batch_size: must be at least 1"),
     (("stages", 0, "lr"), 0, "stages[0].lr: 0 must be above 0"),
-    (("stages", 0, "lr"), "fast", "stages[0].lr: must be a number, not 'fast'"),
+    (("stages", 0, "lr"), "fast", "stages[0].lr: must be a finite number, not 'fast'"),
+    # A required key of the wrong type, and values TOML allows that no setting can use:
+    (("stages", 0, "steps"), "six", "stages[0].steps: must be a whole number, not 'six'"),
+    (("base_model",), 5, "base_model: must be text, not 5"),
+    (("datasets", 0, "path"), 5, "datasets[0].path: must be text, not 5"),
+    (("stages", 0, "resolution"), "32", "stages[0].resolution: must be a whole number, not '32'"),
+    (("stages", 0, "lr"), math.nan, "stages[0].lr: must be a finite number, not nan"),
+    (("optimizer",), {"eps": math.nan}, "optimizer.eps: must be a finite number, not nan"),
+    (("optimizer",), {"grad_clip": math.inf}, "optimizer.grad_clip: must be a finite number, not inf"),
     (("stages", 0, "warmup_steps"), -1, "stages[0].warmup_steps: must be 0 or more"),
     (("stages", 0, "lr_schedule"), "cosin", "stages[0].lr_schedule: 'cosin' is not one of constant, linear, cosine"),
     (("stages", 0, "caption_dropout"), 1.5, "stages[0].caption_dropout: 1.5 must be in [0, 1)"),

@@ -44,6 +44,20 @@ def test_folder_dataset_reports_and_skips_bad_items(tmp_path):
     assert "2 usable, 4 skipped" in text and "2 without a caption" in text and "stage 'low' buckets:" in text
 
 
+def test_truncated_images_are_unreadable_before_the_run_starts(tmp_path):
+    folder = tmp_path / "data"
+    for name, size in (("whole.png", None), ("cut.png", 150), ("cut.jpg", 300)):
+        path = save_image(folder / name, size=(256, 256))
+        if name.endswith(".jpg"):
+            Image.effect_noise((256, 256), 60).convert("RGB").save(path)
+        if size:
+            path.write_bytes(path.read_bytes()[:size])
+        path.with_suffix(".txt").write_text("a caption")
+    items, report = read_dataset(DatasetConfig(path=str(folder)), 0)
+    assert [i.image.name for i in items] == ["whole.png"]
+    assert sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in report.unreadable) == ["cut.jpg", "cut.png"]
+
+
 def test_imagefolder_metadata_jsonl(tmp_path):
     folder = tmp_path / "hf"
     save_image(folder / "a.png")

@@ -242,3 +242,41 @@ def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_data
     result = train(config, "--check", home=home)
     assert result.returncode == 0 and "memory: stage 'low'" in result.stderr and "nothing was trained" in result.stderr
     assert not (home / "runs").exists()  # --check leaves nothing behind
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 200 MB file system (tmpfs) for the run folder; needs root, as CI and the dev machines have."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_says_what_a_save_needs(
+        tiny_model, shapes_dataset, tmp_path, small_disk):
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    run = RunFolder(small_disk / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 1))
+    run.request_stop()
+    assert process.wait(timeout=120) == 0
+    intact = run.latest_checkpoint()
+    one_save = sum(p.stat().st_size for p in intact.rglob("*") if p.is_file())
+    free = shutil.disk_usage(small_disk).free
+    leave = 256 * 1024  # room for events and logs, far less than one checkpoint
+    assert one_save > 4 * leave
+    with open(small_disk / "filler", "wb") as filler:
+        os.posix_fallocate(filler.fileno(), 0, free - leave)
+
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode != 0
+    message = run.status()["message"]
+    assert f"the last complete checkpoint, checkpoints/{intact.name}, is intact" in message, message
+    assert "One save needs about" in message and "--resume" in message
+    assert "SafetensorError" not in message and "Traceback" not in message
+    assert not list(run.checkpoints.glob(".partial-*"))
+    assert run.latest_checkpoint() == intact and (intact / "COMPLETE").exists()
+    assert message in result.stderr
