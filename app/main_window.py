@@ -190,7 +190,7 @@ class MainWindow(QMainWindow):
     def manage_models(self) -> None:
         dialog = ModelManager(self)
         dialog.exec()
-        if getattr(dialog, "added", None):
+        if dialog.added:
             self.settings.setValue("model", dialog.added)
             self.generate.set_models(available_models(), dialog.added)
             self.start_engine()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
-    QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QMessageBox, QPushButton, QTableWidget, QTableWidgetItem,
+    QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QMessageBox, QPushButton, QTableWidget, QTableWidgetItem,
     QVBoxLayout,
 )
 
@@ -12,11 +12,14 @@ from core.models.registry import add_model, list_models, remove_model
 from core.models.sources import describe_weights, resolve_source
 from core.storage import human_size
 
+from .background import run_in_background
+
 
 class ModelManager(QDialog):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Models")
+        self.added: str | None = None  # the name of a model added while the dialog was open
         self.resize(760, 320)
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Name", "Kind", "Size", "Precision", "Path"])
@@ -32,7 +35,10 @@ class ModelManager(QDialog):
         close = QDialogButtonBox(QDialogButtonBox.Close)
         close.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
         layout.addWidget(self.table)
+        layout.addWidget(self.status)
         layout.addLayout(buttons)
         layout.addWidget(close)
         self.refresh()
@@ -70,15 +76,23 @@ class ModelManager(QDialog):
                 return
         self.add(path, components)
 
-    def add(self, path: str, components: str | None = None) -> bool:
-        try:
-            entry = add_model(path, components=components)
-        except LuminaError as exc:
-            QMessageBox.warning(self, "Cannot add this model", str(exc))
-            return False
+    def add(self, path: str, components: str | None = None) -> None:
+        """Check and register in the background: opening a large checkpoint takes seconds."""
+        self.status.setText(f"Checking {path}…")
+        self.setEnabled(False)
+        run_in_background(lambda: add_model(path, components=components), self._added, self._not_added)
+
+    def _added(self, entry: dict) -> None:
+        self.setEnabled(True)
+        self.status.setText(f"Added '{entry['name']}'.")
         self.refresh()
         self.added = entry["name"]
-        return True
+
+    def _not_added(self, exc: Exception) -> None:
+        self.setEnabled(True)
+        self.status.setText("")
+        QMessageBox.warning(self, "Cannot add this model", str(exc) if isinstance(exc, LuminaError) else
+                            f"{type(exc).__name__}: {exc}")
 
     def remove(self) -> None:
         row = self.table.currentRow()

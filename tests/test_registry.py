@@ -54,3 +54,42 @@ def test_describe_weights_reads_headers_only(tiny_model):
 
     size, precision = describe_weights(resolve_source(tiny_model))
     assert size > 0 and precision == "fp32"
+
+
+class _Evil:
+    """Unpickling this runs a command: a weights-only load must refuse it, never run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_models_add_checks_the_weights_before_registering(tiny_model, tmp_path):
+    import pickle
+
+    import torch
+
+    weights = load_file(str(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors"))
+    fake = tmp_path / "fake.safetensors"
+    fake.write_text("not really")
+    truncated = tmp_path / "cut.safetensors"
+    save_file(original_layout(weights), str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    other = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(other))
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"cap_embedder.0.weight": _Evil(marker)}))
+    for path, message in ((fake, "not a readable .safetensors"), (truncated, "truncated"),
+                          (other, "not a Lumina-Image 2.0 DiT"), (evil, "weights-only")):
+        with pytest.raises(ModelLoadError, match=message):
+            add_model(path, components=tiny_model)
+    assert list_models() == [] and not marker.exists()
+
+    good = tmp_path / "good.pth"
+    torch.save(original_layout(weights), good)
+    assert add_model(good, components=tiny_model)["kind"] == "single-file"

@@ -1,8 +1,7 @@
 """Single-file DiT checkpoints: read them, recognise their key layout, convert to diffusers names,
 and derive the architecture from the tensors themselves (so small models load too).
 
-Layouts: diffusers (`time_caption_embed.*`), the authors' original (`cap_embedder.*`, fused `qkv`),
-and ComfyUI (the original under `model.diffusion_model.`, possibly beside `text_encoders.` and `vae.`).
+The layouts themselves (diffusers, original, ComfyUI) are recognised in layouts.py.
 """
 
 from __future__ import annotations
@@ -13,11 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from .layouts import COMFY_PREFIX, detect_layout
 from .nextdit import NextDiTConfig
-
-COMFY_PREFIX = "model.diffusion_model."
-ORIGINAL_MARKER = "cap_embedder.0.weight"
-DIFFUSERS_MARKER = "time_caption_embed.caption_embedder.0.weight"
 
 # Whole-name renames of the original layout; block-internal renames are in _BLOCK_RENAMES.
 _TOP_RENAMES = {
@@ -80,22 +76,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return data
     raise ModelLoadError(
         f"{path}: unsupported checkpoint type '{suffix}'. Use .safetensors (or .pth/.pt/.bin weights)."
-    )
-
-
-def detect_layout(state: dict[str, torch.Tensor]) -> str:
-    """'diffusers', 'original' or 'comfyui'; a clear error for anything else."""
-    if DIFFUSERS_MARKER in state:
-        return "diffusers"
-    if ORIGINAL_MARKER in state:
-        return "original"
-    if COMFY_PREFIX + ORIGINAL_MARKER in state:
-        return "comfyui"
-    sample = ", ".join(sorted(state)[:4]) or "no tensors at all"
-    raise ModelLoadError(
-        "This checkpoint is not a Lumina-Image 2.0 DiT: it has neither "
-        f"'{ORIGINAL_MARKER}' (original/ComfyUI layout) nor '{DIFFUSERS_MARKER}' (diffusers layout). "
-        f"Its first keys are: {sample}."
     )
 
 
@@ -214,3 +194,21 @@ def original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     hidden = state["x_embedder.weight"].shape[0]
     out["norm_final.weight"] = torch.ones(hidden, dtype=state["x_embedder.weight"].dtype)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.models.checkpoints FILE`: check a pickled checkpoint in a process of its own
+    (the app never imports torch), with the same code that loads it; exit 1 with the reason on stderr."""
+    import sys
+
+    path = Path((argv or sys.argv[1:])[0])
+    try:
+        detect_layout(read_state_dict(path))
+    except ModelLoadError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

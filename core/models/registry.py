@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..storage import data_dir, read_json, write_json_atomic
-from .sources import ModelSource, dit_weight_files, resolve_source
+from .sources import ModelSource, check_dit_weights, dit_weight_files, resolve_source
 
 DEMO_NAME = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parents[2] / "resources" / "demo-model"
@@ -47,6 +47,7 @@ def add_model(path: str | Path, name: str | None = None, components: str | Path 
     source = resolve_source(path, components, name)
     if source.name == DEMO_NAME:
         raise ModelLoadError("'demo' is reserved for the built-in model; choose another name with --name.")
+    check_dit_weights(source)
     entry = {
         "name": source.name,
         "path": str(Path(path).expanduser().resolve()),

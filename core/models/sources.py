@@ -8,6 +8,8 @@ and scheduler of a diffusers folder ("components"). Every failure names the path
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +133,58 @@ def describe_weights(source: ModelSource) -> tuple[int, str]:
     size = sum(f.stat().st_size for f in files)
     dtypes: set[str] = set()
     for file in files:
-        if file.suffix != ".safetensors":
-            continue
-        try:
-            with open(file, "rb") as handle:
-                length = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(min(length, 100_000_000)))
-        except (OSError, ValueError):
-            raise ModelLoadError(f"{file} is not a readable .safetensors file.") from None
-        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+        if file.suffix == ".safetensors":
+            dtypes |= {v["dtype"] for v in safetensors_header(file).values()}
     names = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F8_E4M3": "fp8"}
     return size, "/".join(sorted(names.get(d, d.lower()) for d in dtypes)) or "unknown"
+
+
+def safetensors_header(file: Path) -> dict[str, dict]:
+    """The tensors a .safetensors file declares (name -> dtype, shape, offsets), checked against the file's
+    size so a truncated or fake file is refused without reading its weights."""
+    problem = f"{file} is not a readable .safetensors file"
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 2 <= length <= size - 8:
+                raise ModelLoadError(f"{problem} (its header does not fit in its {size:,} bytes).")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{problem} ({exc}).") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{problem} (its header is not a table of tensors).")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    try:
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        dtypes_ok = all(isinstance(v["dtype"], str) for v in tensors.values())
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ModelLoadError(f"{problem} (a tensor entry has no dtype or offsets).") from None
+    if not dtypes_ok or 8 + length + end > size:
+        raise ModelLoadError(f"{problem}: it is truncated ({size:,} bytes, its header needs {8 + length + end:,}). "
+                             "Download or copy it again.")
+    return tensors
+
+
+def check_dit_weights(source: ModelSource) -> None:
+    """The checks loading makes, before a model is registered: readable weights holding a Lumina DiT.
+
+    safetensors are checked from their headers; a pickled checkpoint is opened with weights_only=True (never
+    running code it holds) in a process of its own, so the app's process stays free of torch.
+    """
+    from .layouts import detect_layout
+
+    files = dit_weight_files(source)
+    pickles = [f for f in files if f.suffix.lower() != ".safetensors"]
+    names: set[str] = set()
+    for file in files:
+        if file not in pickles:
+            names |= set(safetensors_header(file))
+    if names:
+        detect_layout(names)
+    for file in pickles:
+        result = subprocess.run([sys.executable, "-m", "core.models.checkpoints", str(file)], capture_output=True,
+                                text=True, timeout=1800, cwd=Path(__file__).resolve().parents[2])
+        if result.returncode:
+            reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+            raise ModelLoadError(reason)

@@ -144,3 +144,21 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(status.parent.name))
     return found
+
+
+def test_the_models_dialog_refuses_a_fake_checkpoint_without_freezing(qtbot, home, tiny_model, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.model_manager import ModelManager
+
+    fake = tmp_path / "fake.safetensors"
+    fake.write_text("0123456789")
+    warnings = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: warnings.append(text))
+    dialog = ModelManager()
+    qtbot.addWidget(dialog)
+    rows = dialog.table.rowCount()
+    dialog.add(str(fake), components=str(tiny_model))
+    qtbot.waitUntil(lambda: bool(warnings), timeout=30_000)
+    assert "not a readable .safetensors" in warnings[0]
+    assert dialog.table.rowCount() == rows and dialog.added is None and dialog.isEnabled()
