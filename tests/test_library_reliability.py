@@ -161,3 +161,26 @@ def test_written_files_follow_the_umask_and_failed_exports_leave_nothing(library
     with pytest.raises(LuminaError, match="disk is full"):
         library.export(ids, tmp_path / "again.zip")
     assert sorted(p.name for p in tmp_path.iterdir() if "again" in p.name) == []
+
+
+def test_an_index_of_the_previous_layout_is_rebuilt_with_its_favourites(tmp_path):
+    import sqlite3
+
+    folder = tmp_path / "library"
+    folder.mkdir()
+    names = [make_png(folder, f"old{i}", f"an old picture {i}", seed=i).name for i in range(3)]
+    db = sqlite3.connect(str(folder / INDEX))  # version 1: seeds as SQLite integers, no user_version
+    db.executescript("CREATE TABLE images (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, prompt TEXT NOT NULL "
+                     "DEFAULT '', negative_prompt TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '', seed "
+                     "INTEGER, width INTEGER, height INTEGER, created REAL NOT NULL, favourite INTEGER NOT NULL "
+                     "DEFAULT 0, trashed REAL, settings TEXT NOT NULL DEFAULT '{}');")
+    db.executemany("INSERT INTO images (name, seed, created, favourite) VALUES (?, ?, 0, ?)",
+                   [(name, i, int(i == 1)) for i, name in enumerate(names)])
+    db.commit()
+    db.close()
+    lib = Library(folder)
+    assert lib.needs_rebuild and lib.recovered is None
+    assert lib.rebuild() == (3, [])
+    assert [e.seed for e in lib.search(favourites_only=True)] == [1]
+    lib.close()
+    assert not Library(folder).needs_rebuild

@@ -39,6 +39,8 @@ def settle(app, seconds=1.5):
 
 def main():
     from app.main_window import MainWindow, apply_theme
+    from app.model_manager import ModelManager
+    from core.storage import library_dir
 
     app = QApplication([])
     window = MainWindow(device="cpu")
@@ -55,6 +57,26 @@ def main():
             window.tabs.setCurrentWidget(tab)
             settle(app)
             window.grab().save(str(HERE / f"{name}-{theme}.png"))
+        models = ModelManager(window)
+        models.show()
+        settle(app, 0.5)
+        models.grab().save(str(HERE / f"models-{theme}.png"))
+        models.close()
+    window.close()
+    window.client.stop()
+
+    # A damaged index, for real: garbage over library.sqlite's header, then the app opened again.
+    index = library_dir() / "library.sqlite"
+    index.write_bytes(os.urandom(100) + index.read_bytes()[100:])
+    window = MainWindow(device="cpu")
+    window.resize(1280, 820)
+    window.show()
+    wait(app, lambda: "rebuilt from its files" in window.notice.text() and bool(window.client.info))
+    window.tabs.setCurrentWidget(window.gallery)
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app)
+        window.grab().save(str(HERE / f"recovered-{theme}.png"))
     window.client.stop()
 
 
