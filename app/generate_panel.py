@@ -8,8 +8,8 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget,
-    QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
+    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+    QScrollArea, QSpinBox, QSplitter,
     QVBoxLayout, QWidget,
 )
 
@@ -19,16 +19,18 @@ from core.prompts import SYSTEM_PROMPTS
 from core.request import SOLVER_NAMES, GenerationRequest
 from core.sampling.cache import APP_PRESETS
 from core.sizes import trained_sizes
+from core.storage import library_dir
 
 from .background import run_in_background
 from .image_view import ImageView
+from .job_queue import JobQueueView
 
 SEED_MODES = ("random", "fixed", "increment")
 CUSTOM_SIZE = "Custom"
 
 
 class GeneratePanel(QWidget):
-    generate_requested = Signal(dict)  # a validated GenerationRequest as a dict
+    job_submitted = Signal(int)  # a validated request went into the queue as this job
     model_manager_requested = Signal()
     model_changed = Signal(str)
     backend_changed = Signal(str)
@@ -39,18 +41,16 @@ class GeneratePanel(QWidget):
         self.client = client
         self.setAcceptDrops(True)
         self._token_request: int | None = None
-        self._jobs: dict[int, str] = {}  # job id -> label
         self._build()
         self._token_timer = QTimer(self, singleShot=True, interval=300, timeout=self.ask_token_count)
         self.prompt.textChanged.connect(self._token_timer.start)
         self.system_prompt.currentTextChanged.connect(self._token_timer.start)
-        client.tokens.connect(self._on_tokens)
+        client.answer.connect(self._on_tokens)
         client.started.connect(self._on_started)
         client.progress.connect(self._on_progress)
         client.preview.connect(self._on_preview)
-        client.image_done.connect(self._on_image)
-        client.job_finished.connect(self._on_finished)
-        client.queue_changed.connect(self._refresh_queue)
+        client.result.connect(self._on_image)
+        client.finished.connect(self._on_finished)
 
     # ---- layout -----------------------------------------------------------------------------------
 
@@ -159,32 +159,14 @@ class GeneratePanel(QWidget):
         self.progress.setFormat("Idle")
         self.progress.setValue(0)
 
-        queue_box = QGroupBox("Queue")
-        self.queue = QListWidget()
-        self.queue.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.queue.setMaximumHeight(120)
-        buttons = QHBoxLayout()
-        for label, slot, tip in (
-            ("Up", lambda: self._move_selected(-1), "Run this job earlier"),
-            ("Down", lambda: self._move_selected(1), "Run this job later"),
-            ("Cancel", self.cancel_selected, "Cancel the selected job"),
-            ("Cancel waiting", self.client.cancel_pending, "Cancel every waiting job; the running one goes on"),
-            ("Stop (Esc)", self.client.cancel_current, "Stop the running job"),
-        ):
-            button = QPushButton(label)
-            button.setToolTip(tip)
-            button.clicked.connect(slot)
-            buttons.addWidget(button)
-        queue_layout = QVBoxLayout(queue_box)
-        queue_layout.addWidget(self.queue)
-        queue_layout.addLayout(buttons)
+        self.queue = JobQueueView(self.client)
 
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.view, 1)
         right_layout.addWidget(self.parameters)
         right_layout.addWidget(self.progress)
-        right_layout.addWidget(queue_box)
+        right_layout.addWidget(self.queue)
 
         self.splitter = QSplitter()
         self.splitter.addWidget(scroll)
@@ -275,61 +257,27 @@ class GeneratePanel(QWidget):
         except LuminaError as exc:
             self.message.setText(str(exc))
             return
+        label = f"{request.prompt[:60] or '(empty prompt)'}  ·  {request.count} image(s)"
+        job = self.client.submit({"request": request.to_dict(), "out_dir": str(library_dir())}, label)
+        if job is None:
+            self.message.setText("No model is loaded: choose one with File → Models….")
+            return
         self.message.setText("")
-        self.generate_requested.emit(request.to_dict())
+        self.job_submitted.emit(job)
         if values["seed_mode"] == "increment":
             self.seed.setValue(min(self.seed.value() + values["count"], self.seed.maximum()))
-
-    def job_added(self, job_id: int, request: dict) -> None:
-        self._jobs[job_id] = f"#{job_id}  {request['prompt'][:60] or '(empty prompt)'}  ·  {request['count']} image(s)"
-        self._refresh_queue()
-
-    def cancel_selected(self) -> None:
-        item = self.queue.currentItem()
-        if item is not None:
-            self.client.cancel(item.data(Qt.UserRole))
-
-    def _move_selected(self, delta: int) -> None:
-        item = self.queue.currentItem()
-        worker = self.client.worker
-        if item is None or worker is None:
-            return
-        job_id = item.data(Qt.UserRole)
-        ids = [job.id for job in worker.pending]
-        if job_id in ids:
-            self.client.move(job_id, ids.index(job_id) + delta)
-            self._select(job_id)
-
-    def _select(self, job_id: int) -> None:
-        for row in range(self.queue.count()):
-            if self.queue.item(row).data(Qt.UserRole) == job_id:
-                self.queue.setCurrentRow(row)
-
-    def _refresh_queue(self) -> None:
-        worker = self.client.worker
-        selected = self.queue.currentItem().data(Qt.UserRole) if self.queue.currentItem() else None
-        self.queue.clear()
-        if worker is None:
-            return
-        jobs = ([worker.current] if worker.current else []) + list(worker.pending)
-        for job in jobs:
-            running = worker.current is not None and job.id == worker.current.id
-            label = self._jobs.get(job.id, f"#{job.id}")
-            item = QListWidgetItem(("▶ " if running else "  ") + label)
-            item.setData(Qt.UserRole, job.id)
-            self.queue.addItem(item)
-        if selected is not None:
-            self._select(selected)
 
     # ---- engine events ------------------------------------------------------------------------------
 
     def ask_token_count(self) -> None:
-        self._token_request = self.client.count_tokens(self.prompt.toPlainText(), self.system_prompt.currentText())
+        self._token_request = self.client.ask({"kind": "count_tokens", "prompt": self.prompt.toPlainText(),
+                                               "system_prompt": self.system_prompt.currentText()})
 
-    def _on_tokens(self, event: dict) -> None:
-        if event["request"] != self._token_request or event["count"] < 0:
+    def _on_tokens(self, event) -> None:
+        answer = event.data
+        if answer["request"] != self._token_request or "count" not in answer:
             return
-        count, limit = event["count"], event["limit"]
+        count, limit = answer["count"], answer["limit"]
         if count > limit:
             self.tokens.setText(f"{count} / {limit} tokens — the end of the prompt will be cut off")
             self.tokens.setStyleSheet("color: #c0392b;")
@@ -342,25 +290,27 @@ class GeneratePanel(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat(f"Job #{job_id}: starting…")
 
-    def _on_progress(self, event: dict) -> None:
-        self.progress.setMaximum(event["total"])
-        self.progress.setValue(event["step"])
-        image = f"image {event['image'] + 1}/{event['count']}, " if event["count"] > 1 else ""
-        self.progress.setFormat(f"Job #{event['job']}: {image}step {event['step']}/{event['total']}, "
-                                f"{event['eta']:.0f} s left")
+    def _on_progress(self, event) -> None:
+        p = event.data
+        self.progress.setMaximum(p["total"])
+        self.progress.setValue(p["step"])
+        image = f"image {p['image'] + 1}/{p['count']}, " if p["count"] > 1 else ""
+        self.progress.setFormat(f"Job #{event.job}: {image}step {p['step']}/{p['total']}, {p['eta']:.0f} s left")
 
-    def _on_preview(self, event: dict) -> None:
-        image = QImage(event["rgb"], event["width"], event["height"], 3 * event["width"], QImage.Format_RGB888)
+    def _on_preview(self, event) -> None:
+        p = event.data
+        image = QImage(p["rgb"], p["width"], p["height"], 3 * p["width"], QImage.Format_RGB888)
         self.view.show_pixmap(QPixmap.fromImage(image.copy()), preview=True)
 
-    def _on_image(self, event: dict) -> None:
-        pixmap = QPixmap(event["path"])
+    def _on_image(self, event) -> None:
+        r = event.data
+        pixmap = QPixmap(r["path"])
         if not pixmap.isNull():
             self.view.show_pixmap(pixmap)
-        s = event["settings"]
+        s = r["settings"]
         self.parameters.setText(
             f"{s['width']}x{s['height']} · seed {s['seed']} · {s['solver']} {s['steps']} steps · guidance "
-            f"{s['guidance']} · {event['evaluations']} transformer passes\n{Path(event['path']).name}"
+            f"{s['guidance']} · {r['evaluations']} transformer passes\n{Path(r['path']).name}"
         )
 
     def _on_finished(self, job_id: int, outcome: str, message: str) -> None:

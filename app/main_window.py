@@ -7,22 +7,23 @@ import platform
 import signal
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QSettings, QTimer, qVersion
-from PySide6.QtGui import QAction, QColor, QKeySequence, QPalette, QShortcut
+from PySide6.QtCore import QSettings, QTimer, QUrl, qVersion
+from PySide6.QtGui import QAction, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from core import __version__
 from core.errors import LuminaError
 from core.library import Library
+from core.logs import log_file, log_folder, setup_logging
 from core.models.registry import available_models
 from core.storage import data_dir, library_dir
-from core.worker import WorkerOptions
+from core.generation_service import SERVICE, GenerationOptions
 
 from .background import run_in_background
-from .engine_client import EngineClient
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
 from .model_manager import ModelManager
+from .worker_client import WorkerClient
 
 THEMES = ("system", "light", "dark")
 
@@ -37,8 +38,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Lumina Studio")
         self.device = device
         self._ask_before_quitting = True
+        setup_logging()
         self.settings = settings_store()
-        self.client = EngineClient(self)
+        self.client = WorkerClient(SERVICE, "lumina-engine", self)
         self.library, library_problem = self._open_library()
 
         self.banner = QLabel()  # the engine's state: loading, load errors, crashes
@@ -101,15 +103,15 @@ class MainWindow(QMainWindow):
         for theme in THEMES:
             action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
         help_menu = self.menuBar().addMenu("&Help")
+        action(help_menu, "Open &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_folder()))))
         action(help_menu, "&About Lumina Studio", self.about)
 
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, self.generate.request_generation)
-        QShortcut(QKeySequence("Esc"), self, self.client.cancel_current)
+        QShortcut(QKeySequence("Esc"), self, self.client.stop_current)
         QShortcut(QKeySequence.Find, self, self.focus_search)
 
     def _connect(self) -> None:
-        self.generate.generate_requested.connect(self.submit)
         self.generate.model_manager_requested.connect(self.manage_models)
         self.generate.model_changed.connect(lambda _: self.start_engine())
         self.generate.backend_changed.connect(lambda _: self.start_engine())
@@ -117,9 +119,10 @@ class MainWindow(QMainWindow):
         self.gallery.use_seed.connect(lambda seed: (self.generate.use_seed(seed), self.tabs.setCurrentWidget(self.generate)))
         self.gallery.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.client.ready.connect(self._engine_ready)
-        self.client.load_error.connect(lambda message: self.show_banner(f"The model could not be loaded: {message}", True))
-        self.client.crashed.connect(lambda message: self.show_banner(message, True))
-        self.client.image_done.connect(lambda event: self.gallery.add_image(event["path"]))
+        self.client.load_error.connect(
+            lambda message: self.show_banner(f"The model could not be loaded: {message}{self._log_hint()}", True))
+        self.client.crashed.connect(lambda message: self.show_banner(message + self._log_hint(), True))
+        self.client.result.connect(lambda event: self.gallery.add_image(event.data["path"]))
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -143,7 +146,7 @@ class MainWindow(QMainWindow):
             return
         self.settings.setValue("model", model)
         self.show_banner(f"Loading {model}…")
-        self.client.start(WorkerOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
+        self.client.start(GenerationOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
 
     def _engine_ready(self, event: dict) -> None:
         run = event["run"]
@@ -157,13 +160,6 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(
             f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
 
-    def submit(self, request: dict) -> None:
-        if self.client.worker is None:
-            self.show_banner("No model is loaded: choose one with File → Models….", error=True)
-            return
-        job = self.client.submit(request, str(library_dir()))
-        self.generate.job_added(job, request)
-
     def _use_settings(self, settings: dict) -> None:
         self.generate.apply_values(settings)
         if isinstance(settings.get("seed"), int):
@@ -176,6 +172,10 @@ class MainWindow(QMainWindow):
         self.banner.setText(text)
         self.banner.setVisible(bool(text))
         self.banner.setStyleSheet("background: #fdecea; color: #611a15;" if error else "background: #e8f0fe; color: #174ea6;")
+
+    @staticmethod
+    def _log_hint() -> str:
+        return f" Details are in the log: {log_file()} (Help → Open log folder)."
 
     def show_notice(self, text: str, error: bool = False) -> None:
         self.notice.setText(text)

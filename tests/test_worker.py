@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.generation_service import SERVICE, GenerationOptions, GenerationService
+from core.jobs import EventType, JobWorker
 from core.metadata import read_settings
-from core.worker import EngineWorker, WorkerOptions
 
 SMALL = dict(width=64, height=48, steps=4)
 
@@ -21,22 +22,30 @@ def wait_for(worker, predicate, seconds=120):
         seen.extend(worker.poll(timeout=0.2))
         if predicate(seen):
             return seen
-    raise AssertionError(f"timed out; events so far: {[e['type'] for e in seen]}")
+    raise AssertionError(f"timed out; events so far: {[e.type.value for e in seen]}")
 
 
 def of_type(events, kind):
-    return [e for e in events if e["type"] == kind]
+    return [e for e in events if e.type == kind]
+
+
+def generation_worker(model, **options):
+    return JobWorker(SERVICE, GenerationOptions(model=str(model), device="cpu", **options), "test-engine")
+
+
+def job(out_dir, **request):
+    return {"request": request, "out_dir": str(out_dir)}
 
 
 @pytest.fixture
 def worker(tiny_model):
-    started = EngineWorker(WorkerOptions(model=str(tiny_model), device="cpu"))
+    started = generation_worker(tiny_model)
     yield started
     started.shutdown()
 
 
 def test_the_gui_side_does_not_import_torch():
-    code = "import core.worker, sys; print('torch' in sys.modules)"
+    code = "import core.jobs, core.generation_service, sys; print('torch' in sys.modules)"
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -44,65 +53,92 @@ def test_the_gui_side_does_not_import_torch():
 
 
 def test_jobs_progress_previews_and_cancel_of_a_pending_job(worker, tmp_path):
-    wait_for(worker, lambda ev: of_type(ev, "ready"))
-    ids = [worker.submit({"prompt": f"job {i}", "seed": i, **SMALL}, str(tmp_path)) for i in range(3)]
+    wait_for(worker, lambda ev: of_type(ev, EventType.READY))
+    ids = [worker.submit(job(tmp_path, prompt=f"job {i}", seed=i, **SMALL), f"job {i}") for i in range(3)]
     worker.cancel(ids[1])  # still pending: dropped
-    events = wait_for(worker, lambda ev: len(of_type(ev, "done")) == 2)
-    assert [e["job"] for e in of_type(events, "done")] == [ids[0], ids[2]]
-    progress = [e for e in of_type(events, "progress") if e["job"] == ids[0]]
-    assert [e["step"] for e in progress] == [1, 2, 3, 4]
-    previews = of_type(events, "preview")
-    assert previews and len(previews[0]["rgb"]) == previews[0]["width"] * previews[0]["height"] * 3
-    images = of_type(events, "image")
-    assert [read_settings(e["path"])["prompt"] for e in images] == ["job 0", "job 2"]
+    events = wait_for(worker, lambda ev: len(of_type(ev, EventType.DONE)) == 2)
+    assert [e.job for e in of_type(events, EventType.DONE)] == [ids[0], ids[2]]
+    progress = [e for e in of_type(events, EventType.PROGRESS) if e.job == ids[0]]
+    assert [e.data["step"] for e in progress] == [1, 2, 3, 4]
+    previews = of_type(events, EventType.PREVIEW)
+    assert previews and len(previews[0].data["rgb"]) == previews[0].data["width"] * previews[0].data["height"] * 3
+    images = of_type(events, EventType.RESULT)
+    assert [read_settings(e.data["path"])["prompt"] for e in images] == ["job 0", "job 2"]
 
 
 def test_cancel_the_running_job_and_reorder(worker, tmp_path):
-    wait_for(worker, lambda ev: of_type(ev, "ready"))
-    first = worker.submit({"prompt": "long", "seed": 1, "width": 64, "height": 64, "steps": 200}, str(tmp_path))
-    second = worker.submit({"prompt": "b", "seed": 2, **SMALL}, str(tmp_path))
-    third = worker.submit({"prompt": "c", "seed": 3, **SMALL}, str(tmp_path))
+    wait_for(worker, lambda ev: of_type(ev, EventType.READY))
+    first = worker.submit(job(tmp_path, prompt="long", seed=1, width=64, height=64, steps=200))
+    second = worker.submit(job(tmp_path, prompt="b", seed=2, **SMALL))
+    third = worker.submit(job(tmp_path, prompt="c", seed=3, **SMALL))
     worker.move(third, 0)
-    wait_for(worker, lambda ev: any(e["type"] == "progress" and e["job"] == first for e in ev))
+    wait_for(worker, lambda ev: any(e.type == EventType.PROGRESS and e.job == first for e in ev))
     worker.cancel(first)
-    events = wait_for(worker, lambda ev: len(of_type(ev, "done")) == 2)
-    assert of_type(events, "cancelled")[0]["job"] == first
-    assert [e["job"] for e in of_type(events, "done")] == [third, second]
+    events = wait_for(worker, lambda ev: len(of_type(ev, EventType.DONE)) == 2)
+    assert of_type(events, EventType.CANCELLED)[0].job == first
+    assert [e.job for e in of_type(events, EventType.DONE)] == [third, second]
 
 
-def test_a_killed_worker_is_restarted_and_the_queue_kept(worker, tmp_path):
-    wait_for(worker, lambda ev: of_type(ev, "ready"))
-    doomed = worker.submit({"prompt": "doomed", "seed": 1, "width": 64, "height": 64, "steps": 300}, str(tmp_path))
-    survivor = worker.submit({"prompt": "survivor", "seed": 2, **SMALL}, str(tmp_path))
-    wait_for(worker, lambda ev: any(e["type"] == "progress" for e in ev))
+def test_a_killed_worker_is_restarted_and_the_interrupted_job_resumed(worker, tmp_path):
+    wait_for(worker, lambda ev: of_type(ev, EventType.READY))
+    doomed = worker.submit(job(tmp_path, prompt="doomed", seed=10, count=3, width=64, height=64, steps=40))
+    survivor = worker.submit(job(tmp_path, prompt="survivor", seed=2, **SMALL))
+    wait_for(worker, lambda ev: of_type(ev, EventType.RESULT))  # the first of its three images is saved
     os.kill(worker.pid, signal.SIGKILL)
-    events = wait_for(worker, lambda ev: of_type(ev, "done"))
-    crash = of_type(events, "crashed")[0]
-    assert crash["job"] == doomed and "restarted" in crash["message"] and "signal 9" in crash["message"]
-    assert of_type(events, "done")[0]["job"] == survivor and worker.restarts == 1
+    events = wait_for(worker, lambda ev: len(of_type(ev, EventType.DONE)) == 2, seconds=240)
+    crash = of_type(events, EventType.CRASHED)[0]
+    assert crash.job == doomed and crash.data["requeued"] and "signal 9" in crash.data["message"]
+    assert f"Job #{doomed} was interrupted" in crash.data["message"]
+    assert [e.job for e in of_type(events, EventType.DONE)] == [doomed, survivor] and worker.restarts == 1
+    seeds = sorted(read_settings(p)["seed"] for p in tmp_path.glob("*.png") if read_settings(p)["prompt"] == "doomed")
+    assert seeds[-2:] == [11, 12] and len(seeds) in (3, 4)  # the rest of the job, not all of it again
+
+
+def test_remaining_part_of_a_generation_job():
+    payload = job("/out", prompt="p", seed=5, count=4)
+    assert GenerationService.remaining(payload, 1)["request"] == {"prompt": "p", "seed": 6, "count": 3}
+    assert GenerationService.remaining(payload, 4) is None
+    assert GenerationService.remaining(job("/out", prompt="p", count=2), 1)["request"].get("seed") is None
+
+
+def test_job_ids_are_unique_across_workers_and_restarts(tiny_model, tmp_path):
+    first = generation_worker(tiny_model)
+    ids = [first.submit(job(tmp_path, prompt="a")), first.submit(job(tmp_path, prompt="b"))]
+    first.shutdown()
+    second = generation_worker(tiny_model)
+    try:
+        ids.append(second.submit(job(tmp_path, prompt="c")))
+    finally:
+        second.shutdown()
+    assert len(set(ids)) == 3 and ids == sorted(ids)
 
 
 def test_a_broken_model_reports_why(tmp_path):
-    broken = EngineWorker(WorkerOptions(model=str(tmp_path / "missing"), device="cpu"))
+    broken = generation_worker(tmp_path / "missing")
     try:
-        events = wait_for(broken, lambda ev: of_type(ev, "load_error"), seconds=60)
-        assert "does not exist" in of_type(events, "load_error")[0]["message"]
-        assert not of_type(events, "crashed")
+        events = wait_for(broken, lambda ev: of_type(ev, EventType.LOAD_ERROR), seconds=60)
+        assert "does not exist" in of_type(events, EventType.LOAD_ERROR)[0].data["message"]
+        assert not of_type(events, EventType.CRASHED)
     finally:
         broken.shutdown()
 
 
-def test_token_count_and_job_errors(worker, tmp_path):
-    wait_for(worker, lambda ev: of_type(ev, "ready"))
-    request_id = worker.count_tokens("a red circle", "real")
-    events = wait_for(worker, lambda ev: of_type(ev, "tokens"))
-    answer = of_type(events, "tokens")[0]
+def test_token_count_answers_while_a_job_runs_and_job_errors(worker, tmp_path):
+    wait_for(worker, lambda ev: of_type(ev, EventType.READY))
+    long = worker.submit(job(tmp_path, prompt="long", seed=1, width=64, height=64, steps=300))
+    wait_for(worker, lambda ev: of_type(ev, EventType.PROGRESS))
+    request_id = worker.ask({"kind": "count_tokens", "prompt": "a red circle", "system_prompt": "real"})
+    events = wait_for(worker, lambda ev: of_type(ev, EventType.ANSWER))
+    answer = of_type(events, EventType.ANSWER)[0].data
     assert answer["request"] == request_id and 5 < answer["count"] < answer["limit"] == 256
+    assert worker.current is not None and worker.current.id == long  # answered while the job ran
+    worker.cancel(long)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    job = worker.submit({"prompt": "x", **SMALL}, str(blocker / "out"))
-    events = wait_for(worker, lambda ev: of_type(ev, "error"))
-    assert of_type(events, "error")[0]["job"] == job and "Cannot write" in of_type(events, "error")[0]["message"]
+    bad = worker.submit(job(blocker / "out", prompt="x", **SMALL))
+    events = wait_for(worker, lambda ev: of_type(ev, EventType.ERROR))
+    error = of_type(events, EventType.ERROR)[0]
+    assert error.job == bad and "Cannot write" in error.data["message"]
 
 
 def _process_gone(pid: int) -> bool:
@@ -116,12 +152,14 @@ def _process_gone(pid: int) -> bool:
 
 HOLDER = """
 import sys, time
-from core.worker import EngineWorker, WorkerOptions
+from core.generation_service import SERVICE, GenerationOptions
+from core.jobs import JobWorker
 if __name__ == "__main__":
-    worker = EngineWorker(WorkerOptions(model=sys.argv[1], device="cpu"))
+    worker = JobWorker(SERVICE, GenerationOptions(model=sys.argv[1], device="cpu"))
     while not worker.ready:
         worker.poll(timeout=0.2)
-    worker.submit({"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50}, sys.argv[2])
+    worker.submit({"request": {"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50},
+                   "out_dir": sys.argv[2]})
     print(worker.pid, flush=True)
     time.sleep(600)
 """

@@ -51,6 +51,11 @@ def main():
         window.generate.apply_values({"prompt": prompt, "seed_mode": "fixed", "seed": 11 + index, "count": 1})
         window.generate.request_generation()
         wait(app, lambda: not window.client.busy)
+    from core.models.registry import add_model
+    from core.models.scaffold import build_model_folder
+
+    # Registered only now, so the shots above show the demo model the app starts with.
+    add_model(build_model_folder(Path(tempfile.mkdtemp()) / "tiny1"), name="tiny (test model)")
     for theme in ("light", "dark"):
         apply_theme(app, theme)
         for tab, name in ((window.generate, "generate"), (window.gallery, "gallery")):

@@ -35,8 +35,8 @@ def test_queue_three_and_cancel_the_middle_one(window, qtbot):
     for prompt in ("first job", "second job", "third job"):
         generate(window, qtbot, prompt)
     middle = window.client.worker.pending[-2]
-    window.generate._select(middle.id)
-    window.generate.cancel_selected()
+    window.generate.queue.select(middle.id)
+    window.generate.queue.cancel_selected()
     wait_idle(window, qtbot)
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
     assert sorted(e.prompt for e in window.gallery.model.entries) == ["first job", "third job"]
@@ -77,15 +77,17 @@ def test_use_settings_and_drop_an_image(window, qtbot):
     assert (window.generate.steps.value(), window.generate.seed.value()) == (4, 77)
 
 
-def test_a_killed_engine_is_survived(window, qtbot):
-    generate(window, qtbot, "doomed", steps=300, width=64, height=64)
+def test_a_killed_engine_is_survived_and_the_interrupted_job_runs_again(window, qtbot):
+    generate(window, qtbot, "interrupted", steps=60, width=64, height=64)
     generate(window, qtbot, "survivor")
     qtbot.waitUntil(lambda: window.client.worker.current is not None and window.generate.progress.value() > 0,
                     timeout=60_000)
+    job = window.client.worker.current.id
     os.kill(window.client.worker.pid, signal.SIGKILL)
     qtbot.waitUntil(lambda: "restarted" in window.banner.text(), timeout=30_000)
-    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=120_000)
-    assert window.gallery.model.entries[0].prompt == "survivor"
+    assert f"Job #{job} was interrupted" in window.banner.text() and "head of the queue" in window.banner.text()
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=180_000)
+    assert [e.prompt for e in window.gallery.model.entries] == ["survivor", "interrupted"]  # newest first
     wait_idle(window, qtbot)
 
 

@@ -162,3 +162,18 @@ def test_the_models_dialog_refuses_a_fake_checkpoint_without_freezing(qtbot, hom
     qtbot.waitUntil(lambda: bool(warnings), timeout=30_000)
     assert "not a readable .safetensors" in warnings[0]
     assert dialog.table.rowCount() == rows and dialog.added is None and dialog.isEnabled()
+
+
+def test_a_worker_error_goes_to_the_log_with_its_traceback(window, qtbot, tmp_path, monkeypatch):
+    from core.logs import log_file
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    monkeypatch.setattr("app.generate_panel.library_dir", lambda: blocked / "library")
+    generate(window, qtbot, "cannot be saved")
+    qtbot.waitUntil(lambda: "Cannot write" in window.generate.message.text(), timeout=60_000)
+    window.client.worker.poll()
+    text = log_file().read_text()
+    assert "Cannot write" in text and "Traceback" in text
+    menu = [a.text() for a in window.menuBar().actions()[-1].menu().actions()]
+    assert "Open &log folder" in menu
