@@ -61,7 +61,7 @@ def trainer_steps_per_second(work: Path, model: Path, data: Path, args, name: st
     path = work / f"{name}.toml"
     path.write_text(tomli_w.dumps(config))
     run = RunFolder(work / name)
-    subprocess.run([sys.executable, "-m", "core.cli", "train", str(path), "--run-dir", str(run.path)], check=True,
+    subprocess.run([sys.executable, "-m", "lumina_studio", "train", str(path), "--run-dir", str(run.path)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     times = [r["time"] for r in run.read_events() if r["event"] == "step"]
     intervals = [b - a for a, b in zip(times[5:], times[6:])]

@@ -266,28 +266,13 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def run_train(train_args: list[str]) -> int:
-    """Hand over to the trainer's own command line in a child process (core never imports trainer)."""
-    import subprocess
-
-    child = subprocess.Popen([sys.executable, "-m", "trainer", *train_args])
-    while True:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:  # the trainer got the Ctrl+C too: it saves and stops; keep waiting
-            continue
-
-
 def main(argv: list[str] | None = None) -> int:
+    """The core commands (`lumina-studio` itself, with the app and the trainer, is lumina_studio.main)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        return run_train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        from app.main_window import run  # the app: Qt only, torch stays in the engine process
-
-        return run([sys.argv[0]])
+    if args.command in (None, "train"):  # only through lumina-studio, which dispatches these itself
+        parser.error("give a command: generate, export-onnx, models, scenes or evaluate (see --help)")
     commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models, "scenes": run_scenes,
                 "evaluate": run_evaluate}
     return report_errors(PROG, commands[args.command], args)

@@ -42,7 +42,7 @@ def write_config(folder: Path, model: Path, dataset: Path, **changes) -> Path:
 
 
 def train_command(*args) -> list[str]:
-    return [sys.executable, "-m", "core.cli", "train", *map(str, args)]
+    return [sys.executable, "-m", "lumina_studio", "train", *map(str, args)]
 
 
 def train(*args, home: Path, timeout=300) -> subprocess.CompletedProcess:
