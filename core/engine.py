@@ -248,25 +248,16 @@ class Engine:
         for index in range(req.count):
             seed = base_seed + index
             timings = {"encode_s": encode_s if index == 0 else 0.0}
-            noise = torch.randn(
-                (1, self.config.in_channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed)
-            )
             # A fresh cache per image: no state leaks from one generation to the next.
             if make_cache is not None:
-                denoiser.start_image(make_cache())
+                cache = make_cache()
             else:
-                denoiser.start_image(StepCache(cache_settings, self.fitted_cache) if cache_settings else None)
+                cache = StepCache(cache_settings, self.fitted_cache) if cache_settings else None
             tick = time.perf_counter()
             with self.placement.use(self.dit) if self.dit is not None else contextlib.nullcontext():
-                latent = sample(
-                    denoiser,
-                    noise.to(self.device),
-                    self._time_grid(req),
-                    make_solver(req.solver),
-                    self._guidance(req),
-                    on_step=(lambda info, i=index: on_step(i, info)) if on_step else None,
-                    should_stop=should_stop,
-                )
+                latent = sample_latent(denoiser, req, seed, self.config.in_channels, self.device, cache,
+                                       on_step=(lambda info, i=index: on_step(i, info)) if on_step else None,
+                                       should_stop=should_stop)
             timings["sample_s"] = time.perf_counter() - tick
             tick = time.perf_counter()
             pixels = self.decode(latent)
@@ -284,16 +275,6 @@ class Engine:
             if on_image is not None:
                 on_image(result)
         return results
-
-    def _time_grid(self, req: GenerationRequest) -> list[float]:
-        grid = diffusers_grid if req.compat == "diffusers" else official_grid
-        return grid(req.steps, req.shift)
-
-    @staticmethod
-    def _guidance(req: GenerationRequest):
-        if req.compat == "diffusers":
-            return DiffusersGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm > 0)
-        return OfficialGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm)
 
     def _finish(self, pixels, settings, denoiser: StagedDenoiser, timings, warnings) -> GeneratedImage:
         image = Image.fromarray((pixels * 255).round().astype(np.uint8))
@@ -322,6 +303,22 @@ class Engine:
             with self.placement.use(self.vae):
                 self._previewer = LatentPreviewer.fit(self.vae)
         return self._previewer(info.denoised)
+
+
+def sample_latent(denoiser: StagedDenoiser, req: GenerationRequest, seed: int, channels: int, device: torch.device,
+                  cache: StepCache | None = None, on_step=None, should_stop=None) -> torch.Tensor:
+    """One image's latent for a resolved request: the seed's noise (drawn on the CPU, as diffusers does), the
+    request's time grid, solver and guidance. Generate and the trainer's sample images both sample here."""
+    latent_size = (req.height // 8, req.width // 8)
+    noise = torch.randn((1, channels, *latent_size), generator=torch.Generator("cpu").manual_seed(seed))
+    denoiser.start_image(cache)
+    grid = diffusers_grid if req.compat == "diffusers" else official_grid
+    if req.compat == "diffusers":
+        guidance = DiffusersGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm > 0)
+    else:
+        guidance = OfficialGuidance(req.guidance, req.cfg_trunc, req.cfg_renorm)
+    return sample(denoiser, noise.to(device), grid(req.steps, req.shift), make_solver(req.solver), guidance,
+                  on_step=on_step, should_stop=should_stop)
 
 
 def oversize_note(width: int, height: int, own_size: int, heads: int) -> str | None:

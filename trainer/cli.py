@@ -106,6 +106,7 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
 def new_run(args) -> int:
     import torch
 
+    from core.models import loader
     from core.models.registry import find_model
     from core.storage import runs_dir, write_json_atomic
 
@@ -133,7 +134,7 @@ def new_run(args) -> int:
         histograms[stage.name] = bucket_histogram(chosen, stage.resolution)
     print(format_report(reports, histograms), file=sys.stderr)
 
-    model_config = _model_config(source)
+    model_config = loader.dit_config(source)
     params = parameter_count(model_config)
     activation_bytes = 2 if precision == "bf16" else 4
     estimates = [estimate_stage(model_config, params, config, stage, topology.world,
@@ -196,17 +197,6 @@ def prepare_features(run_path, config, source, items, device: str, dtype) -> tup
     from .features import FeatureCache
 
     return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype)
-
-
-def _model_config(source):
-    """The DiT's architecture, read without loading its weights."""
-    from core.models.checkpoints import derive_config, read_state_dict, to_diffusers_layout
-    from core.models.nextdit import NextDiTConfig
-    from core.models.sources import read_json_file
-
-    if source.is_single_file:
-        return derive_config(to_diffusers_layout(read_state_dict(source.dit)))
-    return NextDiTConfig.from_dict(read_json_file(source.dit / "config.json"))
 
 
 def resume_run(args) -> int:

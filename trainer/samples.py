@@ -10,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from core.backends.denoiser import StagedDenoiser
 from core.backends.torch_backend import TorchStages
+from core.engine import sample_latent
+from core.metadata import FORMAT, a1111_parameters, png_info
 from core.models import loader
 from core.models.nextdit import NextDiT, NextDiTConfig
 from core.prompt_encoder import EncodedPrompt
-from core.request import DEFAULTS
-from core.sampling.guidance import OfficialGuidance
-from core.sampling.sampler import sample
-from core.sampling.schedule import official_grid
-from core.sampling.solvers import make_solver
+from core.request import GenerationRequest
+from core.storage import write_atomic
 
 from .config import SamplesConfig
 
@@ -44,34 +43,32 @@ class SampleMaker:
     @torch.no_grad()
     def make(self, weights: dict[str, torch.Tensor], config: NextDiTConfig, prompts: list[tuple[str, torch.Tensor]],
              negative: torch.Tensor, size: tuple[int, int], folder: Path, step: int) -> list[Path]:
-        """One image per (prompt, caption features) at size (width, height); returns the files written."""
+        """One image per (prompt, caption features) at size (width, height); returns the files written.
+
+        Sampled by Generate's own path (`sample_latent`) with the authors' defaults, and saved with Generate's
+        metadata, so a sample's settings load into Generate like any image's."""
         with torch.device("meta"):
             model = NextDiT(config)
         model.load_state_dict({k: v.to(self.device, self.dtype) for k, v in weights.items()}, assign=True)
         model.eval()
         stages = TorchStages(model)
-        defaults = DEFAULTS["official"]
-        guidance = OfficialGuidance(self.settings.guidance, defaults["cfg_trunc"], defaults["cfg_renorm"])
         width, height = size
-        latent_size = (height // 8, width // 8)
-        folder.mkdir(parents=True, exist_ok=True)
         written = []
         negative_prompt = _encoded(negative)
+        model_info = {"name": f"training step {step}", "hash": ""}
         for index, (text, features) in enumerate(prompts):
-            denoiser = StagedDenoiser(stages, _encoded(features), negative_prompt, latent_size, batch_cfg=False)
-            generator = torch.Generator("cpu").manual_seed(self.settings.seed + index)
-            noise = torch.randn((1, config.in_channels, *latent_size), generator=generator).to(self.device)
-            latent = sample(denoiser, noise, official_grid(self.settings.steps, self.shift),
-                            make_solver(defaults["solver"]), guidance)
-            image = self._decode(latent)
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("parameters", f"{text}\nSteps: {self.settings.steps}, Sampler: {defaults['solver']}, "
-                                        f"CFG scale: {self.settings.guidance}, Seed: {self.settings.seed + index}, "
-                                        f"Size: {width}x{height}, Training step: {step}")
+            seed = self.settings.seed + index
+            request = GenerationRequest(text, negative_prompt=self.settings.negative_prompt, width=width, height=height,
+                                        steps=self.settings.steps, guidance=self.settings.guidance, seed=seed,
+                                        shift=self.shift).with_defaults()
+            denoiser = StagedDenoiser(stages, _encoded(features), negative_prompt, (height // 8, width // 8),
+                                      batch_cfg=False)
+            image = self._decode(sample_latent(denoiser, request, seed, config.in_channels, self.device))
+            settings = {**request.to_dict(), "system_prompt_text": request.system_prompt_text}
+            record = {"format": FORMAT, "settings": settings, "model": model_info, "run": {"training_step": step}}
+            info = png_info(a1111_parameters(settings, model_info), record)
             path = folder / f"step-{step:08d}-{index}.png"
-            temp = path.with_name(f".{path.name}.tmp")
-            image.save(temp, format="PNG", pnginfo=info)
-            temp.replace(path)
+            write_atomic(path, lambda handle, image=image, info=info: image.save(handle, format="PNG", pnginfo=info))
             written.append(path)
         return written
 

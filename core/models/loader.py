@@ -17,15 +17,27 @@ DEFAULT_SHIFT = 6.0
 # ---- the DiT -----------------------------------------------------------------------------------
 
 
+def folder_config(transformer: Path) -> NextDiTConfig:
+    """A diffusers transformer folder's architecture, from its config.json (checked to be a Lumina DiT)."""
+    raw = read_json_file(transformer / "config.json")
+    if raw.get("_class_name", "Lumina2Transformer2DModel") != "Lumina2Transformer2DModel":
+        raise ModelLoadError(f"{transformer} holds a {raw['_class_name']}, not a Lumina2Transformer2DModel.")
+    return NextDiTConfig.from_dict(raw)
+
+
+def dit_config(source: ModelSource) -> NextDiTConfig:
+    """The DiT's architecture without building it: a folder's config, or what a single file's tensors say."""
+    if source.is_single_file:
+        return derive_config(to_diffusers_layout(read_state_dict(source.dit)))
+    return folder_config(source.dit)
+
+
 def load_dit(source: ModelSource, dtype: torch.dtype, device: torch.device) -> NextDiT:
     if source.is_single_file:
         state = to_diffusers_layout(read_state_dict(source.dit))
         config = derive_config(state)
     else:
-        raw = read_json_file(source.dit / "config.json")
-        if raw.get("_class_name", "Lumina2Transformer2DModel") != "Lumina2Transformer2DModel":
-            raise ModelLoadError(f"{source.dit} holds a {raw['_class_name']}, not a Lumina2Transformer2DModel.")
-        config = NextDiTConfig.from_dict(raw)
+        config = folder_config(source.dit)
         state = {}
         for file in transformer_weight_files(source.dit):
             state.update(read_state_dict(file))
