@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from core.errors import LuminaError
 from core.library import Entry, Library
+from core.request import FIELD_LABELS, request_fields
 
 from .image_view import ImageView
 
@@ -315,13 +316,10 @@ class GalleryPanel(QWidget):
         pixmap = self.loader.get(str(entry.path), DETAIL)
         if pixmap is not None:
             self.detail_image.show_pixmap(pixmap)
-        s = entry.settings
-        rows = [("Prompt", entry.prompt), ("Negative", entry.negative_prompt), ("Model", entry.model),
-                ("Seed", entry.seed), ("Size", f"{entry.width}x{entry.height}"), ("Steps", s.get("steps")),
-                ("Solver", s.get("solver")), ("Guidance", s.get("guidance")), ("CFG truncation", s.get("cfg_trunc")),
-                ("CFG renorm", s.get("cfg_renorm")), ("System prompt", s.get("system_prompt")),
-                ("Cache", s.get("cache")), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
-                ("File", entry.path.name)]
+        settings = entry.settings
+        rows = [(FIELD_LABELS[name], settings.get(name)) for name in request_fields() if name != "count"]
+        rows += [("Model", entry.model), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
+                 ("File", entry.path.name)]
         html = "".join(f"<b>{k}</b>: {_escape(v)}<br>" for k, v in rows if v not in (None, ""))
         self.details.setHtml(html)
 

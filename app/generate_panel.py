@@ -5,18 +5,18 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtCore import QRegularExpression, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPixmap, QRegularExpressionValidator
 from PySide6.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-    QScrollArea, QSpinBox, QSplitter,
+    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
+    QPushButton, QScrollArea, QSpinBox, QSplitter,
     QVBoxLayout, QWidget,
 )
 
 from core.errors import LuminaError
 from core.metadata import read_settings
 from core.prompts import SYSTEM_PROMPTS
-from core.request import SOLVER_NAMES, GenerationRequest
+from core.request import MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
 from core.sizes import trained_sizes
 from core.storage import library_dir
@@ -26,6 +26,7 @@ from .image_view import ImageView
 from .job_queue import JobQueueView
 
 SEED_MODES = ("random", "fixed", "increment")
+BACKENDS = ("auto", "torch", "onnx")
 CUSTOM_SIZE = "Custom"
 
 
@@ -116,7 +117,7 @@ class GeneratePanel(QWidget):
 
         self.seed_mode = QComboBox()
         self.seed_mode.addItems(SEED_MODES)
-        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.seed = SeedEdit()
         seeds = QHBoxLayout()
         seeds.addWidget(self.seed_mode)
         seeds.addWidget(self.seed, 1)
@@ -124,7 +125,7 @@ class GeneratePanel(QWidget):
         self.count = QSpinBox(minimum=1, maximum=100, value=1)
         form.addRow("Images", self.count)
         self.backend = QComboBox()
-        self.backend.addItems(["auto", "torch", "onnx"])
+        self.backend.addItems(BACKENDS)
         self.backend.setToolTip("auto: whichever backend measured faster on this machine")
         self.backend.activated.connect(lambda _: self.backend_changed.emit(self.backend.currentText()))
         self.cache = QComboBox()
@@ -199,59 +200,44 @@ class GeneratePanel(QWidget):
 
     # ---- requests -----------------------------------------------------------------------------------
 
+    def _fields(self) -> dict:
+        """The form's widget for each request field it shows (shift and compat keep their defaults)."""
+        return {"prompt": self.prompt, "negative_prompt": self.negative, "system_prompt": self.system_prompt,
+                "width": self.width_box, "height": self.height_box, "steps": self.steps, "guidance": self.guidance,
+                "cfg_trunc": self.cfg_trunc, "cfg_renorm": self.cfg_renorm, "solver": self.solver, "seed": self.seed,
+                "count": self.count, "cache": self.cache, "seed_mode": self.seed_mode, "backend": self.backend}
+
     def form_values(self) -> dict:
-        """Everything the form holds, for QSettings."""
-        return {
-            "prompt": self.prompt.toPlainText(), "negative_prompt": self.negative.toPlainText(),
-            "system_prompt": self.system_prompt.currentText(), "width": self.width_box.value(),
-            "height": self.height_box.value(), "steps": self.steps.value(), "guidance": self.guidance.value(),
-            "cfg_trunc": self.cfg_trunc.value(), "cfg_renorm": self.cfg_renorm.value(),
-            "solver": self.solver.currentText(), "seed_mode": self.seed_mode.currentText(),
-            "seed": self.seed.value(), "count": self.count.value(), "cache": self.cache.currentText(),
-            "backend": self.backend.currentText(),
-        }
+        """Everything the form holds, for QSettings and for a request."""
+        return {name: _read(widget) for name, widget in self._fields().items()}
 
     def apply_values(self, values: dict) -> None:
-        """Fill the form from saved values or from an image's settings (unknown keys are ignored)."""
-        if "prompt" in values:
-            self.prompt.setPlainText(values["prompt"] or "")
-        if "negative_prompt" in values:
-            self.negative.setPlainText(values["negative_prompt"] or "")
-        if values.get("system_prompt") in SYSTEM_PROMPTS:
-            self.system_prompt.setCurrentText(values["system_prompt"])
-        if "width" in values and "height" in values:
-            index = self.size.findData((int(values["width"]), int(values["height"])))
+        """Fill the form from saved values or from an image's settings: unknown keys and values the request
+        would refuse are ignored, so nothing unusable reaches a widget."""
+        for name, widget in self._fields().items():
+            if name not in values or values[name] is None:
+                continue
+            if name in request_fields():
+                try:
+                    check_field(name, values[name])
+                except LuminaError:
+                    continue
+            elif values[name] not in (SEED_MODES if name == "seed_mode" else BACKENDS):
+                continue
+            _write(widget, values[name])
+        if "width" in values or "height" in values:
+            index = self.size.findData((self.width_box.value(), self.height_box.value()))
             self.size.setCurrentIndex(index if index >= 0 else self.size.findData(None))
-            self.width_box.setValue(int(values["width"]))
-            self.height_box.setValue(int(values["height"]))
-        for key, box in (("steps", self.steps), ("count", self.count)):
-            if isinstance(values.get(key), (int, float)):
-                box.setValue(int(values[key]))
-        for key, box in (("guidance", self.guidance), ("cfg_trunc", self.cfg_trunc), ("cfg_renorm", self.cfg_renorm)):
-            if isinstance(values.get(key), (int, float)):
-                box.setValue(float(values[key]))
-        for key, combo in (("solver", self.solver), ("seed_mode", self.seed_mode), ("cache", self.cache),
-                           ("backend", self.backend)):
-            if values.get(key) is not None and combo.findText(str(values[key])) >= 0:
-                combo.setCurrentText(str(values[key]))
-        if isinstance(values.get("seed"), int) and values["seed"] <= self.seed.maximum():
-            self.seed.setValue(values["seed"])
 
     def use_seed(self, seed: int) -> None:
         self.seed_mode.setCurrentText("fixed")
-        self.seed.setValue(min(seed, self.seed.maximum()))
+        self.seed.setValue(seed)
 
     def request_generation(self) -> None:
         values = self.form_values()
         if values["seed_mode"] == "random":
             self.seed.setValue(random.randrange(self.seed.maximum()))
-        request = GenerationRequest(
-            prompt=values["prompt"], negative_prompt=values["negative_prompt"],
-            system_prompt=values["system_prompt"], width=values["width"], height=values["height"],
-            steps=values["steps"], guidance=values["guidance"], cfg_trunc=values["cfg_trunc"],
-            cfg_renorm=values["cfg_renorm"], solver=values["solver"], seed=self.seed.value(),
-            count=values["count"], cache=values["cache"],
-        )
+        request = GenerationRequest.from_values({**values, "seed": self.seed.value()})
         try:
             request.validate()
         except LuminaError as exc:
@@ -344,3 +330,43 @@ class GeneratePanel(QWidget):
             self.use_seed(settings["seed"])
         self.message.setText(f"Loaded the settings of {Path(path).name} ({settings['source']}).")
         self.settings_loaded.emit(path)
+
+
+class SeedEdit(QLineEdit):
+    """A seed of the full range (0 … 2^64 − 1): a spin box stops at 2^31 − 1."""
+
+    def __init__(self):
+        super().__init__("0")
+        self.setValidator(QRegularExpressionValidator(QRegularExpression("[0-9]{1,20}")))
+        self.setToolTip(f"0 to {MAX_SEED:,}")
+
+    def value(self) -> int:
+        return min(int(self.text() or 0), MAX_SEED)
+
+    def setValue(self, seed: int) -> None:  # noqa: N802 - the spin box's name, so both read alike
+        self.setText(str(min(max(int(seed), 0), MAX_SEED)))
+
+    @staticmethod
+    def maximum() -> int:
+        return MAX_SEED
+
+
+def _read(widget):
+    if isinstance(widget, QPlainTextEdit):
+        return widget.toPlainText()
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    return widget.value()
+
+
+def _write(widget, value) -> None:
+    if isinstance(widget, QPlainTextEdit):
+        widget.setPlainText(str(value))
+    elif isinstance(widget, QComboBox):
+        if widget.findText(str(value)) < 0:  # a custom system prompt, a cache threshold beyond the presets
+            widget.addItem(str(value))
+        widget.setCurrentText(str(value))
+    elif isinstance(widget, QSpinBox):
+        widget.setValue(int(value))
+    else:
+        widget.setValue(value)

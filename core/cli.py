@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="a diffusers folder, a single-file DiT, or a registered model name "
                                      "(default: the built-in demo model)")
     gen.add_argument("--components", help="diffusers folder with text encoder, tokenizer and VAE for a single-file DiT")
-    gen.add_argument("--negative", default="", help="negative prompt (encoded without a system prompt)")
+    gen.add_argument("--negative", dest="negative_prompt", default="",
+                     help="negative prompt (encoded without a system prompt)")
     gen.add_argument("--system-prompt", default="real", help="real, align, base, aesthetics, 4grid, empty, or custom text")
     gen.add_argument("--width", type=int, help="default: the model's size (1024; the demo model: 64)")
     gen.add_argument("--height", type=int, help="default: the model's size (1024; the demo model: 64)")
@@ -97,23 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args) -> GenerationRequest:
-    request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        system_prompt=args.system_prompt,
-        width=args.width,
-        height=args.height,
-        steps=args.steps,
-        guidance=args.guidance,
-        cfg_trunc=args.cfg_trunc,
-        cfg_renorm=args.cfg_renorm,
-        solver=args.solver,
-        shift=args.shift,
-        seed=args.seed,
-        count=args.count,
-        compat=args.compat,
-        cache=args.cache,
-    )
+    request = GenerationRequest.from_values(vars(args))  # the options are named as the request's fields
     request.validate()
     return request
 

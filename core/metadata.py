@@ -177,18 +177,12 @@ _TEXT_KEYS = ("source", "sampler", "model", "model_hash", "system_prompt_text")
 def checked_settings(settings: dict) -> dict:
     """Only the keys we know, each checked by GenerationRequest's own rules; raises RequestError naming the
     field. Text-only keys (sampler, model, ...) must be text; anything else is dropped."""
-    from .request import GenerationRequest, request_fields
+    from .request import check_field, request_fields
 
     checked = {}
     for key, value in settings.items():
         if key in request_fields():
-            if isinstance(value, bool) or (value is not None and isinstance(value, (dict, list))):
-                raise RequestError(f"the setting '{key}' has an unusable value ({str(value)[:40]!r}).")
-            probe = GenerationRequest(prompt="", **{key: value}) if key != "prompt" else GenerationRequest(prompt=value)
-            try:
-                probe.validate()
-            except RequestError as exc:
-                raise RequestError(f"the setting '{key}' is unusable: {exc}") from None
+            check_field(key, value)
         elif key in _TEXT_KEYS:
             if value is not None and not isinstance(value, str):
                 raise RequestError(f"the setting '{key}' must be text, not {type(value).__name__}.")

@@ -69,6 +69,11 @@ class GenerationRequest:
             shift=self.shift if self.shift is not None else model_shift,
         )
 
+    @classmethod
+    def from_values(cls, values: dict) -> GenerationRequest:
+        """A request from any mapping that holds settings among other things (a form, parsed arguments)."""
+        return cls(**{name: values[name] for name in request_fields() if name in values})
+
     @property
     def system_prompt_text(self) -> str:
         return system_prompt_text(self.system_prompt)
@@ -124,6 +129,25 @@ class GenerationRequest:
 def request_fields() -> tuple[str, ...]:
     """The request's setting names, in order: the one list every form, parser and table derives from."""
     return tuple(f.name for f in fields(GenerationRequest))
+
+
+FIELD_LABELS = {
+    "prompt": "Prompt", "negative_prompt": "Negative prompt", "system_prompt": "System prompt", "width": "Width",
+    "height": "Height", "steps": "Steps", "guidance": "Guidance", "cfg_trunc": "CFG truncation",
+    "cfg_renorm": "CFG renorm", "solver": "Solver", "shift": "Time shift", "seed": "Seed", "count": "Images",
+    "compat": "Compat", "cache": "Step cache",
+}
+
+
+def check_field(name: str, value) -> None:
+    """One setting checked by the request's own rules, alone; RequestError names the field."""
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise RequestError(f"the setting '{name}' has an unusable value ({str(value)[:40]!r}).")
+    probe = GenerationRequest(prompt=value) if name == "prompt" else GenerationRequest(prompt="", **{name: value})
+    try:
+        probe.validate()
+    except RequestError as exc:
+        raise RequestError(f"the setting '{name}' is unusable: {exc}") from None
 
 
 def _check_encodable(label: str, text: str) -> None:

@@ -126,3 +126,9 @@ def test_unwritable_folder(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="Cannot write images"):
         metadata.check_writable(blocker / "images")
+
+
+def test_every_request_field_has_a_label():
+    from core.request import FIELD_LABELS, request_fields
+
+    assert tuple(FIELD_LABELS) == request_fields()

@@ -177,3 +177,18 @@ def test_a_worker_error_goes_to_the_log_with_its_traceback(window, qtbot, tmp_pa
     assert "Cannot write" in text and "Traceback" in text
     menu = [a.text() for a in window.menuBar().actions()[-1].menu().actions()]
     assert "Open &log folder" in menu
+
+
+def test_full_range_seeds_and_cache_thresholds_round_trip_through_the_form(qtbot, home):
+    from app.generate_panel import GeneratePanel
+    from app.worker_client import WorkerClient
+    from core.generation_service import SERVICE
+
+    panel = GeneratePanel(WorkerClient(SERVICE, "unused"))
+    qtbot.addWidget(panel)
+    panel.apply_values({"seed": 2**63 + 5, "cache": "2", "seed_mode": "fixed", "steps": "wide", "width": float("nan")})
+    values = panel.form_values()
+    assert (values["seed"], values["cache"], values["seed_mode"]) == (2**63 + 5, "2", "fixed")
+    assert values["steps"] == 18 and values["width"] == 1024  # refused values leave the widgets as they were
+    panel.use_seed(2**64 - 1)
+    assert panel.form_values()["seed"] == 2**64 - 1
