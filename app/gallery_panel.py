@@ -10,8 +10,11 @@ import time
 from collections import OrderedDict
 from datetime import datetime
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QRunnable, QSize, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QImage, QImageReader, QPixmap
+from PySide6.QtCore import (
+    QAbstractListModel, QEvent, QFileSystemWatcher, QModelIndex, QObject, QPoint, QRunnable, QSize, Qt, QThreadPool, QTimer,
+    Signal,
+)
+from PySide6.QtGui import QImage, QImageReader, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
     QLabel, QLineEdit, QListView, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
@@ -123,6 +126,23 @@ class GalleryModel(QAbstractListModel):
         self._rows.update({str(e.path): start + row for row, e in enumerate(more)})
         self.endInsertRows()
 
+    def prepend(self, entry: Entry) -> None:
+        """A new image at the top, without a reset: the selection and the other rows stay as they are."""
+        self.beginInsertRows(QModelIndex(), 0, 0)
+        self.entries.insert(0, entry)
+        self._rows = {str(e.path): row for row, e in enumerate(self.entries)}
+        self.endInsertRows()
+
+    def has(self, entry: Entry) -> bool:
+        return str(entry.path) in self._rows
+
+    def replace(self, entry: Entry) -> None:
+        """An entry whose state changed (a star): redrawn in place."""
+        row = self._rows.get(str(entry.path))
+        if row is not None:
+            self.entries[row] = entry
+            self.dataChanged.emit(self.index(row), self.index(row))
+
     def load_all(self) -> None:
         while self.canFetchMore():
             self.fetchMore()
@@ -196,13 +216,37 @@ class GalleryPanel(QWidget):
         super().__init__(parent)
         self.library = library
         self.undo_stack: list[list[int]] = []
+        self._shown_up_to = 0  # the newest image id the grid has taken in
         self.loader = ImageLoader(self)
         self.loader.loaded.connect(self._detail_ready)
         self.model = GalleryModel(self.loader, self)
         self._build()
         self._search_timer = QTimer(self, singleShot=True, interval=200, timeout=self.refresh)
         self.search.textChanged.connect(self._search_timer.start)
+        self.search.installEventFilter(self)
+        # Files that appear in the library folder (a command-line run) are indexed within a second.
+        self._sync_timer = QTimer(self, singleShot=True, interval=500, timeout=self.pick_up_new_files)
+        self.watcher = QFileSystemWatcher(self)
+        if library is not None:
+            self.watcher.addPath(str(library.folder))
+            self.watcher.directoryChanged.connect(self._sync_timer.start)
         self.refresh()
+        self.pick_up_new_files()  # and those made while the app was closed
+
+    def stop(self) -> None:
+        """Before the library closes: no more folder events, no more decodes."""
+        if self.watcher.directories():
+            self.watcher.removePaths(self.watcher.directories())
+        self._sync_timer.stop()
+        self.loader.stop()
+
+    def eventFilter(self, watched, event):  # noqa: N802
+        """Ctrl+Z in the search field undoes a delete unless the field has its own typing to undo."""
+        if (watched is self.search and event.type() == QEvent.ShortcutOverride
+                and event.matches(QKeySequence.Undo) and not self.search.isUndoAvailable() and self.undo_stack):
+            event.ignore()  # not claimed by the field: the window's Edit → Undo delete gets it
+            return True
+        return super().eventFilter(watched, event)
 
     def _build(self) -> None:
         self.search = QLineEdit()
@@ -238,6 +282,7 @@ class GalleryPanel(QWidget):
         self.detail_image = ImageView("Select an image")
         self.details = QTextBrowser()
         actions = QHBoxLayout()
+        self.buttons = {}
         for label, slot, tip in (
             ("★ Star", self.toggle_favourite, "Mark or unmark as favourite"),
             ("Use settings", self._use_settings, "Copy every setting to the Generate panel"),
@@ -249,6 +294,8 @@ class GalleryPanel(QWidget):
             button.setToolTip(tip)
             button.clicked.connect(slot)
             actions.addWidget(button)
+            self.buttons[label] = button
+        self.star_button = self.buttons["★ Star"]
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.addWidget(self.detail_image, 1)
@@ -272,6 +319,14 @@ class GalleryPanel(QWidget):
         if self.library is None:
             self.count_label.setText("No library")
             return
+        self._fill_model_filter()
+        filters = self._filters()
+        self._shown_up_to = self.library.last_id()
+        self.model.set_query(lambda offset, limit: self.library.search(**filters, limit=limit, offset=offset))
+        self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
+        self._show_details()
+
+    def _fill_model_filter(self) -> None:
         current_model = self.model_filter.currentData()
         self.model_filter.blockSignals(True)
         self.model_filter.clear()
@@ -280,21 +335,43 @@ class GalleryPanel(QWidget):
             self.model_filter.addItem(name, name)
         self.model_filter.setCurrentIndex(max(0, self.model_filter.findData(current_model)))
         self.model_filter.blockSignals(False)
+
+    def _filters(self) -> dict:
         days = DATE_FILTERS[self.date_filter.currentText()]
-        filters = dict(text=self.search.text(), model=self.model_filter.currentData(),
-                       favourites_only=self.favourites.isChecked(), since=time.time() - days * 86400 if days else None)
-        self.model.set_query(lambda offset, limit: self.library.search(**filters, limit=limit, offset=offset))
-        self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
-        self._show_details()
+        return dict(text=self.search.text(), model=self.model_filter.currentData(),
+                    favourites_only=self.favourites.isChecked(), since=time.time() - days * 86400 if days else None)
 
     def add_image(self, path: str) -> None:
         if self.library is None:
             return
         try:
-            self.library.add(path)
+            self.show_new([self.library.add(path)])
         except LuminaError as exc:
             self.status.emit(f"Could not add {path} to the library: {exc}")
-        self.refresh()
+
+    def pick_up_new_files(self) -> None:
+        """Show images another process (the command line) wrote into the library folder, indexed or not."""
+        if self.library is not None:
+            self.library.sync()
+            self.show_new(self.library.ids_after(self._shown_up_to))
+
+    def show_new(self, ids: list[int]) -> None:
+        """New images appear at the top when they match the filters; the grid is not reset, the selection stays,
+        and a grid scrolled away from the top stays on the images it showed."""
+        if not ids:
+            return
+        self._shown_up_to = max(self._shown_up_to, *ids)
+        filters = self._filters()
+        newest = self.library.search(**filters, limit=len(ids))
+        fresh = [e for e in newest if e.id in ids and not self.model.has(e)]
+        anchor = self.grid.indexAt(QPoint(8, 8)) if self.grid.verticalScrollBar().value() > 0 else QModelIndex()
+        for entry in reversed(fresh):
+            self.model.prepend(entry)
+        if anchor.isValid():
+            self.grid.scrollTo(self.model.index(anchor.row() + len(fresh)), QAbstractItemView.PositionAtTop)
+        self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
+        if any(e.model and self.model_filter.findData(e.model) < 0 for e in fresh):
+            self._fill_model_filter()
 
     def select_all(self) -> None:
         self.model.load_all()
@@ -308,6 +385,8 @@ class GalleryPanel(QWidget):
 
     def _show_details(self, *_):
         entries = self.selected()
+        starred = bool(entries) and all(e.favourite for e in entries)
+        self.star_button.setText("☆ Unstar" if starred else "★ Star")
         if not entries:
             self.detail_image.clear_image()
             self.details.clear()
@@ -318,7 +397,7 @@ class GalleryPanel(QWidget):
             self.detail_image.show_pixmap(pixmap)
         settings = entry.settings
         rows = [(FIELD_LABELS[name], settings.get(name)) for name in request_fields() if name != "count"]
-        rows += [("Model", entry.model), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
+        rows += [("Favourite", "★ yes" if entry.favourite else "no"), ("Model", entry.model), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
                  ("File", entry.path.name)]
         html = "".join(f"<b>{k}</b>: {_escape(v)}<br>" for k, v in rows if v not in (None, ""))
         self.details.setHtml(html)
@@ -331,9 +410,15 @@ class GalleryPanel(QWidget):
     # ---- actions ------------------------------------------------------------------------------------
 
     def toggle_favourite(self) -> None:
-        for entry in self.selected():
-            self.library.set_favourite(entry.id, not entry.favourite)
-        self.refresh()
+        """Star the selection (or unstar it when all of it is starred), in place: the selection stays."""
+        entries = self.selected()
+        star = not all(e.favourite for e in entries)
+        for entry in entries:
+            self.library.set_favourite(entry.id, star)
+            self.model.replace(self.library.get(entry.id))
+        if self.favourites.isChecked() and not star:
+            self.refresh()  # unstarred images leave a favourites-only listing
+        self._show_details()
 
     def delete_selected(self) -> None:
         ids = [e.id for e in self.selected()]

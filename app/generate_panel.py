@@ -71,6 +71,7 @@ class GeneratePanel(QWidget):
         self.prompt.setPlaceholderText("Describe the image…  (Ctrl+Enter to generate)")
         self.prompt.setMinimumHeight(90)
         self.tokens = QLabel(" ")
+        self.tokens.setWordWrap(True)  # the over-long warning must not widen the form
         self.negative = QPlainTextEdit()
         self.negative.setPlaceholderText("Negative prompt (optional)")
         self.negative.setMaximumHeight(60)
@@ -277,11 +278,18 @@ class GeneratePanel(QWidget):
         self.progress.setFormat(f"Job #{job_id}: starting…")
 
     def _on_progress(self, event) -> None:
+        """One bar for the whole job: image i of n, step s of t; ETA for the job."""
         p = event.data
-        self.progress.setMaximum(p["total"])
-        self.progress.setValue(p["step"])
+        self.progress.setMaximum(p["total"] * p["count"])
+        self.progress.setValue(p["image"] * p["total"] + p["step"])
+        steps_left_in_image = p["total"] - p["step"]
+        left = p["eta"]
+        if steps_left_in_image:  # later images take as long as this one: its seconds per step times their steps
+            left += p["eta"] / steps_left_in_image * p["total"] * (p["count"] - p["image"] - 1)
         image = f"image {p['image'] + 1}/{p['count']}, " if p["count"] > 1 else ""
-        self.progress.setFormat(f"Job #{event.job}: {image}step {p['step']}/{p['total']}, {p['eta']:.0f} s left")
+        self.progress.setFormat(f"Job #{event.job}: {image}step {p['step']}/{p['total']}, {left:.0f} s left")
+        if p["step"] == 1 and p["image"] > 0:  # the preview is the next image now, not the one named below
+            self.parameters.setText(f"Generating image {p['image'] + 1} of {p['count']} of job #{event.job}…")
 
     def _on_preview(self, event) -> None:
         p = event.data

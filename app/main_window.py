@@ -8,8 +8,10 @@ import signal
 
 from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QSettings, QTimer, QUrl, qVersion
-from PySide6.QtGui import QAction, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
-from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtGui import QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
+from PySide6.QtWidgets import (
+    QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+)
 
 from core import __version__
 from core.errors import LuminaError
@@ -89,6 +91,7 @@ class MainWindow(QMainWindow):
             return item
 
         file_menu = self.menuBar().addMenu("&File")
+        action(file_menu, "&Open image to load its settings…", self.open_image, QKeySequence.Open)
         action(file_menu, "&Models…", self.manage_models)
         action(file_menu, "&Export selected images…", self.gallery.export_dialog, "Ctrl+E")
         action(file_menu, "&Rebuild library from files", self.rebuild_library)
@@ -100,8 +103,14 @@ class MainWindow(QMainWindow):
         action(edit_menu, "Select &all images", self.gallery.select_all)
         action(edit_menu, "Empty &trash…", self.empty_trash)
         view_menu = self.menuBar().addMenu("&View")
+        self.theme_actions = QActionGroup(self)  # exclusive: the current theme is ticked
+        current = self.settings.value("theme", "system")
         for theme in THEMES:
-            action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
+            item = action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
+            item.setCheckable(True)
+            item.setChecked(theme == current)
+            item.setData(theme)
+            self.theme_actions.addAction(item)
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "Open &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_folder()))))
         action(help_menu, "&About Lumina Studio", self.about)
@@ -145,7 +154,8 @@ class MainWindow(QMainWindow):
                              "File → Models… (or the Manage… button).", error=True)
             return
         self.settings.setValue("model", model)
-        self.show_banner(f"Loading {model}…")
+        self.show_banner("")  # the loading state goes to the status bar: a banner would push the window down
+        self.statusBar().showMessage(f"Loading {model}…")
         self.client.start(GenerationOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
 
     def _engine_ready(self, event: dict) -> None:
@@ -181,6 +191,13 @@ class MainWindow(QMainWindow):
         self.notice.setText(text)
         self.notice.setVisible(bool(text))
         self.notice.setStyleSheet("background: #fdecea; color: #611a15;" if error else "background: #e6f4ea; color: #137333;")
+
+    def open_image(self) -> None:
+        path = QFileDialog.getOpenFileName(self, "Load the settings of an image", str(library_dir()),
+                                           "PNG images (*.png)")[0]
+        if path:
+            self.tabs.setCurrentWidget(self.generate)
+            self.generate.load_settings_from(path)
 
     def focus_search(self) -> None:
         self.tabs.setCurrentWidget(self.gallery)
@@ -259,6 +276,7 @@ class MainWindow(QMainWindow):
         QMessageBox.about(self, "About Lumina Studio", (
             f"<b>Lumina Studio {__version__}</b><br>Lumina-Image 2.0 on your own machine.<br><br>"
             f"Engine: {engine}<br>Qt {qVersion()}, PySide6 {pyside_version}, Python {platform.python_version()}<br>"
+            f"{library_versions()}<br>"
             f"Data folder: {data_dir()}"))
 
     def apply_theme(self, theme: str) -> None:
@@ -297,16 +315,33 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event):  # noqa: N802
         if self.client.busy and self._ask_before_quitting:
-            answer = QMessageBox.question(self, "Quit Lumina Studio", "A generation is running. Stop it and quit?")
+            answer = QMessageBox.question(self, "Quit Lumina Studio", "A generation is running. Stop it and quit?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)  # Enter keeps working
             if answer != QMessageBox.Yes:
                 event.ignore()
                 return
         self.save_settings()
         self.client.stop()
-        self.gallery.loader.stop()
+        self.gallery.stop()
         if self.library is not None:
             self.library.close()
         event.accept()
+
+
+def library_versions() -> str:
+    """The engine's libraries, from their installed metadata: importing torch here would cost seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for label, names in (("PyTorch", ("torch",)), ("ONNX Runtime", ("onnxruntime-gpu", "onnxruntime")),
+                         ("diffusers", ("diffusers",)), ("transformers", ("transformers",))):
+        for name in names:
+            try:
+                found.append(f"{label} {version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return ", ".join(found)
 
 
 def apply_theme(app: QApplication, theme: str) -> None:

@@ -8,7 +8,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import LuminaError
-from core.models.registry import add_model, list_models, remove_model
+from core.models.registry import DEMO_NAME, add_model, available_models, remove_model
 from core.models.sources import describe_weights, resolve_source
 from core.storage import human_size
 
@@ -44,7 +44,7 @@ class ModelManager(QDialog):
         self.refresh()
 
     def refresh(self) -> None:
-        entries = list_models()
+        entries = available_models()  # the built-in demo first: it is there, it just cannot be removed
         self.table.setRowCount(len(entries))
         for row, entry in enumerate(entries):
             try:
@@ -96,6 +96,11 @@ class ModelManager(QDialog):
 
     def remove(self) -> None:
         row = self.table.currentRow()
-        if row >= 0:
-            remove_model(self.table.item(row, 0).text())
-            self.refresh()
+        if row < 0:
+            return
+        name = self.table.item(row, 0).text()
+        if name == DEMO_NAME:
+            self.status.setText("The built-in demo model cannot be removed; it takes no space of yours.")
+            return
+        remove_model(name)
+        self.refresh()

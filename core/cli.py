@@ -108,6 +108,7 @@ def run_generate(args) -> int:
     from tqdm import tqdm
 
     from .engine import Engine
+    from .library import Library
     from .metadata import check_writable
     from .models.registry import find_model
     from .sampling.cache import APP_PRESETS, CacheSettings
@@ -115,6 +116,7 @@ def run_generate(args) -> int:
 
     out_dir = Path(args.out).expanduser() if args.out else library_dir()
     check_writable(out_dir)
+    library = Library(out_dir) if out_dir.resolve() == library_dir().resolve() else None  # the Gallery sees them
     engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
                     low_vram=args.low_vram, backend=args.backend, on_export=export_progress())
     engine.load()
@@ -141,6 +143,8 @@ def run_generate(args) -> int:
 
     def on_image(result):
         bar.close()
+        if library is not None:
+            library.add(result.path)
         if args.json:
             settings = result.settings
             print(json.dumps({

@@ -157,6 +157,26 @@ class Library:
             self.db.execute(f"INSERT INTO images ({_COLUMNS}) VALUES ({_PLACES}) ON CONFLICT(name) DO NOTHING", row)
         return self.db.execute("SELECT id FROM images WHERE name = ?", (path.name,)).fetchone()["id"]
 
+    def sync(self) -> list[int]:
+        """Index the PNGs in the folder that the index does not know yet (made by another process, or while
+        the app was closed); returns their ids. Only new files are read, so this is cheap to call often."""
+        known = {r[0] for r in self.db.execute("SELECT name FROM images")}
+        added = []
+        for path in sorted(self.folder.glob("*.png")):
+            if path.name not in known and not path.name.startswith("."):
+                try:
+                    added.append(self.add(path))
+                except (MetadataError, OSError):
+                    continue  # not one of ours, or still being written: a rebuild lists it
+        return added
+
+    def ids_after(self, image_id: int) -> list[int]:
+        """Images indexed after `image_id` (by any process), oldest first."""
+        return [r[0] for r in self.db.execute("SELECT id FROM images WHERE id > ? ORDER BY id", (image_id,))]
+
+    def last_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
+
     def rebuild(self) -> tuple[int, list[tuple[str, str]]]:
         """Re-index every PNG in the folder and the trash. Returns (indexed, [(file, why it was skipped)]).
 

@@ -199,3 +199,15 @@ def test_cache_thresholds_above_the_presets_are_allowed_with_a_note(capsys, tiny
                            "--out", str(tmp_path))
     assert code == 0 and "above the presets" in err
     assert "higher values are allowed" in " ".join(_cli("generate", "--help").stdout.decode().split())
+
+
+def test_images_made_into_the_library_are_indexed(capsys, tiny_model, data_home):
+    from core.library import Library
+    from core.storage import library_dir
+
+    code, out, err = run_cli(capsys, "generate", "indexed at once", "--model", str(tiny_model), *SMALL,
+                             "--seed", str(2**64 - 1))
+    assert code == 0, err
+    library = Library(library_dir())
+    assert [(e.prompt, e.seed) for e in library.search()] == [("indexed at once", 2**64 - 1)]
+    library.close()

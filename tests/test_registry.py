@@ -93,3 +93,13 @@ def test_models_add_checks_the_weights_before_registering(tiny_model, tmp_path):
     good = tmp_path / "good.pth"
     torch.save(original_layout(weights), good)
     assert add_model(good, components=tiny_model)["kind"] == "single-file"
+
+
+def test_one_model_has_one_name(tiny_model, monkeypatch):
+    from core.models import registry
+
+    add_model(tiny_model, name="tiny")
+    with pytest.raises(ModelLoadError, match="already registered as 'tiny'"):
+        add_model(tiny_model, name="again")
+    monkeypatch.setattr(registry, "DEMO_FOLDER", tiny_model)
+    assert find_model(str(tiny_model)).name == "demo"  # the demo's folder by path is still "demo"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import sys
@@ -249,9 +250,13 @@ def launch(run: RunFolder, topology: Topology, precision: str, config: RunConfig
 
 
 def list_presets() -> int:
+    """Each preset with its whole opening comment (every line up to the first setting)."""
     for preset in sorted(PRESETS.glob("*.toml")):
-        first = next((line[1:].strip() for line in preset.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{preset}\n    {first}")
+        lines = preset.read_text(encoding="utf-8").splitlines()
+        comment = list(itertools.takewhile(lambda line: line.startswith("#"), lines))
+        print(preset)
+        for line in comment:
+            print(f"    {line[1:].strip()}")
     return 0
 
 

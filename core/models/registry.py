@@ -47,6 +47,12 @@ def add_model(path: str | Path, name: str | None = None, components: str | Path 
     source = resolve_source(path, components, name)
     if source.name == DEMO_NAME:
         raise ModelLoadError("'demo' is reserved for the built-in model; choose another name with --name.")
+    resolved = Path(path).expanduser().resolve()
+    if resolved == DEMO_FOLDER.resolve():
+        raise ModelLoadError("That is the built-in demo model; it is always available as 'demo'.")
+    same = [m["name"] for m in list_models() if Path(m["path"]) == resolved and m["name"] != source.name]
+    if same:  # one model, one name: the library's model filter would otherwise list it twice
+        raise ModelLoadError(f"{resolved} is already registered as '{same[0]}' (remove it first to rename it).")
     check_dit_weights(source)
     entry = {
         "name": source.name,
@@ -74,6 +80,8 @@ def find_model(spec: str | None, components: str | Path | None = None) -> ModelS
         return demo_source()
     looks_like_path = any(sep in spec for sep in ("/", "\\")) or spec.startswith(("~", "."))
     if looks_like_path or Path(spec).expanduser().exists():
+        if components is None and Path(spec).expanduser().resolve() == DEMO_FOLDER.resolve():
+            return demo_source()  # the same files keep one name, however they are named
         return resolve_source(spec, components)
     for entry in list_models():
         if entry["name"] == spec:

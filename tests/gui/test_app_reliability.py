@@ -192,3 +192,49 @@ def test_full_range_seeds_and_cache_thresholds_round_trip_through_the_form(qtbot
     assert values["steps"] == 18 and values["width"] == 1024  # refused values leave the widgets as they were
     panel.use_seed(2**64 - 1)
     assert panel.form_values()["seed"] == 2**64 - 1
+
+
+def test_gallery_picks_up_cli_images_keeps_selection_and_stars_in_place(window, qtbot, tiny_model):
+    for prompt in ("first", "second"):
+        generate(window, qtbot, prompt)
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
+    gallery = window.gallery
+    gallery.select_row(1)
+    selected = gallery.selected()[0]
+    gallery.toggle_favourite()
+    assert gallery.selected() and gallery.selected()[0].id == selected.id and gallery.selected()[0].favourite
+    assert gallery.star_button.text() == "☆ Unstar" and "★ yes" in gallery.details.toPlainText()
+    resets = []
+    gallery.model.modelReset.connect(lambda: resets.append(1))
+    out = subprocess.run([sys.executable, "-m", "core.cli", "generate", "from the command line", "--model",
+                          str(tiny_model), "--width", "64", "--height", "48", "--steps", "2"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert out.returncode == 0, out.stderr
+    qtbot.waitUntil(lambda: gallery.model.rowCount() == 3, timeout=20_000)
+    assert gallery.model.entries[0].prompt == "from the command line" and not resets
+    assert gallery.selected()[0].id == selected.id  # the selection followed its image
+
+
+def test_ctrl_z_in_the_search_field_undoes_a_delete(window, qtbot):
+    from PySide6.QtCore import Qt
+
+    generate(window, qtbot, "to delete")
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=30_000)
+    window.tabs.setCurrentWidget(window.gallery)
+    window.gallery.select_row(0)
+    window.gallery.delete_selected()
+    window.gallery.search.setFocus()
+    qtbot.keyClick(window.gallery.search, Qt.Key_Z, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=5_000)
+
+
+def test_quitting_during_a_job_defaults_to_no(window, qtbot, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args) or args[-1])
+    generate(window, qtbot, "long", steps=300, width=64, height=64)
+    qtbot.waitUntil(lambda: window.client.worker.current is not None, timeout=60_000)
+    assert not window.close() and asked[0][-1] == QMessageBox.No
