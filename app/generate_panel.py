@@ -298,6 +298,8 @@ class GeneratePanel(QWidget):
 
     def _on_image(self, event) -> None:
         r = event.data
+        if "path" not in r:  # a result that is not an image (a backend measurement)
+            return
         pixmap = QPixmap(r["path"])
         if not pixmap.isNull():
             self.view.show_pixmap(pixmap)

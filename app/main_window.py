@@ -40,6 +40,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Lumina Studio")
         self.device = device
         self._ask_before_quitting = True
+        self._measure_wanted, self._measure_job, self._switch_when_idle = False, None, False
         setup_logging()
         self.settings = settings_store()
         self.client = WorkerClient(SERVICE, "lumina-engine", self)
@@ -131,7 +132,8 @@ class MainWindow(QMainWindow):
         self.client.load_error.connect(
             lambda message: self.show_banner(f"The model could not be loaded: {message}{self._log_hint()}", True))
         self.client.crashed.connect(lambda message: self.show_banner(message + self._log_hint(), True))
-        self.client.result.connect(lambda event: self.gallery.add_image(event.data["path"]))
+        self.client.result.connect(self._result)
+        self.client.finished.connect(self._job_finished)
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class MainWindow(QMainWindow):
 
     def _engine_ready(self, event: dict) -> None:
         run = event["run"]
+        self._measure_job = None
+        self._measure_wanted = event.get("backend_measured") is False  # auto, never measured: after an image
         self.show_banner("")
         name = event["model"]["name"]
         if self.settings.value("size_for_model") != name:  # a new model starts at its own size and sampling
@@ -169,6 +173,27 @@ class MainWindow(QMainWindow):
         self.generate.ask_token_count()
         self.statusBar().showMessage(
             f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
+
+    def _result(self, event) -> None:
+        if "path" in event.data:
+            self.gallery.add_image(event.data["path"])
+        elif "backend_choice" in event.data:
+            faster, now = event.data["backend_choice"], self.client.info.get("run", {}).get("backend")
+            self.statusBar().showMessage(f"Measured for --backend auto: {faster} is faster here"
+                                         + ("; switching to it" if faster != now else "; staying on it"), 10_000)
+            if faster != now:
+                self._switch_when_idle = True
+
+    def _job_finished(self, job_id: int, outcome: str, message: str) -> None:
+        """After the first image of a never-measured auto backend, measure both once, in the queue; switch to
+        the faster only when nothing waits."""
+        if self._measure_wanted and outcome == "done" and not self.client.busy:
+            self._measure_wanted = False
+            self._measure_job = self.client.submit({"kind": "measure_backends"},
+                                                   "Measuring PyTorch against ONNX Runtime (once, for auto)")
+        elif job_id == self._measure_job and self._switch_when_idle and not self.client.busy:
+            self._switch_when_idle = False
+            self.start_engine()
 
     def _use_settings(self, settings: dict) -> None:
         self.generate.apply_values(settings)

@@ -43,6 +43,7 @@ from .sampling.solvers import make_solver
 from .storage import human_size
 
 StepCallback = Callable[[int, StepInfo], None]  # (image index, step info)
+PREVIEW_DECODE_PIXELS = 256 * 256  # up to this size a live preview is a real VAE decode
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Engine:
         dtype: str = "auto",
         low_vram: str = "auto",
         backend: str = "torch",
+        measure_backends: bool = True,
         batch_cfg: bool | None = None,
         on_export: Callable[[int, str | None], None] | None = None,
     ):
@@ -73,6 +75,8 @@ class Engine:
             raise RequestError(f"Unknown backend '{backend}': use torch, onnx or auto.")
         self.source = source
         self.backend = backend
+        self._measure_at_load = measure_backends  # False: "auto" without a measurement yet starts on torch
+        self.backend_measured = backend != "auto"
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if backend != "torch" and self.device.type == "cpu" and self.dtype != torch.float32:
@@ -136,17 +140,31 @@ class Engine:
             )
 
     def _faster_backend(self) -> str:
-        """The backend measured faster here for this model (measured at first use, then remembered)."""
-        key = choice.choice_key(self.hash, self.device, dtype_name(self.dtype))
-        known = choice.remembered(key)
+        """The backend measured faster here for this model (measured at first use, then remembered).
+
+        Without a measurement yet and `measure_backends=False` (the app), PyTorch now: the app measures
+        later, when the queue is idle, so the first image never waits for an ONNX export."""
+        known = choice.remembered(self._choice_key())
+        self.backend_measured = known is not None
         if known:
             return known
+        if not self._measure_at_load:
+            return "torch"
+        return self.measure_backends()
+
+    def _choice_key(self) -> str:
+        return choice.choice_key(self.hash, self.device, dtype_name(self.dtype))
+
+    def measure_backends(self) -> str:
+        """Time both backends here for this model (exporting ONNX graphs if needed); remember the faster."""
+        key = self._choice_key()
         dit = loader.load_dit(self.source, self.dtype, self.device)
         timings = {"torch": choice.seconds_per_pass(TorchStages(dit), dit.config, self.device)}
         del dit
         folder = self._onnx_graphs()
         config = self._onnx_config(folder)
         timings["onnx"] = choice.seconds_per_pass(OrtStages(folder, config, self.device), config, self.device)
+        self.backend_measured = True
         return choice.remember(key, timings)
 
     @staticmethod
@@ -298,11 +316,16 @@ class Engine:
             return loader.decode_latent(self.vae, latent)
 
     def preview(self, info: StepInfo) -> np.ndarray:
-        """A small RGB preview (latent resolution) of the current estimate of the image."""
+        """An RGB preview of the current estimate of the image. Small images are decoded by the VAE itself
+        (a 64x64 one costs ~15 ms on a CPU), so the preview looks like the result; larger ones get the cheap
+        linear map at latent resolution (one small matrix product per step)."""
+        latent = info.denoised
+        if latent.shape[-2] * latent.shape[-1] * 64 <= PREVIEW_DECODE_PIXELS:
+            return (self.decode(latent) * 255).round().astype(np.uint8)
         if self._previewer is None:
             with self.placement.use(self.vae):
                 self._previewer = LatentPreviewer.fit(self.vae)
-        return self._previewer(info.denoised)
+        return self._previewer(latent)
 
 
 def sample_latent(denoiser: StagedDenoiser, req: GenerationRequest, seed: int, channels: int, device: torch.device,

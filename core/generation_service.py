@@ -1,6 +1,7 @@
 """Generation as a job-worker service: the DiT engine loaded once in the worker child.
 
-Job payload: {"request": GenerationRequest fields, "out_dir": folder}. Reports PROGRESS (with "image" and
+Job payload: {"request": GenerationRequest fields, "out_dir": folder}, or {"kind": "measure_backends"}
+(time both backends for `--backend auto` and remember the faster: RESULT {"backend_choice"}). Reports PROGRESS (with "image" and
 "count"), PREVIEW ({"image", "width", "height", "rgb": bytes}) and one RESULT per saved image ({"image",
 "path", "settings", "evaluations"}). Query {"kind": "count_tokens", "prompt", "system_prompt"} answers
 {"count", "limit"} from the tokenizer alone, while a job runs.
@@ -35,14 +36,20 @@ class GenerationService(Service):
 
         options = self.options
         self.engine = Engine(find_model(options.model, options.components), device=options.device,
-                             dtype=options.dtype, low_vram=options.low_vram, backend=options.backend)
+                             dtype=options.dtype, low_vram=options.low_vram, backend=options.backend,
+                             measure_backends=False)
         self.engine.load()
         return {"model": self.engine.model_info, "run": self.engine.run_info,
+                "backend_measured": self.engine.backend_measured,
                 "default_size": self.engine.config.sample_size * 8,
                 "sampling_defaults": default_settings("official", self.engine.sampling_defaults)}
 
     def run(self, job: Job, report: Reporter) -> None:
         from .request import GenerationRequest
+
+        if job.payload.get("kind") == "measure_backends":
+            report.emit(EventType.RESULT, backend_choice=self.engine.measure_backends())
+            return
 
         request = GenerationRequest(**job.payload["request"])
 

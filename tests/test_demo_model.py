@@ -81,3 +81,22 @@ def test_it_follows_prompts_from_its_world(demo_engine):
     assert report.single["colour_and_shape"] >= SINGLE_COLOUR_AND_SHAPE_FLOOR
     assert report.single["position"] >= SINGLE_POSITION_FLOOR
     assert report.pair["all"] >= PAIR_FLOOR
+
+
+def test_the_last_live_preview_looks_like_the_saved_image(tmp_path):
+    """Previews are the VAE's own decode at the demo's size: the last one is within 10/255 of the result."""
+    import numpy as np
+    from PIL import Image
+
+    from core.engine import Engine
+    from core.models.registry import demo_source
+    from core.request import GenerationRequest
+
+    engine = Engine(demo_source(), device="cpu")
+    previews = []
+    result = engine.generate(GenerationRequest("a red circle in the centre, white background", seed=3),
+                             out_dir=tmp_path, on_step=lambda i, info: previews.append(engine.preview(info)))[0]
+    saved = np.asarray(Image.open(result.path).convert("RGB"), dtype=np.float32)
+    assert previews[-1].shape == saved.shape
+    difference = np.abs(previews[-1].astype(np.float32) - saved).mean()
+    assert difference < 10, difference

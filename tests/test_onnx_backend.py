@@ -93,3 +93,20 @@ def test_auto_backend_measures_once_and_remembers(tiny_model, onnx_engine, onnx_
     second.load()
     assert second.backend == first.backend and len(calls) == 2
     assert second.generate(GenerationRequest("a cat", width=64, height=64, steps=2, seed=1))[0].image.size == (64, 64)
+
+
+def test_the_apps_auto_backend_starts_on_torch_at_once_and_measures_on_request(tiny_model, data_home, monkeypatch):
+    from core.backends import choice
+
+    calls = []
+    original = choice.seconds_per_pass
+    monkeypatch.setattr(choice, "seconds_per_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    engine = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
+    engine.load()
+    assert engine.backend == "torch" and not engine.backend_measured and calls == []
+    assert not (data_home / "cache" / "onnx").exists()  # no export before the first image
+    best = engine.measure_backends()
+    assert best in ("torch", "onnx") and engine.backend_measured and len(calls) == 2
+    again = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
+    again.load()
+    assert again.backend == best and again.backend_measured

@@ -38,7 +38,9 @@ def test_unknown_names_and_the_demo(tiny_model, tmp_path, monkeypatch):
     assert registry.available_models() == []
     monkeypatch.setattr(registry, "DEMO_FOLDER", tiny_model)  # an installed demo: the default model
     assert find_model(None).name == "demo" and find_model("demo").components == tiny_model
-    add_model(tiny_model, name="mine")
+    import shutil
+
+    add_model(shutil.copytree(tiny_model, tmp_path / "mine"), name="mine")
     assert [m["name"] for m in registry.available_models()] == ["demo", "mine"]
 
 
