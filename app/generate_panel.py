@@ -18,6 +18,8 @@ from core.metadata import read_settings
 from core.prompts import SYSTEM_PROMPTS
 from core.request import MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
+from core.models.registry import DEMO_NAME
+from core.scenes.world import known_words, prompt_words
 from core.sizes import trained_sizes
 from core.storage import library_dir
 
@@ -265,12 +267,21 @@ class GeneratePanel(QWidget):
         if answer["request"] != self._token_request or "count" not in answer:
             return
         count, limit = answer["count"], answer["limit"]
+        unknown = self._unknown_to_demo()
         if count > limit:
             self.tokens.setText(f"{count} / {limit} tokens — the end of the prompt will be cut off")
-            self.tokens.setStyleSheet("color: #c0392b;")
+        elif unknown:
+            self.tokens.setText(f"{count} / {limit} tokens. The demo model knows only its world's words (colours, "
+                                f"shapes, places, backgrounds); it does not know: {', '.join(unknown[:8])}")
         else:
             self.tokens.setText(f"{count} / {limit} tokens (system prompt included)")
-            self.tokens.setStyleSheet("")
+        self.tokens.setStyleSheet("color: #c0392b;" if count > limit or unknown else "")
+
+    def _unknown_to_demo(self) -> list[str]:
+        if self.client.info.get("model", {}).get("name") != DEMO_NAME:
+            return []
+        known = known_words()
+        return list(dict.fromkeys(w for w in prompt_words(self.prompt.toPlainText()) if w not in known))
 
     def _on_started(self, job_id: int) -> None:
         self.parameters.setText(f"Generating job #{job_id}…")

@@ -8,7 +8,9 @@ Everything is a pure function of the seed.
 
 from __future__ import annotations
 
+import functools
 import random
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -164,6 +166,16 @@ def vocabulary_corpus() -> list[str]:
     """Every word the captions use, in sentences (for training a tokenizer that covers the world)."""
     rng = random.Random(0)
     return [random_scene(rng).caption for _ in range(3000)]
+
+
+@functools.cache
+def known_words() -> frozenset[str]:
+    """The words the demo model was trained on (lower case); a prompt's other words mean nothing to it."""
+    return frozenset(word for caption in vocabulary_corpus() for word in prompt_words(caption))
+
+
+def prompt_words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
 
 
 def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_progress=None) -> int:

@@ -238,3 +238,16 @@ def test_quitting_during_a_job_defaults_to_no(window, qtbot, monkeypatch):
     generate(window, qtbot, "long", steps=300, width=64, height=64)
     qtbot.waitUntil(lambda: window.client.worker.current is not None, timeout=60_000)
     assert not window.close() and asked[0][-1] == QMessageBox.No
+
+
+def test_the_demo_model_warns_about_words_it_does_not_know(qtbot, data_home):
+    from app.main_window import MainWindow
+
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
+    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+    win.generate.prompt.setPlainText("a lighthouse at sunset, red circle")
+    qtbot.waitUntil(lambda: "does not know: lighthouse, sunset" in win.generate.tokens.text(), timeout=10_000)
+    win.generate.prompt.setPlainText("a red circle on the left, white background")
+    qtbot.waitUntil(lambda: "does not know" not in win.generate.tokens.text()
+                    and "tokens" in win.generate.tokens.text(), timeout=10_000)
