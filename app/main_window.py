@@ -179,8 +179,9 @@ class MainWindow(QMainWindow):
             self.gallery.add_image(event.data["path"])
         elif "backend_choice" in event.data:
             faster, now = event.data["backend_choice"], self.client.info.get("run", {}).get("backend")
-            self.statusBar().showMessage(f"Measured for --backend auto: {faster} is faster here"
-                                         + ("; switching to it" if faster != now else "; staying on it"), 10_000)
+            names = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+            self.statusBar().showMessage(f"Backend auto: {names.get(faster, faster)} measured faster here"
+                                         + ("; switching to it" if faster != now else ""), 10_000)
             if faster != now:
                 self._switch_when_idle = True
 

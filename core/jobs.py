@@ -31,6 +31,7 @@ from enum import Enum
 
 log = logging.getLogger("lumina.jobs")
 _job_ids = itertools.count(1)  # one counter for the whole process: ids never repeat while the app runs
+_request_ids = itertools.count(1)  # queries count apart, so job numbers go 1, 2, 3 however often one asks
 
 
 class EventType(str, Enum):
@@ -257,7 +258,7 @@ class JobWorker:
 
     def ask(self, query: dict) -> int:
         """A small query answered while jobs run; the answer arrives as an ANSWER event with this id."""
-        request = next(_job_ids)
+        request = next(_request_ids)
         self._queries.put({**query, "request": request})
         return request
 

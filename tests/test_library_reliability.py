@@ -74,23 +74,30 @@ def test_favourites_survive_losing_the_index(library):
     fresh.close()
 
 
-@pytest.mark.parametrize("damage", ["middle", "header"])
-def test_a_damaged_index_is_moved_aside_and_rebuilt(tmp_path, damage):
-    lib = Library(tmp_path / "library")
-    for i in range(300):  # enough rows for the index to span many pages
+def damaged_library(folder: Path, damage: str, images: int = 300, favourite_seed: int = 7) -> bytes:
+    """A library of `images` PNGs (one a favourite) whose index then gets 8 KB of garbage over its header or
+    its middle; returns the damaged index's bytes."""
+    lib = Library(folder)
+    for i in range(images):  # enough rows for the index to span many pages
         lib.add(make_png(lib.folder, f"img{i}", f"prompt number {i} " + "words " * 20, seed=i))
-    lib.set_favourite(next(e.id for e in lib.search(limit=-1) if e.seed == 7), True)
+    lib.set_favourite(next(e.id for e in lib.search(limit=-1) if e.seed == favourite_seed), True)
     lib.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     lib.close()
-    index = lib.folder / INDEX
+    index = folder / INDEX
     blob = bytearray(index.read_bytes())
     at = 0 if damage == "header" else len(blob) // 2
     blob[at:at + 8192] = os.urandom(8192)
     index.write_bytes(bytes(blob))
+    return bytes(blob)
 
-    opened = Library(lib.folder)
+
+@pytest.mark.parametrize("damage", ["middle", "header"])
+def test_a_damaged_index_is_moved_aside_and_rebuilt(tmp_path, damage):
+    folder = tmp_path / "library"
+    blob = damaged_library(folder, damage)
+    opened = Library(folder)
     assert opened.recovered is not None and opened.recovered.exists() and opened.needs_rebuild
-    assert opened.recovered.read_bytes() == bytes(blob)  # kept, not deleted
+    assert opened.recovered.read_bytes() == blob  # kept, not deleted
     indexed, skipped = opened.rebuild()
     assert (indexed, skipped) == (300, []) and not opened.needs_rebuild
     assert [e.seed for e in opened.search(favourites_only=True)] == [7]

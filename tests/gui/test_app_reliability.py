@@ -10,35 +10,21 @@ from pathlib import Path
 import pytest
 from app_helpers import generate, wait_idle
 
-from core.library import INDEX, Library
+from core.library import INDEX
 from core.storage import library_dir
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from hostile_pngs import hostile_files, png_with_text  # noqa: E402
-from test_library import make_png  # noqa: E402
+from test_library_reliability import damaged_library  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def _damaged_library(damage: str) -> None:
-    lib = Library(library_dir())
-    for i in range(200):
-        lib.add(make_png(lib.folder, f"img{i}", f"picture {i} " + "word " * 20, seed=i))
-    lib.set_favourite(lib.search(limit=1)[0].id, True)
-    lib.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    lib.close()
-    index = lib.folder / INDEX
-    blob = bytearray(index.read_bytes())
-    at = 0 if damage == "header" else len(blob) // 2
-    blob[at:at + 8192] = os.urandom(8192)
-    index.write_bytes(bytes(blob))
 
 
 @pytest.mark.parametrize("damage", ["middle", "header"])
 def test_the_app_starts_on_a_damaged_library_and_rebuilds_it(qtbot, home, damage):
     from app.main_window import MainWindow
 
-    _damaged_library(damage)
+    damaged_library(library_dir(), damage, images=200)
     win = MainWindow(device="cpu")
     qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     win.show()
