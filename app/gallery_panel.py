@@ -351,7 +351,7 @@ class GalleryPanel(QWidget):
 
     def pick_up_new_files(self) -> None:
         """Show images another process (the command line) wrote into the library folder, indexed or not."""
-        if self.library is not None:
+        if self.library is not None and not self.library.needs_rebuild:  # a rebuild reads every file anyway
             self.library.sync()
             self.show_new(self.library.ids_after(self._shown_up_to))
 

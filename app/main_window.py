@@ -110,7 +110,6 @@ class MainWindow(QMainWindow):
             item = action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
             item.setCheckable(True)
             item.setChecked(theme == current)
-            item.setData(theme)
             self.theme_actions.addAction(item)
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "Open &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_folder()))))
@@ -251,6 +250,7 @@ class MainWindow(QMainWindow):
 
     def _library_recovered(self, result) -> None:
         indexed, skipped = result
+        self.library.needs_rebuild = False  # rebuilt through another connection to the same index
         where = f" The damaged index is kept as {self.library.recovered}." if self.library.recovered else ""
         self.show_notice(f"The library was rebuilt from its files: {indexed} image(s), {len(skipped)} file(s) "
                          f"skipped.{where}", error=False)

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from core.devices import Placement, resolve_device, resolve_dtype
 from core.errors import Cancelled, DeviceError, RequestError
@@ -87,7 +88,13 @@ def test_previews_every_step(engine):
     )
     assert [p[0] for p in previews] == [1, 2, 3, 4]
     assert previews[-1][2] == 0.0
-    assert all(p[3].shape == (6, 8, 3) and p[3].dtype == np.uint8 for p in previews)
+    # Small images are previewed by the VAE's own decode, at full size ...
+    assert all(p[3].shape == (48, 64, 3) and p[3].dtype == np.uint8 for p in previews)
+    # ... larger ones by the cheap linear map, at latent resolution.
+    from core.sampling.sampler import StepInfo
+
+    large = torch.randn(1, engine.config.in_channels, 40, 40)
+    assert engine.preview(StepInfo(1, 2, 0.5, 0.1, large, large)).shape == (40, 40, 3)
 
 
 def test_prompt_template_cache_and_truncation(engine):
