@@ -331,8 +331,8 @@ class GalleryPanel(QWidget):
         self.model_filter.blockSignals(True)
         self.model_filter.clear()
         self.model_filter.addItem("All models", None)
-        for name in self.library.models():
-            self.model_filter.addItem(name, name)
+        for key, name in self.library.models():  # one entry per model identity (its weights' hash)
+            self.model_filter.addItem(name, key)
         self.model_filter.setCurrentIndex(max(0, self.model_filter.findData(current_model)))
         self.model_filter.blockSignals(False)
 
@@ -370,7 +370,7 @@ class GalleryPanel(QWidget):
         if anchor.isValid():
             self.grid.scrollTo(self.model.index(anchor.row() + len(fresh)), QAbstractItemView.PositionAtTop)
         self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
-        if any(e.model and self.model_filter.findData(e.model) < 0 for e in fresh):
+        if any((e.model or e.model_hash) and self.model_filter.findData(e.model_key) < 0 for e in fresh):
             self._fill_model_filter()
 
     def select_all(self) -> None:

@@ -24,7 +24,8 @@ from .errors import LuminaError, MetadataError
 from .metadata import read_settings
 from .storage import read_json, write_atomic, write_json_atomic, write_text_atomic
 
-SCHEMA_VERSION = 2  # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1)
+# 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY,
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS images (
     prompt TEXT NOT NULL DEFAULT '',
     negative_prompt TEXT NOT NULL DEFAULT '',
     model TEXT NOT NULL DEFAULT '',
+    model_hash TEXT NOT NULL DEFAULT '',  -- sha256 of the DiT weights ('' when the image does not say)
     seed TEXT,                          -- decimal digits
     width INTEGER,
     height INTEGER,
@@ -68,6 +70,7 @@ class Entry:
     prompt: str
     negative_prompt: str
     model: str
+    model_hash: str
     seed: int | None
     width: int | None
     height: int | None
@@ -78,6 +81,11 @@ class Entry:
     @property
     def settings(self) -> dict:
         return json.loads(self.settings_json)
+
+    @property
+    def model_key(self) -> str:
+        """The model's identity for filtering: its hash, or its name when the image records no hash."""
+        return self.model_hash or f"name:{self.model}"
 
 
 @dataclass
@@ -243,8 +251,13 @@ class Library:
     def count(self, trashed: bool = False) -> int:
         return self.count_matching(trashed=trashed)
 
-    def models(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM images WHERE model != '' ORDER BY model")]
+    def models(self) -> list[tuple[str, str]]:
+        """(model key, name) per model, one entry per identity: images of the same weights under other names
+        (a folder renamed, "demo" and "demo-model") count as one model, shown by its newest name."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            f"SELECT key, model FROM (SELECT {_MODEL_KEY} AS key, model, ROW_NUMBER() OVER (PARTITION BY "
+            f"{_MODEL_KEY} ORDER BY created DESC, id DESC) AS newest FROM images WHERE model != '' OR "
+            "model_hash != '') WHERE newest = 1 ORDER BY model")]
 
     def get(self, image_id: int) -> Entry:
         row = self.db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -256,7 +269,7 @@ class Library:
         folder = self.folder / TRASH if row["trashed"] is not None else self.folder
         return Entry(
             id=row["id"], path=folder / row["name"], prompt=row["prompt"], negative_prompt=row["negative_prompt"],
-            model=row["model"], seed=None if row["seed"] is None else int(row["seed"]), width=row["width"], height=row["height"], created=row["created"],
+            model=row["model"], model_hash=row["model_hash"], seed=None if row["seed"] is None else int(row["seed"]), width=row["width"], height=row["height"], created=row["created"],
             favourite=bool(row["favourite"]), settings_json=row["settings"],
         )
 
@@ -350,9 +363,10 @@ class Library:
         return target
 
 
-_COLUMN_NAMES = ("name", "prompt", "negative_prompt", "model", "seed", "width", "height", "created", "trashed",
+_COLUMN_NAMES = ("name", "prompt", "negative_prompt", "model", "model_hash", "seed", "width", "height", "created", "trashed",
                  "favourite", "settings")
 _COLUMNS = ", ".join(_COLUMN_NAMES)
+_MODEL_KEY = "(CASE WHEN model_hash != '' THEN model_hash ELSE 'name:' || model END)"
 _PLACES = ", ".join("?" * len(_COLUMN_NAMES))
 
 
@@ -361,7 +375,7 @@ def _row(path: Path, trashed: float | None, favourite: bool = False) -> tuple:
     settings = read_settings(path)
     seed = settings.get("seed")
     return (path.name, settings.get("prompt", ""), settings.get("negative_prompt", ""), settings.get("model") or "",
-            None if seed is None else str(seed), settings.get("width"), settings.get("height"), path.stat().st_mtime,
+            settings.get("model_hash") or "", None if seed is None else str(seed), settings.get("width"), settings.get("height"), path.stat().st_mtime,
             trashed, int(favourite), json.dumps(settings))
 
 
@@ -370,8 +384,8 @@ def _filters(text, model, favourites_only, since, until, trashed) -> tuple[str, 
     if text.strip():
         where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
         args.append(fts_query(text))
-    if model:
-        where.append("model = ?")
+    if model:  # a key from models()
+        where.append(f"{_MODEL_KEY} = ?")
         args.append(model)
     if favourites_only:
         where.append("favourite = 1")

@@ -144,8 +144,9 @@ def read_settings(path: str | Path) -> dict:
             record = _json_object(text[key])
             settings = _json_object_of(record.get("settings"))
             model = record.get("model")
-            settings = {**settings, "source": "lumina-studio",
-                        "model": model.get("name") if isinstance(model, dict) else None}
+            model = model if isinstance(model, dict) else {}
+            settings = {**settings, "source": "lumina-studio", "model": model.get("name"),
+                        "model_hash": model.get("hash") or None}
         elif key == "parameters":
             settings = parse_a1111(text[key])
         elif key == "invokeai_metadata":

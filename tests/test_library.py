@@ -1,5 +1,6 @@
 """The library index: search, favourites, trash with undo, rebuild from files, export."""
 
+import hashlib
 import json
 import zipfile
 
@@ -11,9 +12,10 @@ from core.library import Library, fts_query, safe_name
 from core.request import GenerationRequest
 
 
-def make_png(folder, stem, prompt, seed, model="tiny", negative=""):
+def make_png(folder, stem, prompt, seed, model="tiny", negative="", model_hash=None):
     settings = {**GenerationRequest(prompt, negative_prompt=negative).with_defaults().to_dict(), "seed": seed}
-    record = {"format": metadata.FORMAT, "settings": settings, "model": {"name": model, "hash": "ab" * 32}}
+    model_hash = model_hash or hashlib.sha256(model.encode()).hexdigest()  # by default each name its own weights
+    record = {"format": metadata.FORMAT, "settings": settings, "model": {"name": model, "hash": model_hash}}
     info = metadata.png_info(metadata.a1111_parameters(settings, record["model"]), record)
     return metadata.write_png(Image.new("RGB", (32, 16), "blue"), folder, stem, info)
 
@@ -35,8 +37,9 @@ def test_search_newest_first_and_filters(library):
     assert [e.seed for e in library.search("light")] == [1]  # prefix match
     assert [e.seed for e in library.search("münchen")] == [2]  # Unicode, case-folded
     assert [e.seed for e in library.search('fox" (snow*')] == [0]  # punctuation cannot break the query
-    assert [e.seed for e in library.search(model="other")] == [3, 1]
-    assert library.models() == ["other", "tiny"]
+    keys = dict((name, key) for key, name in library.models())
+    assert sorted(keys) == ["other", "tiny"]
+    assert [e.seed for e in library.search(model=keys["other"])] == [3, 1]
     library.set_favourite(library.search("barn")[0].id, True)
     assert [e.seed for e in library.search(favourites_only=True)] == [3]
 
@@ -97,3 +100,15 @@ def test_unusable_folder_is_a_clear_error(tmp_path):
 
     with pytest.raises(LuminaError, match="cannot be used"):
         Library(blocker / "library")
+
+
+def test_one_model_under_two_names_is_one_filter_entry(tmp_path):
+    lib = Library(tmp_path / "library")
+    same = "cd" * 32
+    lib.add(make_png(lib.folder, "a", "older", seed=1, model="demo-model", model_hash=same))
+    lib.add(make_png(lib.folder, "b", "newer", seed=2, model="demo", model_hash=same))
+    lib.add(make_png(lib.folder, "c", "other weights", seed=3, model="demo", model_hash="ef" * 32))
+    models = lib.models()
+    assert sorted(key for key, _ in models) == sorted([same, "ef" * 32])
+    assert [e.prompt for e in lib.search(model=same)] == ["newer", "older"]
+    lib.close()
