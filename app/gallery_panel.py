@@ -282,7 +282,7 @@ class GalleryPanel(QWidget):
         self.detail_image = ImageView("Select an image")
         self.details = QTextBrowser()
         actions = QHBoxLayout()
-        self.buttons = {}
+        buttons = {}
         for label, slot, tip in (
             ("★ Star", self.toggle_favourite, "Mark or unmark as favourite"),
             ("Use settings", self._use_settings, "Copy every setting to the Generate panel"),
@@ -294,8 +294,8 @@ class GalleryPanel(QWidget):
             button.setToolTip(tip)
             button.clicked.connect(slot)
             actions.addWidget(button)
-            self.buttons[label] = button
-        self.star_button = self.buttons["★ Star"]
+            buttons[label] = button
+        self.star_button = buttons["★ Star"]
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.addWidget(self.detail_image, 1)

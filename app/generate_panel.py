@@ -33,7 +33,6 @@ CUSTOM_SIZE = "Custom"
 
 
 class GeneratePanel(QWidget):
-    job_submitted = Signal(int)  # a validated request went into the queue as this job
     model_manager_requested = Signal()
     model_changed = Signal(str)
     backend_changed = Signal(str)
@@ -252,7 +251,6 @@ class GeneratePanel(QWidget):
             self.message.setText("No model is loaded: choose one with File → Models….")
             return
         self.message.setText("")
-        self.job_submitted.emit(job)
         if values["seed_mode"] == "increment":
             self.seed.setValue(min(self.seed.value() + values["count"], self.seed.maximum()))
 

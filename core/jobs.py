@@ -195,9 +195,6 @@ class JobWorker:
         self._process.start()
         self.ready = False
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import MetadataError
 from core.metadata import parse_a1111, read_settings
-from core.request import GenerationRequest
+from core.request import GenerationRequest, request_fields
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile_pngs import HOSTILE_NAMES, hostile_files, png_with_raw_chunk, png_with_text  # noqa: E402
@@ -103,5 +103,5 @@ def test_fuzz_read_settings_only_raises_metadata_error_and_stays_fast(tmp_path):
         finally:
             elapsed = time.perf_counter() - start
             assert elapsed < 0.05 + 2e-6 * len(value), (key, len(value), elapsed)
-        request_keys = {k: v for k, v in settings.items() if k in GenerationRequest.__dataclass_fields__}
+        request_keys = {k: v for k, v in settings.items() if k in request_fields()}
         GenerationRequest(**{"prompt": "", **request_keys}).validate()  # whatever comes out is usable
