@@ -65,6 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="graph precision (auto: fp32 for the CPU, bf16 for CUDA)")
 
+    cap = commands.add_parser("caption", help="caption a folder of images with a local model or server")
+    cap.add_argument("folder", help="the images' folder; captions go to a .txt beside each image")
+    source = cap.add_mutually_exclusive_group()
+    source.add_argument("--model", help="a transformers model folder (LLaVA/JoyCaption, Qwen2/2.5/3-VL, BLIP, "
+                                        "BLIP-2, Florence-2); default: the built-in demo captioner")
+    source.add_argument("--server", help="an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1")
+    cap.add_argument("--server-model", help="the server's model id (default: the first it lists)")
+    cap.add_argument("--api-key", default=os.environ.get("LUMINA_STUDIO_API_KEY"),
+                     help="the server's API key, if it wants one (default: $LUMINA_STUDIO_API_KEY)")
+    cap.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (--server)")
+    cap.add_argument("--style", default="detailed",
+                     help="detailed, medium, short, tags; several comma-separated write one line each")
+    cap.add_argument("--prompt", default="", help="a custom question instead of the styles; may use {name}, "
+                                                  "{folder}, {caption}")
+    cap.add_argument("--system", default="", help="a system prompt instead of the styles' own")
+    cap.add_argument("--prefix", default="", help="text put before each caption")
+    cap.add_argument("--suffix", default="", help="text put after each caption")
+    cap.add_argument("--mode", default="skip", choices=("skip", "overwrite", "append"),
+                     help="skip images with a caption (default), overwrite it, or append new lines")
+    cap.add_argument("--batch", type=int, default=8, help="images per model call (halved on out-of-memory)")
+    cap.add_argument("--max-tokens", type=int, help="new tokens per caption (default: the model's, else 512)")
+    cap.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
+    cap.add_argument("--recursive", action="store_true", help="include sub-folders")
+    cap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    cap.add_argument("--gpus", type=int, default=1, help="one process per GPU (through accelerate), each "
+                                                         "captioning its share of the images")
+    cap.add_argument("--lumina-model", help="whose tokenizer measures caption length (default: the demo model)")
+    cap.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+
     # Training lives in trainer/ (a layer above core); its own parser reads these arguments.
     commands.add_parser("train", help="fine-tune in stages from a config (see: train --help)", add_help=False)
 
@@ -255,15 +285,56 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def run_caption(args) -> int:
+    from .captioning.job import CaptionRun, CaptionSettings, check_folder
+    from .captioning.service import CaptionerOptions, open_captioner
+    from .captioning.tokens import lumina_token_counter
+    from .captioning.workers import launch_shards, this_share
+
+    settings = CaptionSettings(folder=args.folder, styles=[s.strip() for s in args.style.split(",") if s.strip()],
+                               custom_prompt=args.prompt, system_prompt=args.system, prefix=args.prefix,
+                               suffix=args.suffix, mode=args.mode, recursive=args.recursive, batch=args.batch,
+                               max_tokens=args.max_tokens, sampling={"do_sample": False} if args.greedy else None)
+    settings.check()  # fail fast, before a model loads
+    check_folder(Path(args.folder).expanduser())
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_shards(args.gpus, args.argv, args.device)
+    share, rank, device = this_share(args.device)
+    from tqdm import tqdm
+
+    options = CaptionerOptions(model=args.model, server=args.server, server_model=args.server_model,
+                               api_key=args.api_key, concurrency=args.concurrency, device=device, dtype=args.dtype)
+    captioner = open_captioner(options)
+    run = CaptionRun(settings, captioner, lumina_token_counter(args.lumina_model))
+    bar = tqdm(desc=f"captioning with {captioner.name}", unit="img", file=sys.stderr, disable=rank > 0)
+
+    def on_result(outcome):
+        if args.json:
+            print(json.dumps({"image": outcome.image, "captions": outcome.captions, "error": outcome.error,
+                              "tokens": [w["tokens"] for w in outcome.written]}), flush=True)
+
+    def on_progress(done, total, eta):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    summary = run.run(on_result=on_result, on_progress=on_progress, share=share)
+    bar.close()
+    for line in summary.failed:
+        print(f"{PROG}: could not caption {line}", file=sys.stderr)
+    print(f"{PROG}: {summary.describe()}", file=sys.stderr)
+    return 4 if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The core commands (`lumina-studio` itself, with the app and the trainer, is lumina_studio.main)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command in (None, "train"):  # only through lumina-studio, which dispatches these itself
-        parser.error("give a command: generate, export-onnx, models, scenes or evaluate (see --help)")
+        parser.error("give a command: generate, caption, export-onnx, models, scenes or evaluate (see --help)")
     commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models, "scenes": run_scenes,
-                "evaluate": run_evaluate}
+                "evaluate": run_evaluate, "caption": run_caption}
     return report_errors(PROG, commands[args.command], args)
 
 

@@ -16,15 +16,21 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda":
+    if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise DeviceError(
                 f"CUDA was requested but PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}). "
                 "Use --device cpu, or install a CUDA build of PyTorch and check the NVIDIA driver."
             )
-        return torch.device("cuda")
-    raise DeviceError(f"Unknown device '{name}': use auto, cpu or cuda.")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise DeviceError(f"Unknown device '{name}': use auto, cpu, cuda or cuda:N.") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"There is no GPU {device.index}: PyTorch sees {torch.cuda.device_count()}.")
+        return device
+    raise DeviceError(f"Unknown device '{name}': use auto, cpu, cuda or cuda:N.")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -86,3 +86,4 @@ def draw_shapes_dataset(folder: Path, count: int = 16, size: int = 64) -> Path:
 @pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory) -> Path:
     return draw_shapes_dataset(tmp_path_factory.mktemp("datasets") / "shapes")
+

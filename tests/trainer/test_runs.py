@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from filesystems import mount_tmpfs, unmount_tmpfs
 from trainer.run_folder import RunFolder
 
 STAGES = [
@@ -248,11 +249,10 @@ def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_data
 def small_disk(tmp_path):
     """A real 200 MB file system (tmpfs) for the run folder; needs root, as CI and the dev machines have."""
     mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if not mount_tmpfs(mount, "size=200m"):
         pytest.skip("cannot mount a tmpfs here (not root)")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    unmount_tmpfs(mount)
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_says_what_a_save_needs(

@@ -1,0 +1,110 @@
+"""A captioned folder's state file, `.lumina-captions.sqlite` beside its images.
+
+What the `.txt` files cannot say: which captions came from which model, style and settings, and when (a
+line whose text no longer matches what a model wrote was edited by hand); each caption run's settings and
+whether it finished (an unfinished run is resumed by a rerun with the same settings); and each image's
+review status. SQLite: every change is one transaction, so a kill at any moment leaves it whole. The
+`.txt` files stay the truth: losing this file loses provenance, never a caption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+STATE_FILE = ".lumina-captions.sqlite"
+REVIEW_STATUSES = ("unreviewed", "approved", "needs fixing", "rejected")
+HAND = "edited by hand"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS captions (
+    image TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL, style TEXT NOT NULL,
+    settings TEXT NOT NULL, tokens INTEGER, created REAL NOT NULL, run TEXT,
+    PRIMARY KEY (image, text));
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY, settings TEXT NOT NULL, started REAL NOT NULL, finished REAL);
+CREATE TABLE IF NOT EXISTS done (run TEXT NOT NULL, image TEXT NOT NULL, PRIMARY KEY (run, image));
+CREATE TABLE IF NOT EXISTS reviews (image TEXT PRIMARY KEY, status TEXT NOT NULL, updated REAL NOT NULL);
+"""
+
+
+def run_key(settings: dict) -> str:
+    """Runs with the same settings (model, styles, prompts, mode, images) share a key: a rerun resumes."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CaptionState:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / STATE_FILE
+        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def relative(self, image: Path) -> str:
+        return image.relative_to(self.folder).as_posix()
+
+    # ---- runs --------------------------------------------------------------------------------------------
+
+    def begin_run(self, settings: dict) -> tuple[str, set[str]]:
+        """This run's key and the images an unfinished run with the same settings already did."""
+        key = run_key(settings)
+        with self.db:
+            row = self.db.execute("SELECT finished FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] is not None:  # that run finished: this is a new one
+                self.db.execute("DELETE FROM done WHERE run = ?", (key,))
+            self.db.execute("INSERT INTO runs (key, settings, started, finished) VALUES (?, ?, ?, NULL) "
+                            "ON CONFLICT(key) DO UPDATE SET finished = NULL",
+                            (key, json.dumps(settings, sort_keys=True), time.time()))
+        done = {r[0] for r in self.db.execute("SELECT image FROM done WHERE run = ?", (key,))}
+        return key, done
+
+    def finish_run(self, key: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET finished = ? WHERE key = ?", (time.time(), key))
+
+    def record(self, run: str, image: Path, written: list[dict]) -> None:
+        """The captions a run wrote for `image` ({"text", "source", "style", "settings", "tokens"})."""
+        name = self.relative(image)
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO captions (image, text, source, style, settings, tokens, created, run) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(image, text) DO UPDATE SET source = excluded.source, "
+                "style = excluded.style, settings = excluded.settings, tokens = excluded.tokens, "
+                "created = excluded.created, run = excluded.run",
+                [(name, w["text"], w["source"], w["style"], json.dumps(w.get("settings", {}), sort_keys=True),
+                  w.get("tokens"), now, run) for w in written])
+            self.db.execute("INSERT OR IGNORE INTO done (run, image) VALUES (?, ?)", (run, name))
+
+    # ---- reading -----------------------------------------------------------------------------------------
+
+    def sources(self, image: Path, captions: list[str]) -> list[dict]:
+        """Where each of the image's current captions came from: the model and style that wrote that exact
+        text, or "edited by hand"."""
+        rows = {r[0]: r for r in self.db.execute(
+            "SELECT text, source, style, tokens, created FROM captions WHERE image = ?", (self.relative(image),))}
+        found = []
+        for text in captions:
+            row = rows.get(text)
+            found.append({"text": text, "source": row[1], "style": row[2], "tokens": row[3], "created": row[4]}
+                         if row else {"text": text, "source": HAND, "style": "", "tokens": None, "created": None})
+        return found
+
+    # ---- review ------------------------------------------------------------------------------------------
+
+    def set_status(self, image: Path, status: str) -> None:
+        if status not in REVIEW_STATUSES:
+            raise ValueError(f"unknown review status {status!r}")
+        with self.db:
+            self.db.execute("INSERT INTO reviews (image, status, updated) VALUES (?, ?, ?) ON CONFLICT(image) "
+                            "DO UPDATE SET status = excluded.status, updated = excluded.updated",
+                            (self.relative(image), status, time.time()))
+
+    def statuses(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT image, status FROM reviews"))

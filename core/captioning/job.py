@@ -1,0 +1,257 @@
+"""A captioning job over a folder: which images, in which order, and what happens to each.
+
+Modes: `skip` leaves every image that already has a caption (the default: a rerun after a crash continues
+where it stopped), `overwrite` replaces the `.txt`, `append` adds the new lines after the old ones. Each
+style writes one line (one alternative caption: the trainer draws one line per use). An unfinished
+overwrite or append run is resumed by a rerun with the same settings (the state file knows what it did).
+After every image its `.txt` is written atomically and its provenance recorded, so a kill loses at most the
+images in flight. A bad image is that image's error, listed at the end; a read-only folder or a full disk
+stops the job with one message.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..caption_state import STATE_FILE, CaptionState
+from ..datasets import list_images, read_captions, sidecar, write_captions
+from ..errors import LuminaError
+from ..images import ImageProblem, open_rgb
+from ..storage import human_size
+from .styles import prompts_for
+
+MODES = ("skip", "overwrite", "append")
+
+
+class CaptionError(LuminaError):
+    """The job cannot run or go on (bad settings, a read-only folder, a full disk)."""
+
+
+@dataclass
+class CaptionSettings:
+    folder: str
+    styles: list[str] = field(default_factory=lambda: ["detailed"])
+    custom_prompt: str = ""  # a question template instead of the styles ({name}, {folder}, {caption})
+    system_prompt: str = ""  # instead of the styles' own
+    prefix: str = ""
+    suffix: str = ""
+    mode: str = "skip"
+    recursive: bool = False
+    batch: int = 8
+    max_tokens: int | None = None  # default: the model's (its lumina_captioner.json) or 512
+    sampling: dict | None = None  # default: the model's, else OmniCaptioner's
+    images: list[str] | None = None  # only these (paths relative to the folder); None: all
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise CaptionError(f"Unknown mode '{self.mode}': use skip, overwrite or append.")
+        if self.batch < 1:
+            raise CaptionError("The batch size must be at least 1.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise CaptionError("The caption length limit must be at least 1 token.")
+        try:
+            prompts_for(self.styles, self.custom_prompt, self.system_prompt, self.prefix, self.suffix)
+        except ValueError as exc:
+            raise CaptionError(str(exc)) from None
+
+
+@dataclass
+class ImageOutcome:
+    image: str  # path relative to the folder
+    captions: list[str] = field(default_factory=list)  # the .txt's lines afterwards
+    written: list[dict] = field(default_factory=list)  # the new lines with their style and token count
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    captioned: int = 0
+    skipped: int = 0  # already captioned (skip mode) or done by the run resumed
+    failed: list[str] = field(default_factory=list)  # "image: why"
+    over_limit: int = 0  # captions longer than the Lumina model reads
+    seconds: float = 0.0
+    stopped: bool = False
+
+    def describe(self) -> str:
+        rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
+        text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
+        if self.over_limit:
+            text += f"; {self.over_limit} captions are longer than the model's 256-token limit"
+        return text
+
+
+def check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise CaptionError(f"{folder} is not a folder.")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".lumina-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CaptionError(f"Captions cannot be written in {folder} ({exc.strerror or exc}): the folder is "
+                           "read-only for you. Copy the images to a folder you can write to.") from None
+
+
+class CaptionRun:
+    """One job: `plan()` lists the images to do, `run()` captions them with `captioner` (a local model's
+    adapter or a ServerCaptioner), calling `on_result(outcome)` per image."""
+
+    def __init__(self, settings: CaptionSettings, captioner, counter=None):
+        settings.check()
+        self.settings = settings
+        self.folder = Path(settings.folder).expanduser()
+        self.captioner = captioner
+        self.counter = counter  # counts a caption's Gemma tokens for the Lumina model (None: not counted)
+        self.prompts = prompts_for(settings.styles, settings.custom_prompt, settings.system_prompt,
+                                   settings.prefix, settings.suffix)
+        if not captioner.follows_questions and len(self.prompts) > 1:
+            self.prompts = self.prompts[:1]  # it writes one kind of caption whatever it is asked
+        self.source = captioner.name
+
+    def identity(self) -> dict:
+        """What makes two runs the same run (a rerun of it resumes it)."""
+        s = self.settings
+        return {"source": self.source, "prompts": [asdict(p) for p in self.prompts], "mode": s.mode,
+                "max_tokens": s.max_tokens, "sampling": s.sampling, "images": sorted(s.images) if s.images else None}
+
+    def all_images(self) -> list[Path]:
+        if self.settings.images is not None:
+            return [self.folder / name for name in self.settings.images]
+        return list_images(self.folder, self.settings.recursive)
+
+    def plan(self, done: set[str] = frozenset()) -> tuple[list[Path], int]:
+        """The images still to caption, and how many are left alone."""
+        todo, skipped = [], 0
+        for image in self.all_images():
+            if self.settings.mode == "skip" and _has_caption(image) or image.relative_to(self.folder).as_posix() in done:
+                skipped += 1
+            else:
+                todo.append(image)
+        return todo, skipped
+
+    def run(self, on_result=None, on_progress=None, should_stop=lambda: False, share=None) -> Summary:
+        """Caption the planned images. `share(images)` picks this process's part (several GPUs)."""
+        check_folder(self.folder)
+        started = time.perf_counter()
+        try:
+            state = CaptionState(self.folder)
+        except sqlite3.Error as exc:
+            raise self._state_error(exc) from None
+        try:
+            key, done = state.begin_run(self.identity())
+            todo, skipped = self.plan(done)
+            if share is not None:
+                todo = share(todo)
+            summary = Summary(skipped=skipped)
+            size = self.settings.batch
+            for start in range(0, len(todo), size):
+                if should_stop():
+                    summary.stopped = True
+                    break
+                for outcome in self._batch(todo[start:start + size]):
+                    if outcome.error:
+                        summary.failed.append(f"{outcome.image}: {outcome.error}")
+                    else:
+                        state.record(key, self.folder / outcome.image, outcome.written)
+                        summary.captioned += 1
+                        summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > 256)
+                    if on_result is not None:
+                        on_result(outcome)
+                if on_progress is not None:
+                    done_count = min(start + size, len(todo))
+                    elapsed = time.perf_counter() - started
+                    on_progress(done_count, len(todo), elapsed / done_count * (len(todo) - done_count))
+            if not summary.stopped:
+                state.finish_run(key)
+            summary.seconds = time.perf_counter() - started
+            return summary
+        except sqlite3.Error as exc:
+            raise self._state_error(exc) from None
+        finally:
+            state.close()
+
+    def _state_error(self, exc: Exception) -> CaptionError:
+        if "full" in str(exc) or _nearly_full(self.folder):  # SQLite often says "disk I/O error" then
+            return self._full_disk()
+        return CaptionError(f"The folder's caption state file {STATE_FILE} cannot be used ({exc}). Captions "
+                            "already written are kept; move the file aside to start its record afresh.")
+
+    def _full_disk(self) -> CaptionError:
+        return CaptionError(f"The disk holding {self.folder} is full ({_free(self.folder)} free): the captions "
+                            "written so far are kept. Free some space and run again to continue.")
+
+    def _batch(self, images: list[Path]) -> list[ImageOutcome]:
+        outcomes = [ImageOutcome(image.relative_to(self.folder).as_posix()) for image in images]
+        pictures, old = {}, {}
+        for index, image in enumerate(images):
+            try:
+                old[index] = read_captions(image)
+                pictures[index] = open_rgb(image)
+            except ImageProblem as exc:
+                outcomes[index].error = str(exc)
+            except (OSError, UnicodeDecodeError) as exc:
+                outcomes[index].error = f"its caption file cannot be read ({exc})"
+        ready = list(pictures)
+        lines = {index: [] for index in ready}
+        for prompt in self.prompts:
+            if not ready:
+                break
+            questions = [prompt.question_for(images[i].stem, self.folder.name, (old[i] or [""])[0]) for i in ready]
+            answers = self.captioner.caption([pictures[i] for i in ready], questions, prompt.system,
+                                             self.settings.sampling, self.settings.max_tokens)
+            for index, answer in zip(ready, answers):
+                text = "" if isinstance(answer, Exception) else prompt.finish(answer)
+                if not text:
+                    outcomes[index].error = str(answer) if isinstance(answer, Exception) else "the model gave an empty caption"
+                else:
+                    lines[index].append({"text": text, "style": prompt.style, "source": self.source,
+                                         "settings": self.identity(), "tokens": self._tokens(text)})
+            ready = [i for i in ready if not outcomes[i].error]
+        for index in ready:
+            outcome, written = outcomes[index], lines[index]
+            new = [w["text"] for w in written]
+            kept = [line for line in old[index] if line not in new] if self.settings.mode == "append" else []
+            outcome.captions, outcome.written = kept + new, written
+            try:
+                write_captions(images[index], outcome.captions)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._full_disk() from None
+                outcome.error, outcome.captions, outcome.written = f"{sidecar(images[index]).name} cannot be written ({exc.strerror or exc})", [], []
+        return outcomes
+
+    def _tokens(self, text: str) -> int | None:
+        return self.counter(text) if self.counter is not None else None
+
+
+def _has_caption(image: Path) -> bool:
+    try:
+        return sidecar(image).stat().st_size > 0 and bool(read_captions(image))
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError):
+        return True  # an unreadable caption is not overwritten by "skip"
+
+
+def _nearly_full(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+def _free(folder: Path) -> str:
+    import shutil
+
+    try:
+        return human_size(shutil.disk_usage(folder).free)
+    except OSError:
+        return "no space"

@@ -1,0 +1,68 @@
+"""Captioning as a job-worker service: one captioner (a local model, or a server) loaded once in its own
+worker child, apart from the generation engine, so a VLM and the DiT never share a process.
+
+Job payload: {"settings": CaptionSettings fields}. Reports PROGRESS ({"step", "total", "eta"} in images), one
+RESULT per image ({"image", "captions", "written", "error"}) and a last RESULT {"summary": {...}}. A crash
+requeues the same job: the state file lets it resume where it stopped. Query {"kind": "count_tokens",
+"text"} answers {"count", "limit"}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import Cancelled
+from ..jobs import EventType, Job, Reporter, Service
+from ..prompts import MAX_TOKENS
+
+SERVICE = "core.captioning.service:CaptionService"
+
+
+@dataclass
+class CaptionerOptions:
+    model: str | None = None  # a model folder; None: the built-in demo captioner
+    server: str | None = None  # an OpenAI-compatible server's base URL, instead of a model
+    server_model: str | None = None
+    api_key: str | None = None
+    concurrency: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    lumina_model: str | None = None  # whose tokenizer counts caption length (default: the demo model)
+
+
+def open_captioner(options: CaptionerOptions):
+    if options.server:
+        from .server import ServerCaptioner
+
+        return ServerCaptioner(options.server, options.server_model, options.api_key, options.concurrency)
+    from .adapters import load_captioner
+
+    return load_captioner(options.model, options.device, options.dtype)
+
+
+class CaptionService(Service):
+    def load(self) -> dict:
+        from .tokens import lumina_token_counter
+
+        self.captioner = open_captioner(self.options)
+        self.counter = lumina_token_counter(self.options.lumina_model)
+        return {"captioner": self.captioner.name, "kind": self.captioner.model_type,
+                "follows_questions": self.captioner.follows_questions}
+
+    def run(self, job: Job, report: Reporter) -> None:
+        from .job import CaptionRun, CaptionSettings
+
+        run = CaptionRun(CaptionSettings(**job.payload["settings"]), self.captioner, self.counter)
+        summary = run.run(on_result=lambda outcome: report.emit(EventType.RESULT, **asdict(outcome)),
+                          on_progress=lambda done, total, eta: report.progress(done, total, eta),
+                          should_stop=report.should_stop)
+        report.emit(EventType.RESULT, summary=asdict(summary))
+        if summary.stopped:
+            raise Cancelled()
+
+    def answer(self, query: dict) -> dict:
+        return {"count": self.counter(query["text"]), "limit": MAX_TOKENS}
+
+    @staticmethod
+    def remaining(payload: dict, finished: int) -> dict | None:
+        return payload  # the rerun skips what the state file says is done

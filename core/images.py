@@ -1,0 +1,59 @@
+"""Opening images people give us: any mode and format Pillow reads, to plain RGB, or a reason why not.
+
+Covers what real folders hold: 16-bit PNGs, CMYK JPEGs, palette images with transparency, animations (the
+first frame), EXIF rotation, and decompression bombs (refused past `MAX_PIXELS`, where Pillow only warns).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 178_956_970  # Pillow's own warning level (~13,400 x 13,400); twice it Pillow refuses by itself
+
+
+class ImageProblem(ValueError):
+    """The image cannot be used; the message says why, for a per-image list."""
+
+
+def problem(exc: BaseException) -> str:
+    """A short reason a person understands, for an exception from opening or decoding an image."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too large to open safely ({exc})"
+    if isinstance(exc, ImageProblem):
+        return str(exc)
+    text = str(exc)
+    if "truncated" in text or "broken data stream" in text or "image file is" in text:
+        return f"truncated or damaged ({text})"
+    return text or type(exc).__name__
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image as RGB (first frame, EXIF-rotated, transparency over white); raises ImageProblem."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageProblem(f"too large to open safely ({width}x{height} pixels)")
+            image.seek(0)
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except ImageProblem:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
+        raise ImageProblem(problem(exc)) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale down, do not clip
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,266 @@
+"""Caption jobs over real folders: modes, several styles, provenance, bad images, resume after kill -9, the
+OpenAI-compatible backend against a server on 127.0.0.1, read-only and full disks, the CLI and the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from filesystems import mount_tmpfs, unmount_tmpfs
+from openai_server import OpenAIServer
+from PIL import Image
+
+from core.caption_state import HAND, CaptionState
+from core.captioning.job import CaptionError, CaptionRun, CaptionSettings
+from core.captioning.server import ServerCaptioner, ServerError
+from core.datasets import read_captions, write_captions
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "grey": (128, 128, 128)}
+
+
+def folder_of_colours(folder: Path, count: int = 4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    for i in range(count):
+        Image.new("RGB", (48, 32), COLOURS[names[i % len(names)]]).save(folder / f"img-{i:02d}.png")
+    return folder
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer() as running:
+        yield running
+
+
+def run_job(folder, captioner, **settings):
+    outcomes = []
+    summary = CaptionRun(CaptionSettings(folder=str(folder), **settings), captioner).run(on_result=outcomes.append)
+    return summary, outcomes
+
+
+def test_server_captions_a_folder_in_several_styles_one_line_each(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set")
+    server.script.think = True
+    captioner = ServerCaptioner(server.url)
+    assert captioner.model == "tiny-vlm"
+    summary, outcomes = run_job(folder, captioner, styles=["detailed", "short"])
+    assert summary.captioned == 4 and not summary.failed
+    lines = read_captions(folder / "img-00.png")
+    assert len(lines) == 2
+    assert lines[0].startswith("an image of colour (220, 40, 40) asked 'Describe this image in detail.'")
+    assert "short caption" in lines[1] and "<think>" not in lines[0]
+    # the system prompt of each style went with its question
+    assert {r["messages"][0]["content"][:40] for r in server.script.requests} == {
+        "You are a helpful assistant that writes ", }
+    state = CaptionState(folder)
+    sources = state.sources(folder / "img-00.png", lines)
+    assert [s["style"] for s in sources] == ["detailed", "short"] and "tiny-vlm" in sources[0]["source"]
+    edited = ["a red thing, typed by a person", lines[1]]
+    write_captions(folder / "img-00.png", edited)
+    assert [s["source"] for s in state.sources(folder / "img-00.png", edited)][0] == HAND
+    state.close()
+
+
+def test_skip_overwrite_and_append(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 3)
+    write_captions(folder / "img-00.png", ["kept by hand"])
+    captioner = ServerCaptioner(server.url)
+    summary, _ = run_job(folder, captioner, styles=["short"])
+    assert (summary.captioned, summary.skipped) == (2, 1)
+    assert read_captions(folder / "img-00.png") == ["kept by hand"]
+    run_job(folder, captioner, styles=["tags"], mode="append")
+    appended = read_captions(folder / "img-00.png")
+    assert appended[0] == "kept by hand" and "key tags" in appended[1] and len(appended) == 2
+    summary, _ = run_job(folder, captioner, styles=["short"], mode="overwrite", prefix="photo, ")
+    assert summary.captioned == 3
+    lines = read_captions(folder / "img-00.png")
+    assert len(lines) == 1 and lines[0].startswith("photo, an image of colour")
+
+
+def test_retries_empty_answers_and_concurrency(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 8)
+    server.script.fail_first = 2  # two 500s, retried
+    server.script.empty_for = {COLOURS["blue"]}
+    server.script.delay = 0.2
+    captioner = ServerCaptioner(server.url, concurrency=4)
+    summary, outcomes = run_job(folder, captioner, batch=8)
+    assert summary.captioned == 6
+    assert sorted(summary.failed) == ["img-02.png: the server gave an empty caption",
+                                      "img-06.png: the server gave an empty caption"]
+    assert not (folder / "img-02.txt").exists()
+    assert server.script.most_in_flight >= 3
+
+
+def test_server_problems_are_one_clear_message(tmp_path, server):
+    server.script.api_key = "secret"
+    with pytest.raises(ServerError, match="refused the API key"):
+        ServerCaptioner(server.url)
+    assert ServerCaptioner(server.url, api_key="secret").model == "tiny-vlm"
+    with pytest.raises(ServerError, match="No OpenAI-compatible server answers at http://127.0.0.1:9"):
+        ServerCaptioner("http://127.0.0.1:9/v1", retries=0)
+
+
+def bad_images(folder: Path) -> tuple[list[str], list[str]]:
+    """Every awkward kind of file; returns (names that caption, names that are per-image errors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(folder / "deep-16bit.png")
+    Image.new("CMYK", (16, 16), (0, 200, 200, 0)).save(folder / "print-cmyk.jpg")
+    Image.new("P", (16, 16), 3).save(folder / "palette.png", transparency=3)
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(folder / "moving.gif", save_all=True, append_images=frames[1:])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "not-an-image.jpg").write_bytes(b"this is text, not a JPEG")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "cut.png")
+    whole = (folder / "cut.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
+    Image.new("1", (14000, 14000)).save(folder / "bomb.png")  # 196 Mpixels in a few kB
+    return (["deep-16bit.png", "moving.gif", "palette.png", "print-cmyk.jpg"],
+            ["bomb.png", "cut.png", "empty.png", "not-an-image.jpg"])
+
+
+def test_bad_images_are_per_image_errors_never_a_crash(tmp_path, server):
+    good, bad = bad_images(tmp_path / "set")
+    summary, outcomes = run_job(tmp_path / "set", ServerCaptioner(server.url))
+    assert summary.captioned == len(good)
+    failed = {line.split(":")[0]: line for line in summary.failed}
+    assert sorted(failed) == bad
+    assert "too large to open safely" in failed["bomb.png"]
+    assert "truncated" in failed["cut.png"] and "not an image" in failed["empty.png"]
+    for name in good:
+        assert read_captions(tmp_path / "set" / name)
+
+
+def test_a_failed_caption_write_leaves_the_old_caption(tmp_path, server, monkeypatch):
+    folder = folder_of_colours(tmp_path / "set", 1)
+    write_captions(folder / "img-00.png", ["the old caption"])
+
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    summary, _ = run_job(folder, ServerCaptioner(server.url), mode="overwrite")
+    assert summary.failed == ["img-00.png: img-00.txt cannot be written (Input/output error)"]
+    monkeypatch.undo()
+    assert read_captions(folder / "img-00.png") == ["the old caption"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".lumina-captions")) == [
+        "img-00.png", "img-00.txt"]
+
+
+def test_read_only_and_full_disks(tmp_path, server):
+    readonly, small = tmp_path / "ro", tmp_path / "small"
+    if not mount_tmpfs(readonly, "ro", "size=1m"):
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        with pytest.raises(CaptionError, match="read-only for you"):
+            run_job(readonly, ServerCaptioner(server.url))
+    finally:
+        unmount_tmpfs(readonly)
+    assert mount_tmpfs(small, "size=256k")
+    try:
+        folder = folder_of_colours(small / "set", 4)
+        run_job(folder, ServerCaptioner(server.url), images=["img-00.png"])  # the state file exists
+        with open(small / "filler", "wb") as filler:  # almost no room left
+            filler.write(b"\0" * (os.statvfs(small).f_bavail * os.statvfs(small).f_frsize - 8 * 1024))
+        with pytest.raises(CaptionError, match="is full .* the captions written so far are kept"):
+            run_job(folder, ServerCaptioner(server.url), styles=["detailed", "medium", "short", "tags"],
+                    prefix="x" * 4000)
+        assert read_captions(folder / "img-00.png")  # the earlier caption is intact
+    finally:
+        unmount_tmpfs(small)
+
+
+def cli(*args, home: Path, timeout=300):
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
+def test_cli_resumes_after_kill_9_losing_at_most_the_image_in_flight(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 12)
+    server.script.delay = 0.3
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "core.cli", "caption", str(folder), "--server", server.url,
+               "--mode", "overwrite", "--batch", "1", "--concurrency", "1"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while len(list(folder.glob("*.txt"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = len(server.script.requests)
+    assert 4 <= len(list(folder.glob("*.txt"))) < 12
+    server.script.delay = 0
+    result = cli("caption", folder, "--server", server.url, "--mode", "overwrite", "--batch", "1",
+                 home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    redone = len(server.script.requests) - before
+    assert len(list(folder.glob("*.txt"))) == 12
+    assert redone <= 12 - 4 + 1  # what was left, and at most the image that was in flight
+    assert "captioned, " in result.stderr and not list(folder.glob(".*.tmp"))
+    rerun = cli("caption", folder, "--server", server.url, "--mode", "overwrite", home=tmp_path / "home")
+    assert "12 captioned" in rerun.stderr  # a finished run is not resumed: a rerun is a new run
+
+
+def test_cli_bad_arguments_are_one_line(tmp_path):
+    folder = folder_of_colours(tmp_path / "set", 1)
+    for args, message in ((["--style", "poetic"], "Unknown caption style 'poetic'"),
+                          (["--prompt", "{nmae}"], "{nmae}"), (["--batch", "0"], "at least 1"),
+                          (["--model", tmp_path / "nowhere"], "does not exist")):
+        result = cli("caption", folder, *args, home=tmp_path / "home")
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    missing = cli("caption", tmp_path / "no-such-folder", home=tmp_path / "home")
+    assert missing.returncode == 1 and "is not a folder" in missing.stderr
+
+
+def test_custom_prompt_template_fields(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "holiday", 1)
+    write_captions(folder / "img-00.png", ["a beach"])
+    run_job(folder, ServerCaptioner(server.url), custom_prompt="Improve '{caption}' for {name} in {folder}.",
+            mode="append")
+    assert "Improve 'a beach' for img-00 in holiday." in read_captions(folder / "img-00.png")[1]
+
+
+def test_caption_service_in_a_worker_reports_each_image(tmp_path, server):
+    from core.captioning.service import SERVICE, CaptionerOptions
+    from core.jobs import EventType, JobWorker
+
+    folder = folder_of_colours(tmp_path / "set", 3)
+    worker = JobWorker(SERVICE, CaptionerOptions(server=server.url), name="lumina-captioner")
+    worker.start()
+    try:
+        job = worker.submit({"settings": {"folder": str(folder), "styles": ["short"]}}, label="caption set")
+        events, deadline = [], time.time() + 120
+        while not any(e.type in (EventType.DONE, EventType.ERROR, EventType.LOAD_ERROR) for e in events):
+            events += worker.poll(0.2)
+            assert time.time() < deadline, events
+        ready = next(e for e in events if e.type == EventType.READY)
+        assert "tiny-vlm" in ready.data["captioner"]
+        results = [e.data for e in events if e.type == EventType.RESULT and e.job == job]
+        assert sorted(r["image"] for r in results if "image" in r) == ["img-00.png", "img-01.png", "img-02.png"]
+        assert results[-1]["summary"]["captioned"] == 3
+        assert [e.data["step"] for e in events if e.type == EventType.PROGRESS][-1] == 3
+        worker.ask({"kind": "count_tokens", "text": "a red circle"})
+        deadline = time.time() + 30
+        while not (answers := [e for e in worker.poll(0.2) if e.type == EventType.ANSWER]):
+            assert time.time() < deadline
+        assert answers[0].data["count"] > 3 and answers[0].data["limit"] == 256
+    finally:
+        worker.shutdown()
+
+
+def test_jsonl_output_and_token_counts(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 2)
+    result = cli("caption", folder, "--server", server.url, "--json", home=tmp_path / "home")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in rows] == ["img-00.png", "img-01.png"]
+    assert all(r["tokens"][0] > 10 and not r["error"] for r in rows)
