@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench demo-model clean
+.PHONY: install run test bench demo-model demo-captioner clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ bench: install
 
 demo-model: install
 	$(BIN)/python -m trainer.demo
+
+demo-captioner: install
+	$(BIN)/python -m trainer.demo_captioner
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -94,3 +94,30 @@ def build_llava(folder: Path, seed: int = 0) -> Path:
     processor = build_processor()
     save(build_model(processor.tokenizer, seed), processor, folder)
     return folder
+
+
+def build_florence2(folder: Path, seed: int = 0) -> Path:
+    """transformers' native Florence-2 (a DaViT vision tower + BART), two small vision stages."""
+    from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration,
+                              Florence2Processor, Florence2VisionConfig)
+
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
+    tokenizer = byte_level_tokenizer(special, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                     extra_special_tokens={"image_token": "<image>"})
+    torch.manual_seed(seed)
+    vision = Florence2VisionConfig(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
+                                   patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 2),
+                                   num_groups=(2, 2), window_size=4, projection_dim=32, drop_path_rate=0.0)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                      max_position_embeddings=256, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                      decoder_start_token_id=2, forced_bos_token_id=0)
+    config = Florence2Config(text_config=text, vision_config=vision,
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Florence2ForConditionalGeneration(config).eval()
+    model.save_pretrained(str(folder))
+    images = CLIPImageProcessorPil(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64},
+                                   do_center_crop=False)
+    images.image_seq_length = 65  # 8x8 spatial tokens + one pooled over time
+    Florence2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(folder))
+    return folder

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from captioner_models import build_blip, build_llava, build_qwen2_vl
+from captioner_models import build_blip, build_florence2, build_llava, build_qwen2_vl
 from PIL import Image
 
 from core.captioning.adapters import ADAPTERS, load_captioner
@@ -116,6 +116,19 @@ def test_qwen2_vl_positions_depend_on_mm_token_type_ids(tmp_path):
         except Exception:  # some versions refuse outright: as good a proof
             return
     assert not torch.allclose(full, plain)
+
+
+def test_florence2_matches_transformers_with_the_styles_as_its_caption_tasks(tmp_path):
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+    folder = build_florence2(tmp_path / "florence2")
+    captioner, said = ours(folder)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    model = Florence2ForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    inputs = processor(text=["<MORE_DETAILED_CAPTION>"] * 2, images=IMAGES, return_tensors="pt")
+    expected = processor.tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=6, **GREEDY),
+                                                skip_special_tokens=True)
+    assert said == [t.strip() for t in expected] and any(said)
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_it(tmp_path, monkeypatch):

@@ -264,3 +264,11 @@ def test_jsonl_output_and_token_counts(tmp_path, server):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["image"] for r in rows] == ["img-00.png", "img-01.png"]
     assert all(r["tokens"][0] > 10 and not r["error"] for r in rows)
+
+
+def test_several_processes_through_accelerate_share_the_images(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 10)
+    result = cli("caption", folder, "--server", server.url, "--gpus", "2", "--device", "cpu", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("5 captioned") == 2  # one summary per process, each its half
+    assert len(list(folder.glob("*.txt"))) == 10 and len(server.script.requests) == 10

@@ -150,7 +150,8 @@ class Batches:
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": labels}
 
 
-def train(model, processor, steps: int, batch: int = 64, lr: float = 2e-3, log=print) -> list[float]:
+def train(model, processor, steps: int, batch: int = 64, lr: float = 2e-3, log=None) -> list[float]:
+    log = log or (lambda line: print(line, flush=True))
     torch.manual_seed(SEED)
     batches = Batches(processor, SEED + 1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--eval-count", type=int, default=400)
+    parser.add_argument("--bench-images", type=int, default=256, help="images per batch size for images/s")
     parser.add_argument("--eval-only", action="store_true", help="judge and describe an already built --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -290,7 +292,7 @@ def main(argv=None) -> int:
 
     measured["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     measured["alignment"] = evaluate(args.out, args.eval_count)
-    measured["throughput"] = throughput(args.out)
+    measured["throughput"] = throughput(args.out, images=args.bench_images)
     write_json_atomic(info_file, measured)
     write_text_atomic(args.out / "README.md", model_card(measured))
     print(json.dumps({k: v for k, v in measured.items() if k != "alignment"} | {"alignment": {

@@ -128,12 +128,16 @@ class CaptionRun:
     def plan(self, done: set[str] = frozenset()) -> tuple[list[Path], int]:
         """The images still to caption, and how many are left alone."""
         todo, skipped = [], 0
+        skip_captioned = self.settings.mode == "skip"
         for image in self.all_images():
-            if self.settings.mode == "skip" and _has_caption(image) or image.relative_to(self.folder).as_posix() in done:
+            if skip_captioned and _has_caption(image) or done and self._relative(image) in done:
                 skipped += 1
             else:
                 todo.append(image)
         return todo, skipped
+
+    def _relative(self, image: Path) -> str:
+        return image.relative_to(self.folder).as_posix()
 
     def run(self, on_result=None, on_progress=None, should_stop=lambda: False, share=None) -> Summary:
         """Caption the planned images. `share(images)` picks this process's part (several GPUs)."""
@@ -187,7 +191,7 @@ class CaptionRun:
                             "written so far are kept. Free some space and run again to continue.")
 
     def _batch(self, images: list[Path]) -> list[ImageOutcome]:
-        outcomes = [ImageOutcome(image.relative_to(self.folder).as_posix()) for image in images]
+        outcomes = [ImageOutcome(self._relative(image)) for image in images]
         pictures, old = {}, {}
         for index, image in enumerate(images):
             try:
@@ -231,8 +235,10 @@ class CaptionRun:
 
 
 def _has_caption(image: Path) -> bool:
+    """A non-blank .txt beside it. One stat per image; only files of a few bytes are read (they may be blank)."""
     try:
-        return sidecar(image).stat().st_size > 0 and bool(read_captions(image))
+        size = os.stat(os.path.splitext(image)[0] + ".txt").st_size
+        return size > 8 or size > 0 and bool(read_captions(image))
     except FileNotFoundError:
         return False
     except (OSError, UnicodeDecodeError):
