@@ -121,3 +121,30 @@ def build_florence2(folder: Path, seed: int = 0) -> Path:
     images.image_seq_length = 65  # 8x8 spatial tokens + one pooled over time
     Florence2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(folder))
     return folder
+
+
+def build_blip2(folder: Path, seed: int = 0) -> Path:
+    """BLIP-2 with an OPT language model: a vision tower, a Q-Former of 4 queries, OPT."""
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil,
+                              OPTConfig)
+
+    tokenizer = byte_level_tokenizer(["<pad>", "</s>", "<unk>"], bos_token="</s>", eos_token="</s>",
+                                     pad_token="<pad>", unk_token="<unk>")
+    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, num_query_tokens=4)  # adds <image>, as for hub models
+    torch.manual_seed(seed)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            encoder_hidden_size=32, vocab_size=64),
+        text_config=OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                              num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=256,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id),
+        num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = Blip2ForConditionalGeneration(config).eval()
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder

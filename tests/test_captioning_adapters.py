@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from captioner_models import build_blip, build_florence2, build_llava, build_qwen2_vl
+from captioner_models import build_blip, build_blip2, build_florence2, build_llava, build_qwen2_vl
 from PIL import Image
 
 from core.captioning.adapters import ADAPTERS, load_captioner
@@ -64,6 +64,18 @@ def test_blip_matches_transformers_and_ignores_the_question(tmp_path):
     expected = processor.tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=6, **words_only),
                                                 skip_special_tokens=True)
     assert said == [t.strip() for t in expected] and all(said)
+
+
+def test_blip2_answers_the_question_in_its_own_form_as_transformers_does(tmp_path):
+    from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+    folder = build_blip2(tmp_path / "blip2")
+    captioner, said = ours(folder)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    processor.tokenizer.padding_side = "left"
+    model = Blip2ForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    question = f"Question: {PROMPT.question} Answer:"
+    assert said == reference(processor, model, [question] * 2, prompt_rows=True) and any(said)
 
 
 def qwen_reference_processor(folder):
