@@ -1,20 +1,18 @@
 """Gallery: a virtualised thumbnail grid over the library, search and filters, details, trash and export.
 
-Thumbnails are decoded on a thread pool (QImageReader at the thumbnail size) and cached; the GUI thread
-only turns finished QImages into pixmaps.
+Thumbnails are decoded off the GUI thread (app/image_loader.py) and cached.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from datetime import datetime
 
 from PySide6.QtCore import (
-    QAbstractListModel, QEvent, QFileSystemWatcher, QModelIndex, QObject, QPoint, QRunnable, QSize, Qt, QThreadPool, QTimer,
+    QAbstractListModel, QEvent, QFileSystemWatcher, QModelIndex, QPoint, QSize, Qt, QTimer,
     Signal,
 )
-from PySide6.QtGui import QImage, QImageReader, QKeySequence, QPixmap
+from PySide6.QtGui import QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
     QLabel, QLineEdit, QListView, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
@@ -24,66 +22,12 @@ from core.errors import LuminaError
 from core.library import Entry, Library
 from core.request import FIELD_LABELS, request_fields
 
+from .image_loader import ImageLoader
 from .image_view import ImageView
 
 THUMBNAIL = 160
 DETAIL = 512
 DATE_FILTERS = {"Any date": None, "Today": 1, "Last 7 days": 7, "Last 30 days": 30}
-
-
-class _Loaded(QObject):
-    done = Signal(str, int, QImage)  # path, requested size, image
-
-
-class _LoadImage(QRunnable):
-    def __init__(self, path: str, size: int, signals: _Loaded):
-        super().__init__()
-        self.path, self.size, self.signals = path, size, signals
-
-    def run(self):
-        reader = QImageReader(self.path)
-        original = reader.size()
-        if original.isValid():
-            reader.setScaledSize(original.scaled(self.size, self.size, Qt.KeepAspectRatio))
-        self.signals.done.emit(self.path, self.size, reader.read())  # a null image when unreadable
-
-
-class ImageLoader(QObject):
-    """Decodes images off the GUI thread; remembers the last few hundred results."""
-
-    loaded = Signal(str, int)
-
-    def __init__(self, parent=None, capacity: int = 600):
-        super().__init__(parent)
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(2)
-        self.signals = _Loaded()
-        self.signals.done.connect(self._store)
-        self.cache: OrderedDict[tuple[str, int], QPixmap] = OrderedDict()
-        self.capacity = capacity
-        self._waiting: set[tuple[str, int]] = set()
-
-    def stop(self) -> None:
-        """Drop queued decodes and wait for running ones (before the window and Python go away)."""
-        self.pool.clear()
-        self.pool.waitForDone(5000)
-
-    def get(self, path: str, size: int) -> QPixmap | None:
-        key = (path, size)
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        if key not in self._waiting:
-            self._waiting.add(key)
-            self.pool.start(_LoadImage(path, size, self.signals))
-        return None
-
-    def _store(self, path: str, size: int, image: QImage) -> None:
-        self._waiting.discard((path, size))
-        self.cache[(path, size)] = QPixmap.fromImage(image)
-        while len(self.cache) > self.capacity:
-            self.cache.popitem(last=False)
-        self.loaded.emit(path, size)
 
 
 class GalleryModel(QAbstractListModel):

@@ -1,4 +1,4 @@
-"""The main window: Generate and Gallery tabs, menus, shortcuts, settings that survive a restart."""
+"""The main window: Generate, Gallery and Caption tabs, menus, shortcuts, settings that survive a restart."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 import signal
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QSettings, QTimer, QUrl, qVersion
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, qVersion
 from PySide6.QtGui import QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
@@ -22,6 +22,8 @@ from core.storage import data_dir, library_dir
 from core.generation_service import SERVICE, GenerationOptions
 
 from .background import run_in_background
+from .caption_panel import SHORTCUTS as CAPTION_SHORTCUTS
+from .caption_panel import CaptionPanel
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
 from .model_manager import ModelManager
@@ -55,9 +57,11 @@ class MainWindow(QMainWindow):
         self.notice.setVisible(False)
         self.generate = GeneratePanel(self.client)
         self.gallery = GalleryPanel(self.library)
+        self.caption = CaptionPanel(self.settings, device)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.generate, "Generate")
         self.tabs.addTab(self.gallery, "Gallery")
+        self.tabs.addTab(self.caption, "Caption")
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -95,11 +99,14 @@ class MainWindow(QMainWindow):
         action(file_menu, "&Open image to load its settings…", self.open_image, QKeySequence.Open)
         action(file_menu, "&Models…", self.manage_models)
         action(file_menu, "&Export selected images…", self.gallery.export_dialog, "Ctrl+E")
+        action(file_menu, "Open a folder to &caption…", lambda: (self.tabs.setCurrentWidget(self.caption),
+                                                                 self.caption.choose_folder()))
         action(file_menu, "&Rebuild library from files", self.rebuild_library)
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.Quit)
         edit_menu = self.menuBar().addMenu("&Edit")
-        action(edit_menu, "&Undo delete", self.gallery.undo_delete, QKeySequence.Undo)
+        action(edit_menu, "&Undo", self.undo, QKeySequence.Undo)
+        action(edit_menu, "&Redo (captions)", self.caption.redo, QKeySequence("Ctrl+Shift+Z"))
         action(edit_menu, "&Delete selected images", self.gallery.delete_selected, QKeySequence.Delete)
         action(edit_menu, "Select &all images", self.gallery.select_all)
         action(edit_menu, "Empty &trash…", self.empty_trash)
@@ -111,12 +118,17 @@ class MainWindow(QMainWindow):
             item.setCheckable(True)
             item.setChecked(theme == current)
             self.theme_actions.addAction(item)
+        caption_menu = self.menuBar().addMenu("&Caption")  # the Caption tab's keys, listed (they work in its tab)
+        for keys, what in CAPTION_SHORTCUTS:
+            item = caption_menu.addAction(f"{what[0].upper()}{what[1:]}\t{keys}")
+            item.setEnabled(False)
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "Open &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_folder()))))
         action(help_menu, "&About Lumina Studio", self.about)
 
-        for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            QShortcut(QKeySequence(keys), self, self.generate.request_generation)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):  # in its tab only: the Caption tab's Ctrl+Return approves
+            QShortcut(QKeySequence(keys), self.generate, self.generate.request_generation).setContext(
+                Qt.WidgetWithChildrenShortcut)
         QShortcut(QKeySequence("Esc"), self, self.client.stop_current)
         QShortcut(QKeySequence.Find, self, self.focus_search)
 
@@ -127,6 +139,7 @@ class MainWindow(QMainWindow):
         self.gallery.use_settings.connect(self._use_settings)
         self.gallery.use_seed.connect(lambda seed: (self.generate.use_seed(seed), self.tabs.setCurrentWidget(self.generate)))
         self.gallery.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.caption.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.client.ready.connect(self._engine_ready)
         self.client.load_error.connect(
             lambda message: self.show_banner(f"The model could not be loaded: {message}{self._log_hint()}", True))
@@ -155,6 +168,7 @@ class MainWindow(QMainWindow):
                              "File → Models… (or the Manage… button).", error=True)
             return
         self.settings.setValue("model", model)
+        self.caption.use_lumina_model(model)
         self.show_banner("")  # the loading state goes to the status bar: a banner would push the window down
         self.statusBar().showMessage(f"Loading {model}…")
         self.client.start(GenerationOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
@@ -223,6 +237,13 @@ class MainWindow(QMainWindow):
         if path:
             self.tabs.setCurrentWidget(self.generate)
             self.generate.load_settings_from(path)
+
+    def undo(self) -> None:
+        """Edit → Undo: the Caption tab's last change there, else the Gallery's last delete."""
+        if self.tabs.currentWidget() is self.caption:
+            self.caption.undo()
+        else:
+            self.gallery.undo_delete()
 
     def focus_search(self) -> None:
         self.tabs.setCurrentWidget(self.gallery)
@@ -340,14 +361,17 @@ class MainWindow(QMainWindow):
         self.close()
 
     def closeEvent(self, event):  # noqa: N802
-        if self.client.busy and self._ask_before_quitting:
-            answer = QMessageBox.question(self, "Quit Lumina Studio", "A generation is running. Stop it and quit?",
+        running = [what for what, client in (("A generation", self.client), ("A captioning job", self.caption.client))
+                   if client.busy]
+        if running and self._ask_before_quitting:
+            answer = QMessageBox.question(self, "Quit Lumina Studio", f"{running[0]} is running. Stop it and quit?",
                                           QMessageBox.Yes | QMessageBox.No, QMessageBox.No)  # Enter keeps working
             if answer != QMessageBox.Yes:
                 event.ignore()
                 return
         self.save_settings()
         self.client.stop()
+        self.caption.stop()
         self.gallery.stop()
         if self.library is not None:
             self.library.close()

@@ -76,6 +76,17 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None],
         temp.unlink(missing_ok=True)
 
 
+def folder_writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (a real try: permissions alone miss read-only mounts)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".lumina-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
 @functools.cache
 def _umask() -> int:
     """The process umask (read once: setting it back and forth is not thread-safe, so not per write)."""

@@ -156,10 +156,10 @@ def test_out_of_memory_halves_the_batch_and_keeps_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(captioner), "_generate", tight)
     images = IMAGES * 4
-    said = captioner.caption(images, [PROMPT.question] * 8, PROMPT.system, GREEDY, 3)
+    said = captioner.caption(images, [PROMPT.question] * 8, PROMPT.system, {"do_sample": False}, 3)
     assert len(said) == 8 and sizes[:3] == [8, 4, 2] and captioner.batch_limit == 2
     sizes.clear()
-    captioner.caption(images, [PROMPT.question] * 8, PROMPT.system, GREEDY, 3)
+    captioner.caption(images, [PROMPT.question] * 8, PROMPT.system, {"do_sample": False}, 3)
     assert sizes == [2, 2, 2, 2]
 
 

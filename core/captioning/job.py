@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..caption_state import STATE_FILE, CaptionState
 from ..datasets import list_images, read_captions, sidecar, write_captions
 from ..errors import LuminaError
 from ..images import ImageProblem, open_rgb
-from ..storage import human_size
+from ..storage import folder_writable, human_size
 from .styles import prompts_for
 
 MODES = ("skip", "overwrite", "append")
@@ -89,13 +88,9 @@ class Summary:
 def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise CaptionError(f"{folder} is not a folder.")
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".lumina-write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise CaptionError(f"Captions cannot be written in {folder} ({exc.strerror or exc}): the folder is "
-                           "read-only for you. Copy the images to a folder you can write to.") from None
+    if not folder_writable(folder):
+        raise CaptionError(f"Captions cannot be written in {folder}: the folder is read-only for you. Copy the "
+                           "images to a folder you can write to.")
 
 
 class CaptionRun:

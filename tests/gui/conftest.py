@@ -42,7 +42,7 @@ def window(qtbot, home):
     win = MainWindow(device="cpu")
     # pytest-qt closes its widgets before fixtures end: stop the engine first, or a job still finishing would
     # make closing ask "A generation is running..." (a test may end between a job's last image and its "done").
-    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
+    qtbot.addWidget(win, before_close_func=lambda w: (w.client.stop(), w.caption.client.stop()))
     win.show()
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
     return win

@@ -1,0 +1,101 @@
+"""The caption editor: every alternative caption of one image, one per line, with each line's source and
+Gemma token count against the model's 256-token limit.
+
+Natural language first: a line is a whole caption, never split into tags. What is typed is committed
+(`committed(image, lines)`) 400 ms after the last key, when the editor loses focus and before another
+image is shown, so nothing typed is lost to a selection change or a crash.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QTextOption
+from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+
+from core.caption_state import HAND
+from core.prompts import MAX_TOKENS
+
+COMMIT_MS = 400
+
+
+class _Text(QPlainTextEdit):
+    left = Signal()
+
+    def focusOutEvent(self, event):  # noqa: N802 (Qt naming)
+        super().focusOutEvent(event)
+        self.left.emit()
+
+
+class CaptionEditor(QWidget):
+    committed = Signal(str, list)  # image, its caption lines
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.image: str | None = None
+        self._saved: list[str] = []
+        self._sources: dict[str, dict] = {}
+        self._count = None
+        self.text = _Text()
+        self.text.setPlaceholderText("No caption yet. Type one (each line is an alternative caption), or caption "
+                                     "the image with a model.")
+        self.text.setWordWrapMode(QTextOption.WrapAtWordBoundaryOrAnywhere)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        self.info.setTextFormat(Qt.RichText)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(COMMIT_MS)
+        self._timer.timeout.connect(self.commit)
+        self.text.textChanged.connect(self._typed)
+        self.text.left.connect(self.commit)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.text, 1)
+        layout.addWidget(self.info)
+
+    def set_counter(self, count) -> None:
+        self._count = count
+
+    def show_captions(self, image: str | None, captions: list[str], sources: list[dict], writable: bool) -> None:
+        """Show an image's captions (committing what was typed for the previous one first)."""
+        self.commit()
+        self.image, self._saved = image, list(captions)
+        self._sources = {s["text"]: s for s in sources}
+        self.text.blockSignals(True)
+        self.text.setPlainText("\n".join(captions))
+        self.text.blockSignals(False)
+        self.text.setReadOnly(not writable or image is None)
+        self._describe()
+
+    def lines(self) -> list[str]:
+        return [" ".join(line.split()) for line in self.text.toPlainText().splitlines() if line.strip()]
+
+    def pending(self) -> bool:
+        return self.image is not None and self.lines() != self._saved
+
+    def commit(self) -> None:
+        self._timer.stop()
+        if self.pending():
+            self._saved = self.lines()
+            self.committed.emit(self.image, list(self._saved))
+        self._describe()
+
+    def _typed(self) -> None:
+        self._timer.start()
+        self._describe()
+
+    def _describe(self) -> None:
+        rows = []
+        for number, line in enumerate(self.lines(), start=1):
+            source = self._sources.get(line)
+            origin = (f"{source['style']} · {source['source']}" if source and source["source"] != HAND
+                      else "edited by hand")
+            tokens = self._count(line) if self._count else None
+            if tokens is None:
+                length = ""
+            elif tokens > MAX_TOKENS:
+                length = f" · <b style='color:#d04040'>{tokens}/{MAX_TOKENS} tokens: the model reads only the first {MAX_TOKENS}</b>"
+            else:
+                length = f" · {tokens}/{MAX_TOKENS} tokens"
+            rows.append(f"line {number}: {origin}{length}")
+        self.info.setText("<br>".join(rows) if rows else "")

@@ -1,0 +1,692 @@
+"""The Caption panel: open a folder, caption it with a model, and review every caption by hand, keyboard first.
+
+The folder's data (captions, statuses, filters, replacements, export) is core.caption_review; the image list
+is app/caption_list.py, the editor app/caption_editor.py, the dialogs app/caption_dialogs.py. Captioning
+runs in its own worker process (core.captioning.service), apart from the generation engine, through the
+shared queue widget. Every change is written at once and can be undone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
+from PySide6.QtWidgets import (
+    QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView,
+    QMessageBox, QProgressBar, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget,
+)
+
+from core.caption_review import CaptionDataset, Filter, ReviewError
+from core.caption_state import REVIEW_STATUSES
+from core.captioning.service import SERVICE, CaptionerOptions
+from core.captioning.styles import STYLES
+from core.errors import LuminaError
+
+from .background import run_in_background
+from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
+from .caption_editor import CaptionEditor
+from .caption_list import CaptionListModel
+from .image_loader import ImageLoader
+from .image_view import ImageView
+from .job_queue import JobQueueView
+from .worker_client import WorkerClient
+
+LARGE = 1024
+RECENT = 8
+SERVER = "server"
+# (keys, what it does): the panel's help and its menu list these
+SHORTCUTS = (
+    ("Alt+Down", "next image"), ("Alt+Up", "previous image"), ("Alt+N", "next unreviewed image"),
+    ("Ctrl+Return", "approve and go to the next"), ("Alt+1", "approve"), ("Alt+2", "needs fixing"),
+    ("Alt+3", "reject"), ("Alt+0", "back to unreviewed"), ("F2", "edit the caption"),
+    ("Ctrl+R", "caption this image again"), ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo"),
+    ("Ctrl+H", "find and replace"), ("Ctrl+Shift+E", "export"),
+)
+
+
+class _Change(QUndoCommand):
+    """One undoable change: `apply(True)` does it, `apply(False)` undoes it."""
+
+    def __init__(self, text: str, apply):
+        super().__init__(text)
+        self._apply = apply
+
+    def redo(self):
+        self._apply(True)
+
+    def undo(self):
+        self._apply(False)
+
+
+class CaptionPanel(QWidget):
+    status = Signal(str)
+
+    def __init__(self, settings: QSettings, device: str = "auto", parent=None):
+        super().__init__(parent)
+        self.settings, self.device = settings, device
+        self.dataset: CaptionDataset | None = None
+        self.counter = None
+        self.current: str | None = None
+        self.client = WorkerClient(SERVICE, "lumina-captioner", self)
+        self._options: CaptionerOptions | None = None
+        self.undo_stack = QUndoStack(self)
+        self.loader = ImageLoader(self)
+        self.model = CaptionListModel(self.loader, self)
+        self._opened_last = False
+        self._build()
+        self._connect()
+        self._shortcuts()
+        self.show_dataset(None)
+        split = self.settings.value("caption_split")
+        if split is not None:
+            self.splitter.restoreState(split)
+
+    def showEvent(self, event):  # noqa: N802 (Qt naming)
+        """The last folder opens when the tab is first shown, not at start-up (a big folder takes a second)."""
+        super().showEvent(event)
+        if not self._opened_last:
+            self._opened_last = True
+            recent = self._recent_folders()
+            if self.dataset is None and recent and Path(recent[0]).is_dir():
+                self.open_folder(Path(recent[0]))
+
+    def use_lumina_model(self, model: str | None) -> None:
+        """Count caption tokens with this Lumina model's tokenizer (loaded in the background, without torch)."""
+        from core.captioning.tokens import lumina_token_counter
+
+        def ready(counter):
+            self.counter = counter
+            self.editor.set_counter(counter)
+            if self.dataset is not None:
+                self.dataset.counter = counter
+            if self.current:
+                self._changed(self.current)
+
+        run_in_background(lambda: lumina_token_counter(model, slow_allowed=False), ready,
+                          lambda exc: self.status.emit(f"Caption lengths cannot be counted: {exc}"))
+
+    # ---- building --------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.open_button = QPushButton("Open folder…")
+        self.recent = QComboBox()
+        self.recent.setMinimumWidth(260)
+        self.recent.setToolTip("Folders opened before")
+        self._fill_recent()
+        self.find_button = QPushButton("Find and replace…")
+        self.export_button = QPushButton("Export…")
+        top = QHBoxLayout()
+        for widget in (self.open_button, self.recent, self.find_button, self.export_button):
+            top.addWidget(widget)
+        top.addStretch(1)
+
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        self.captioner = QComboBox()
+        self.captioner.setToolTip("The model that writes captions: the built-in demo captioner (flat shapes only), "
+                                  "a vision-language model folder you added, or a local OpenAI-compatible server")
+        self.add_captioner = QPushButton("Add model folder…")
+        self.server_url = QLineEdit(self.settings.value("caption_server", "http://127.0.0.1:8000/v1"))
+        self.server_url.setToolTip("Base URL of vLLM, llama.cpp's server, LM Studio or Ollama (ends in /v1)")
+        self.styles = {name: QCheckBox(name) for name in STYLES}
+        chosen = str(self.settings.value("caption_styles", "detailed")).split(",")
+        for name, box in self.styles.items():
+            box.setChecked(name in chosen)
+            box.setToolTip(STYLES[name].question + " Several styles write one line each.")
+        self.mode = QComboBox()
+        for label, mode in (("Skip captioned images", "skip"), ("Overwrite captions", "overwrite"),
+                            ("Add new lines", "append")):
+            self.mode.addItem(label, mode)
+        self.scope = QComboBox()
+        for label, scope in (("All images", "all"), ("Selected images", "selected"),
+                             ("Images without a caption", "uncaptioned"), ("Images the filter shows", "filtered")):
+            self.scope.addItem(label, scope)
+        self.caption_button = QPushButton("Caption")
+        self.caption_button.setToolTip("Queue a captioning job (its progress and the queue are below)")
+        self._fill_captioners()
+        model_row, style_row = QHBoxLayout(), QHBoxLayout()
+        for widget in (QLabel("Captioner"), self.captioner, self.add_captioner, self.server_url):
+            model_row.addWidget(widget)
+        model_row.addStretch(1)
+        style_row.addWidget(QLabel("Styles"))
+        for box in self.styles.values():
+            style_row.addWidget(box)
+        for widget in (self.mode, self.scope, self.caption_button):
+            style_row.addWidget(widget)
+        style_row.addStretch(1)
+        caption_box = QGroupBox("Caption with a model")
+        caption_layout = QVBoxLayout(caption_box)
+        caption_layout.addLayout(model_row)
+        caption_layout.addLayout(style_row)
+
+        self.filter_status = QComboBox()
+        self.filter_status.addItem("Any status", "")
+        for status in REVIEW_STATUSES:
+            self.filter_status.addItem(status.capitalize(), status)
+        self.filter_text = QLineEdit()
+        self.filter_text.setPlaceholderText("Filter by caption text")
+        self.filter_text.setClearButtonEnabled(True)
+        self.filter_regex = QCheckBox("Regex")
+        self.filter_min, self.filter_max = QSpinBox(), QSpinBox()
+        for box, tip in ((self.filter_min, "at least this many tokens (0: any)"),
+                         (self.filter_max, "at most this many tokens (0: any)")):
+            box.setRange(0, 100_000)
+            box.setToolTip("Longest caption of the image has " + tip)
+        self.filter_uncaptioned = QCheckBox("No caption")
+        self.filter_count = QLabel()
+        filter_row = QHBoxLayout()
+        for widget in (QLabel("Show"), self.filter_status, self.filter_text, self.filter_regex, QLabel("tokens ≥"),
+                       self.filter_min, QLabel("≤"), self.filter_max, self.filter_uncaptioned, self.filter_count):
+            filter_row.addWidget(widget)
+        self._filter_timer = QTimer(self)
+        self._filter_timer.setSingleShot(True)
+        self._filter_timer.setInterval(250)
+
+        self.list = QListView()
+        self.list.setModel(self.model)
+        self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.list.setUniformItemSizes(True)
+        self.list.setIconSize(self.model.placeholder.size())
+        self.image_view = ImageView("Open a folder of images to caption and review them.")
+        self.editor = CaptionEditor()
+        self.image_label = QLabel()
+        self.image_label.setWordWrap(True)
+        self.status_buttons = {}
+        status_row = QHBoxLayout()
+        for status, label in (("approved", "Approve and next (Ctrl+Return)"), ("needs fixing", "Needs fixing (Alt+2)"),
+                              ("rejected", "Reject (Alt+3)")):
+            button = QPushButton(label)
+            self.status_buttons[status] = button
+            status_row.addWidget(button)
+        self.regenerate_button = QPushButton("Caption again (Ctrl+R)")
+        self.compare_button = QPushButton("Compare lines…")
+        tools_row = QHBoxLayout()
+        tools_row.addWidget(self.regenerate_button)
+        tools_row.addWidget(self.compare_button)
+        tools_row.addStretch(1)
+        self.help = QLabel("Keys: " + " · ".join(f"<b>{keys}</b> {what}" for keys, what in SHORTCUTS))
+        self.help.setWordWrap(True)
+        self.help.setTextFormat(Qt.RichText)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.image_label)
+        right_layout.addWidget(self.editor, 1)
+        right_layout.addLayout(status_row)
+        right_layout.addLayout(tools_row)
+        right_layout.addWidget(self.help)
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.addWidget(self.list)
+        self.splitter.addWidget(self.image_view)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(2, 2)
+        self.splitter.setSizes([240, 480, 480])
+
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.queue = JobQueueView(self.client, "Captioning queue")
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.notice)
+        layout.addWidget(caption_box)
+        layout.addLayout(filter_row)
+        layout.addWidget(self.splitter, 1)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.queue)
+
+    def _connect(self) -> None:
+        self.open_button.clicked.connect(self.choose_folder)
+        self.recent.activated.connect(lambda index: self.open_folder(Path(self.recent.itemData(index)))
+                                      if self.recent.itemData(index) else None)
+        self.find_button.clicked.connect(self.find_replace)
+        self.export_button.clicked.connect(self.export)
+        self.add_captioner.clicked.connect(self.add_captioner_folder)
+        self.captioner.currentIndexChanged.connect(self._captioner_changed)
+        self.caption_button.clicked.connect(self.caption_requested)
+        for widget in (self.filter_status, ):
+            widget.currentIndexChanged.connect(self._filter_timer.start)
+        for widget in (self.filter_text, ):
+            widget.textChanged.connect(self._filter_timer.start)
+        for widget in (self.filter_regex, self.filter_uncaptioned):
+            widget.toggled.connect(self._filter_timer.start)
+        for widget in (self.filter_min, self.filter_max):
+            widget.valueChanged.connect(self._filter_timer.start)
+        self._filter_timer.timeout.connect(self.apply_filter)
+        self.list.selectionModel().currentChanged.connect(lambda current, _: self.show_image(current.data(Qt.UserRole)))
+        self.editor.committed.connect(self.edit_captions)
+        self.status_buttons["approved"].clicked.connect(self.approve_and_next)
+        self.status_buttons["needs fixing"].clicked.connect(lambda: self.set_status("needs fixing"))
+        self.status_buttons["rejected"].clicked.connect(lambda: self.set_status("rejected"))
+        self.regenerate_button.clicked.connect(self.regenerate)
+        self.compare_button.clicked.connect(self.compare)
+        self.loader.loaded.connect(self._large_loaded)
+        self.client.progress.connect(self._progress)
+        self.client.result.connect(self._result)
+        self.client.finished.connect(self._finished)
+        self.client.load_error.connect(lambda message: self.show_notice(f"The captioner could not be loaded: {message}",
+                                                                        error=True))
+        self.client.crashed.connect(lambda message: self.show_notice(message, error=True))
+        self.client.ready.connect(lambda info: self.status.emit(f"Captioner ready: {info.get('captioner')}"))
+
+    def _shortcuts(self) -> None:
+        def key(keys, slot):
+            shortcut = QShortcut(QKeySequence(keys), self, slot)
+            shortcut.setContext(Qt.WidgetWithChildrenShortcut)  # only while this tab is shown
+
+        key("Alt+Down", lambda: self.move(1))
+        key("Alt+Up", lambda: self.move(-1))
+        key("Alt+N", self.next_unreviewed)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            key(keys, self.approve_and_next)
+        for number, status in (("1", "approved"), ("2", "needs fixing"), ("3", "rejected"), ("0", "unreviewed")):
+            key(f"Alt+{number}", lambda s=status: self.set_status(s))
+        key("F2", self.edit)
+        key("Ctrl+R", self.regenerate)
+        key("Ctrl+H", self.find_replace)
+        key("Ctrl+Shift+E", self.export)
+
+    # ---- folders -----------------------------------------------------------------------------------------
+
+    def _fill_recent(self) -> None:
+        self.recent.blockSignals(True)
+        self.recent.clear()
+        self.recent.addItem("Recent folders", None)
+        for folder in self._recent_folders():
+            self.recent.addItem(folder, folder)
+        self.recent.blockSignals(False)
+
+    def _recent_folders(self) -> list[str]:
+        value = self.settings.value("caption_recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def choose_folder(self) -> None:
+        start = (self._recent_folders() or [str(Path.home())])[0]
+        chosen = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
+        if chosen:
+            self.open_folder(Path(chosen))
+
+    def open_folder(self, folder: Path) -> None:
+        """List the folder (fast: no image is decoded), show the first page, then read every caption in the
+        background for filters and find & replace."""
+        self.editor.commit()
+        if not folder.is_dir():
+            self.show_notice(f"{folder} is not a folder (any more).", error=True)
+            return
+        try:
+            dataset = CaptionDataset(folder, counter=self.counter)
+        except (LuminaError, OSError) as exc:
+            self.show_notice(f"{folder} cannot be opened: {exc}", error=True)
+            return
+        if self.dataset is not None:
+            self.dataset.close()
+        recent = [str(folder)] + [f for f in self._recent_folders() if f != str(folder)]
+        self.settings.setValue("caption_recent", recent[:RECENT])
+        self._fill_recent()
+        self.undo_stack.clear()
+        self.show_dataset(dataset)
+        run_in_background(dataset.load_all, lambda _: self._captions_loaded(dataset),
+                          lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
+
+    def _captions_loaded(self, dataset: CaptionDataset) -> None:
+        if dataset is not self.dataset:
+            return
+        if dataset.unreadable:
+            names = ", ".join(list(dataset.unreadable)[:5])
+            self.show_notice(f"{len(dataset.unreadable)} caption files cannot be read (shown empty, left as they "
+                             f"are): {names}", error=True)
+        if self._filter().active():
+            self.apply_filter()
+
+    def show_dataset(self, dataset: CaptionDataset | None) -> None:
+        self.dataset = dataset
+        writable = dataset is not None and dataset.writable
+        for widget in (self.find_button, self.export_button, self.caption_button, self.regenerate_button,
+                       self.compare_button, *self.status_buttons.values()):
+            widget.setEnabled(dataset is not None)
+        for widget in (self.find_button, self.caption_button, self.regenerate_button, *self.status_buttons.values()):
+            widget.setEnabled(writable)
+        self.show_notice("")
+        if dataset is None:
+            self.model.set_images(None, [])
+            self.editor.show_captions(None, [], [], False)
+            self.image_view.clear_image()
+            return
+        if not dataset.images:
+            self.show_notice(f"No images in {dataset.folder} (png, jpg, webp, bmp, gif, tiff; sub-folders "
+                             "included). Choose another folder.", error=True)
+        elif not writable:
+            self.show_notice(f"{dataset.folder} is read-only for you: you can look at its captions, but not change, "
+                             "review or caption them. Copy the folder to change it.", error=True)
+        self.apply_filter()
+
+    def show_notice(self, text: str, error: bool = False) -> None:
+        self.notice.setText(text)
+        self.notice.setStyleSheet("color: #c83c3c;" if error else "")
+        self.notice.setVisible(bool(text))
+
+    # ---- the list and the current image --------------------------------------------------------------
+
+    def _filter(self) -> Filter:
+        return Filter(status=self.filter_status.currentData(), text=self.filter_text.text(),
+                      regex=self.filter_regex.isChecked(), min_tokens=self.filter_min.value(),
+                      max_tokens=self.filter_max.value(), uncaptioned=self.filter_uncaptioned.isChecked())
+
+    def filtered(self) -> list[str]:
+        return list(self.model.all)
+
+    def apply_filter(self) -> None:
+        if self.dataset is None:
+            return
+        try:
+            images = self.dataset.matching(self._filter())
+        except ReviewError as exc:
+            self.filter_count.setText(str(exc))
+            return
+        keep = self.current
+        self.model.set_images(self.dataset, images)
+        self.filter_count.setText(f"{len(images)} of {len(self.dataset.images)} images")
+        row = self.model.row_of(keep) if keep else -1
+        self.select_row(row if row >= 0 else 0)
+        if not images:
+            self.show_image(None)
+
+    def select_row(self, row: int) -> None:
+        if not 0 <= row < len(self.model.all):
+            return
+        self.model.ensure_shown(row)
+        index = self.model.index(row)
+        self.list.selectionModel().setCurrentIndex(index, QItemSelectionModel.ClearAndSelect)
+        self.list.scrollTo(index)
+
+    def move(self, step: int) -> None:
+        row = self.model.row_of(self.current) if self.current else -1
+        self.select_row(max(0, min(len(self.model.all) - 1, row + step)))
+
+    def next_unreviewed(self) -> None:
+        if self.dataset is None:
+            return
+        start = self.model.row_of(self.current) if self.current else -1
+        images = self.model.all
+        for offset in range(1, len(images) + 1):
+            row = (start + offset) % len(images)
+            if self.dataset.status_of(images[row]) == "unreviewed":
+                self.select_row(row)
+                return
+        self.status.emit("Every image shown has been reviewed.")
+
+    def show_image(self, image: str | None) -> None:
+        self.editor.commit()  # what was typed for the previous image is saved first
+        self.current = image
+        if image is None or self.dataset is None:
+            self.editor.show_captions(None, [], [], False)
+            self.image_view.clear_image()
+            self.image_label.setText("")
+            return
+        sources = self.dataset.sources(image)
+        self.editor.show_captions(image, [s["text"] for s in sources], sources, self.dataset.writable)
+        self.image_label.setText(f"<b>{image}</b> · {self.dataset.status_of(image)}")
+        pixmap = self.loader.get(str(self.dataset.path(image)), LARGE)
+        if pixmap is not None:
+            self._show_large(pixmap)
+        else:
+            self.image_view.clear_image()
+
+    def _large_loaded(self, path: str, size: int) -> None:
+        if size == LARGE and self.current and self.dataset and path == str(self.dataset.path(self.current)):
+            self._show_large(self.loader.get(path, LARGE))
+
+    def _show_large(self, pixmap) -> None:
+        if pixmap is None or pixmap.isNull():
+            self.image_view.clear_image()
+            self.image_view.setText("This image cannot be read (damaged or not an image); it is skipped when "
+                                    "captioning.")
+        else:
+            self.image_view.show_pixmap(pixmap)
+
+    def edit(self) -> None:
+        self.editor.text.setFocus()
+
+    # ---- changes (each one undoable) -----------------------------------------------------------------
+
+    def _push(self, text: str, apply) -> None:
+        try:
+            self.undo_stack.push(_Change(text, apply))
+        except (LuminaError, OSError) as exc:
+            self.show_notice(f"Not saved: {exc}", error=True)
+
+    def edit_captions(self, image: str, lines: list[str]) -> None:
+        before = list(self.dataset.captions(image))
+
+        def apply(forward: bool):
+            self.dataset.set_captions(image, lines if forward else before)
+            self._changed(image, from_editor=forward)
+
+        self._push(f"edit the caption of {image}", apply)
+
+    def set_status(self, status: str, image: str | None = None) -> None:
+        image = image or self.current
+        if image is None or self.dataset is None or not self.dataset.writable:
+            return
+        self.editor.commit()
+        before = self.dataset.status_of(image)
+
+        def apply(forward: bool):
+            self.dataset.set_status(image, status if forward else before)
+            self._changed(image)
+
+        self._push(f"mark {image} {status}", apply)
+
+    def approve_and_next(self) -> None:
+        if self.current is not None:
+            self.set_status("approved")
+            self.move(1)
+
+    def _changed(self, image: str, from_editor: bool = False) -> None:
+        self.model.refresh(image)
+        if image == self.current:
+            self.image_label.setText(f"<b>{image}</b> · {self.dataset.status_of(image)}")
+            if not from_editor:  # the editor already shows what it committed
+                sources = self.dataset.sources(image)
+                self.editor.show_captions(image, [s["text"] for s in sources], sources, self.dataset.writable)
+
+    def undo(self) -> None:
+        self.editor.commit()
+        self.undo_stack.undo()
+
+    def redo(self) -> None:
+        self.editor.commit()
+        self.undo_stack.redo()
+
+    def find_replace(self) -> None:
+        if self.dataset is None or not self.dataset.writable:
+            return
+        self.editor.commit()
+        self.dataset.load_all()  # usually already read in the background
+        dialog = FindReplaceDialog(self.dataset, self.filtered(), self)
+        if not dialog.exec() or not dialog.changes:
+            return
+        changes = dialog.changes
+
+        def apply(forward: bool):
+            self.dataset.apply(changes, undo=not forward)
+            for change in changes:
+                self._changed(change.image)
+
+        self._push(f"replace in {len(changes)} captions", apply)
+        self.status.emit(f"Replaced in {len(changes)} images (Ctrl+Z undoes all of it).")
+
+    def compare(self) -> None:
+        if self.current is None:
+            return
+        self.editor.commit()
+        sources = self.dataset.sources(self.current)
+        if len(sources) < 2:
+            self.status.emit("This image has one caption: nothing to compare.")
+            return
+        CompareDialog(self.current, sources, self).exec()
+
+    def export(self) -> None:
+        if self.dataset is None:
+            return
+        self.editor.commit()
+        dialog = ExportDialog(self.dataset, self)
+        if not dialog.exec():
+            return
+        fmt, target, approved = dialog.choice()
+        dataset = self.dataset
+        run_in_background(lambda: dataset.export(fmt, target, approved),
+                          lambda counts: self.status.emit(f"Exported {counts['images']} images, {counts['captions']} "
+                                                          f"captions to {target}"),
+                          lambda exc: self.show_notice(f"Export failed: {exc}", error=True))
+
+    # ---- captioning ------------------------------------------------------------------------------------
+
+    def _fill_captioners(self) -> None:
+        self.captioner.blockSignals(True)
+        self.captioner.clear()
+        self.captioner.addItem("Demo captioner (built-in, flat shapes only)", None)
+        for folder in self._captioner_folders():
+            self.captioner.addItem(Path(folder).name, folder)
+        self.captioner.addItem("Local server (OpenAI-compatible)…", SERVER)
+        saved = self.settings.value("captioner")
+        index = self.captioner.findData(saved) if saved else 0
+        self.captioner.setCurrentIndex(max(0, index))
+        self.captioner.blockSignals(False)
+        self.server_url.setVisible(self.captioner.currentData() == SERVER)
+
+    def _captioner_folders(self) -> list[str]:
+        value = self.settings.value("captioners", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def add_captioner_folder(self) -> None:
+        from core.captioning.adapters import model_type
+
+        chosen = QFileDialog.getExistingDirectory(self, "A vision-language model folder (with config.json)")
+        if not chosen:
+            return
+        try:
+            model_type(Path(chosen))
+        except LuminaError as exc:
+            QMessageBox.warning(self, "Not a captioning model", str(exc))
+            return
+        self.settings.setValue("captioners", [chosen] + [f for f in self._captioner_folders() if f != chosen])
+        self.settings.setValue("captioner", chosen)
+        self._fill_captioners()
+
+    def _captioner_changed(self) -> None:
+        self.settings.setValue("captioner", self.captioner.currentData())
+        self.server_url.setVisible(self.captioner.currentData() == SERVER)
+
+    def captioner_options(self) -> CaptionerOptions:
+        chosen = self.captioner.currentData()
+        if chosen == SERVER:
+            self.settings.setValue("caption_server", self.server_url.text().strip())
+            return CaptionerOptions(server=self.server_url.text().strip(), device=self.device)
+        return CaptionerOptions(model=chosen, device=self.device)
+
+    def _ensure_worker(self) -> None:
+        options = self.captioner_options()
+        if options != self._options or self.client.worker is None:
+            self._options = options
+            self.client.start(options)
+
+    def caption_requested(self) -> None:
+        if self.dataset is None:
+            return
+        self.editor.commit()
+        styles = [name for name, box in self.styles.items() if box.isChecked()]
+        if not styles:
+            self.show_notice("Tick at least one caption style.", error=True)
+            return
+        self.settings.setValue("caption_styles", ",".join(styles))
+        scope, mode = self.scope.currentData(), self.mode.currentData()
+        images = self._scope_images(scope)
+        if images is not None and not images:
+            self.show_notice("No images to caption in that choice.", error=True)
+            return
+        if mode == "overwrite":
+            count = len(images) if images is not None else len(self.dataset.images)
+            answer = QMessageBox.question(self, "Overwrite captions",
+                                          f"Replace the captions of {count} images, hand edits included?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes:
+                return
+        self.submit(styles, mode, images, f"{', '.join(styles)} for {self._describe_scope(scope, images)}")
+
+    def _scope_images(self, scope: str) -> list[str] | None:
+        if scope == "selected":
+            return [index.data(Qt.UserRole) for index in self.list.selectionModel().selectedIndexes()]
+        if scope == "uncaptioned":
+            return [image for image in self.dataset.images if not self.dataset.captions(image)]
+        if scope == "filtered":
+            return self.filtered()
+        return None
+
+    def _describe_scope(self, scope: str, images: list[str] | None) -> str:
+        name = self.dataset.folder.name
+        return f"{name} (all)" if images is None else f"{len(images)} images of {name} ({scope})"
+
+    def submit(self, styles: list[str], mode: str, images: list[str] | None, label: str) -> None:
+        self._ensure_worker()
+        settings = {"folder": str(self.dataset.folder), "styles": styles, "mode": mode, "recursive": True,
+                    "images": images}
+        self.client.submit({"settings": settings}, label)
+        self.status.emit(f"Queued captioning: {label}")
+
+    def regenerate(self) -> None:
+        image = self.current
+        if image is None or self.dataset is None or not self.dataset.writable:
+            return
+        self.editor.commit()
+        if self.dataset.hand_edited(image):
+            answer = QMessageBox.question(self, "Caption again",
+                                          f"{image} has captions you edited by hand. Replace them with new ones?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes:
+                return
+        styles = [name for name, box in self.styles.items() if box.isChecked()] or ["detailed"]
+        self.submit(styles, "overwrite", [image], f"{', '.join(styles)} for {image}")
+
+    def _progress(self, event) -> None:
+        done, total, eta = event.data["step"], event.data["total"], event.data["eta"]
+        self.progress.setVisible(True)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{done}/{total} images · {int(eta) // 60}:{int(eta) % 60:02d} left")
+
+    def _result(self, event) -> None:
+        data = event.data
+        if "summary" in data:
+            summary = data["summary"]
+            text = (f"Captioning finished: {summary['captioned']} captioned, {summary['skipped']} skipped, "
+                    f"{len(summary['failed'])} failed.")
+            self.status.emit(text)
+            if summary["failed"]:
+                self.show_notice(text + " Not captioned: " + "; ".join(summary["failed"][:10])
+                                 + (" …" if len(summary["failed"]) > 10 else ""), error=True)
+            return
+        if self.dataset is None or data.get("image") is None:
+            return
+        image = data["image"]
+        self.dataset.forget(image)  # the worker wrote its .txt: read it again when shown
+        if not data.get("error"):
+            self._changed(image)
+
+    def _finished(self, job_id: int, outcome: str, message: str) -> None:
+        if not self.client.busy:
+            self.progress.setVisible(False)
+        if outcome == "error":
+            self.show_notice(f"Captioning stopped: {message}", error=True)
+
+    def stop(self) -> None:
+        """Before the window closes: save what was typed, stop the captioner and the image decoders."""
+        self.editor.commit()
+        self.settings.setValue("caption_split", self.splitter.saveState())
+        self.client.stop()
+        self.loader.stop()
+        if self.dataset is not None:
+            self.dataset.close()

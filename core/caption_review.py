@@ -1,0 +1,211 @@
+"""Reviewing a captioned folder, without Qt: the images, their captions and review status, filters, find &
+replace, and export. The Caption panel draws this; the CLI's `caption-export` uses the export.
+
+Captions are read lazily (one `.txt` when an image is shown) or all at once in the background
+(`load_all`, for filters and find & replace over the whole folder). Every change is written at once: the
+`.txt` atomically, the status to the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .caption_state import HAND, REVIEW_STATUSES, CaptionState
+from .datasets import list_images, read_captions, write_captions
+from .errors import LuminaError
+from .storage import folder_writable, write_json_atomic, write_text_atomic
+
+EXPORT_FORMATS = {"txt": "a .txt beside each image (in a new folder, images copied)",
+                  "imagefolder": "Hugging Face imagefolder: metadata.jsonl with file_name and text",
+                  "jsonl": "the Lumina authors' jsonl: {\"path\", \"prompt\"}"}
+
+
+class ReviewError(LuminaError):
+    """A filter, replacement or export a person asked for cannot be done; the message says why."""
+
+
+@dataclass
+class Change:
+    """One image's captions before and after a replacement."""
+    image: str
+    before: list[str]
+    after: list[str]
+
+
+@dataclass
+class Filter:
+    status: str = ""  # one of REVIEW_STATUSES, "" for any
+    text: str = ""
+    regex: bool = False
+    min_tokens: int = 0
+    max_tokens: int = 0  # 0: no upper bound
+    uncaptioned: bool = False
+
+    def active(self) -> bool:
+        return bool(self.status or self.text or self.min_tokens or self.max_tokens or self.uncaptioned)
+
+
+def compile_pattern(text: str, regex: bool) -> re.Pattern:
+    try:
+        return re.compile(text if regex else re.escape(text), re.IGNORECASE)
+    except re.error as exc:
+        raise ReviewError(f"The regular expression cannot be read: {exc}.") from None
+
+
+class CaptionDataset:
+    """One folder under review. Images are paths relative to the folder (as the state file keeps them)."""
+
+    def __init__(self, folder: Path, recursive: bool = True, counter: Callable[[str], int] | None = None):
+        self.folder = folder
+        self.images = [p.relative_to(folder).as_posix() for p in list_images(folder, recursive)]
+        self.counter = counter
+        self.writable = folder_writable(folder)
+        self.state = CaptionState(folder) if self.writable else None
+        self.status = self.state.statuses() if self.state else {}
+        self._captions: dict[str, list[str]] = {}
+        self.unreadable: dict[str, str] = {}  # image -> why its caption cannot be read
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+
+    def path(self, image: str) -> Path:
+        return self.folder / image
+
+    # ---- captions and status ------------------------------------------------------------------------
+
+    def captions(self, image: str) -> list[str]:
+        if image not in self._captions:
+            try:
+                self._captions[image] = read_captions(self.path(image))
+            except (OSError, UnicodeDecodeError) as exc:
+                self.unreadable[image] = str(exc)
+                self._captions[image] = []
+        return self._captions[image]
+
+    def load_all(self, should_stop=lambda: False) -> None:
+        """Read every caption (a background task: 50,000 small files take about a second)."""
+        for image in self.images:
+            if should_stop():
+                return
+            self.captions(image)
+
+    def forget(self, image: str) -> None:
+        """Read the image's caption again next time (a captioner wrote it)."""
+        self._captions.pop(image, None)
+
+    def set_captions(self, image: str, captions: list[str]) -> None:
+        if not self.writable:
+            raise ReviewError(f"{self.folder} is read-only: captions cannot be changed here.")
+        lines = [" ".join(c.split()) for c in captions if c.strip()]
+        write_captions(self.path(image), lines)
+        self._captions[image] = lines
+
+    def status_of(self, image: str) -> str:
+        return self.status.get(image, "unreviewed")
+
+    def set_status(self, image: str, status: str) -> None:
+        if self.state is None:
+            raise ReviewError(f"{self.folder} is read-only: review statuses cannot be saved here.")
+        self.state.set_status(self.path(image), status)
+        self.status[image] = status
+
+    def sources(self, image: str) -> list[dict]:
+        captions = self.captions(image)
+        if self.state is None:
+            return [{"text": c, "source": "", "style": "", "tokens": None} for c in captions]
+        return self.state.sources(self.path(image), captions)
+
+    def hand_edited(self, image: str) -> bool:
+        return any(s["source"] == HAND for s in self.sources(image))
+
+    def tokens(self, text: str) -> int | None:
+        return self.counter(text) if self.counter else None
+
+    # ---- filtering and replacing ---------------------------------------------------------------------
+
+    def matching(self, rule: Filter) -> list[str]:
+        if not rule.active():
+            return list(self.images)
+        pattern = compile_pattern(rule.text, rule.regex) if rule.text else None
+        found = []
+        for image in self.images:
+            if rule.status and self.status_of(image) != rule.status:
+                continue
+            captions = self.captions(image)
+            if rule.uncaptioned and captions:
+                continue
+            if pattern is not None and not any(pattern.search(c) for c in captions):
+                continue
+            if (rule.min_tokens or rule.max_tokens) and self.counter:
+                longest = max((self.counter(c) for c in captions), default=0)
+                if longest < rule.min_tokens or rule.max_tokens and longest > rule.max_tokens:
+                    continue
+            found.append(image)
+        return found
+
+    def preview_replace(self, find: str, replace: str, regex: bool, images: list[str]) -> list[Change]:
+        """Every caption the replacement would change, before anything is written."""
+        if not find:
+            raise ReviewError("Give the text to find.")
+        pattern = compile_pattern(find, regex)
+        changes = []
+        for image in images:
+            before = self.captions(image)
+            try:
+                after = [pattern.sub(replace if regex else lambda _: replace, c) for c in before]
+            except (re.error, IndexError) as exc:
+                raise ReviewError(f"The replacement cannot be used: {exc}.") from None
+            if after != before:
+                changes.append(Change(image, list(before), after))
+        return changes
+
+    def apply(self, changes: list[Change], undo: bool = False) -> None:
+        for change in changes:
+            self.set_captions(change.image, change.before if undo else change.after)
+
+    # ---- export ---------------------------------------------------------------------------------------
+
+    def export(self, fmt: str, out: Path, approved_only: bool) -> dict:
+        """Write the dataset in `fmt` to `out` (a folder; for jsonl a file); returns the manifest."""
+        import shutil
+
+        if fmt not in EXPORT_FORMATS:
+            raise ReviewError(f"Unknown export format '{fmt}': use {', '.join(EXPORT_FORMATS)}.")
+        chosen = [i for i in self.images if self.captions(i) and (not approved_only or self.status_of(i) == "approved")]
+        counts = {"images": len(chosen), "captions": sum(len(self.captions(i)) for i in chosen),
+                  "left_out_uncaptioned": sum(1 for i in self.images if not self.captions(i)),
+                  "left_out_unapproved": sum(1 for i in self.images if self.captions(i)) - len(chosen),
+                  "format": fmt, "approved_only": approved_only, "source": str(self.folder)}
+        try:
+            if fmt == "jsonl":
+                # one item per caption: their trainer reads one caption per item, and may list an image twice
+                lines = [json.dumps({"path": str(self.path(i).resolve()), "prompt": caption}, ensure_ascii=False)
+                         for i in chosen for caption in self.captions(i)]
+                write_text_atomic(out, "".join(line + "\n" for line in lines))
+                write_json_atomic(out.with_suffix(".manifest.json"), counts)
+                return counts
+            out.mkdir(parents=True, exist_ok=True)
+            records = []
+            for image in chosen:
+                target = out / image
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.path(image), target)
+                if fmt == "txt":
+                    write_captions(target, self.captions(image))
+                else:
+                    records.append(json.dumps({"file_name": image, "text": "\n".join(self.captions(image))},
+                                              ensure_ascii=False))
+            if fmt == "imagefolder":
+                write_text_atomic(out / "metadata.jsonl", "".join(r + "\n" for r in records))
+            write_json_atomic(out / "manifest.json", counts)
+        except OSError as exc:
+            raise ReviewError(f"The export to {out} failed ({exc.strerror or exc}).") from None
+        return counts
+
+
+__all__ = ["REVIEW_STATUSES", "CaptionDataset", "Change", "Filter", "ReviewError", "EXPORT_FORMATS"]
