@@ -77,7 +77,7 @@ class CaptionListModel(QAbstractListModel):
         if role == Qt.ToolTipRole:
             return f"{image}\n{self.dataset.status_of(image)}"
         if role == Qt.SizeHintRole:
-            return QSize(THUMBNAIL + 16, THUMBNAIL + 28)
+            return QSize(200, THUMBNAIL + 8)
         if role == Qt.UserRole:
             return image
         return None

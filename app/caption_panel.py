@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView,
@@ -74,6 +74,7 @@ class CaptionPanel(QWidget):
         self.loader = ImageLoader(self)
         self.model = CaptionListModel(self.loader, self)
         self._opened_last = False
+        self._closing = False  # set when the window closes: background reads stop
         self._build()
         self._connect()
         self._shortcuts()
@@ -174,6 +175,7 @@ class CaptionPanel(QWidget):
         for box, tip in ((self.filter_min, "at least this many tokens (0: any)"),
                          (self.filter_max, "at most this many tokens (0: any)")):
             box.setRange(0, 100_000)
+            box.setSpecialValueText("any")
             box.setToolTip("Longest caption of the image has " + tip)
         self.filter_uncaptioned = QCheckBox("No caption")
         self.filter_count = QLabel()
@@ -228,7 +230,7 @@ class CaptionPanel(QWidget):
 
         self.progress = QProgressBar()
         self.progress.setVisible(False)
-        self.queue = JobQueueView(self.client, "Captioning queue")
+        self.queue = JobQueueView(self.client, "Captioning queue", stop_key="")
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.notice)
@@ -328,7 +330,8 @@ class CaptionPanel(QWidget):
         self._fill_recent()
         self.undo_stack.clear()
         self.show_dataset(dataset)
-        run_in_background(dataset.load_all, lambda _: self._captions_loaded(dataset),
+        run_in_background(lambda: dataset.load_all(lambda: self._closing or dataset is not self.dataset),
+                          lambda _: self._captions_loaded(dataset),
                           lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
 
     def _captions_loaded(self, dataset: CaptionDataset) -> None:
@@ -685,8 +688,10 @@ class CaptionPanel(QWidget):
     def stop(self) -> None:
         """Before the window closes: save what was typed, stop the captioner and the image decoders."""
         self.editor.commit()
+        self._closing = True
         self.settings.setValue("caption_split", self.splitter.saveState())
         self.client.stop()
         self.loader.stop()
+        QThreadPool.globalInstance().waitForDone(5000)  # a folder's captions still being read
         if self.dataset is not None:
             self.dataset.close()

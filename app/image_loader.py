@@ -21,8 +21,8 @@ class _LoadImage(QRunnable):
     def run(self):
         reader = QImageReader(self.path)
         original = reader.size()
-        if original.isValid():
-            reader.setScaledSize(original.scaled(self.size, self.size, Qt.KeepAspectRatio))
+        if original.isValid() and max(original.width(), original.height()) > self.size:  # never enlarged here:
+            reader.setScaledSize(original.scaled(self.size, self.size, Qt.KeepAspectRatio))  # the view scales
         self.signals.done.emit(self.path, self.size, reader.read())  # a null image when unreadable
 
 

@@ -46,7 +46,7 @@ class JobQueueModel(QAbstractListModel):
 class JobQueueView(QGroupBox):
     """The queue with Up / Down / Cancel / Cancel waiting / Stop; the selection survives refreshes."""
 
-    def __init__(self, client: WorkerClient, title: str = "Queue", parent=None):
+    def __init__(self, client: WorkerClient, title: str = "Queue", stop_key: str = "Esc", parent=None):
         super().__init__(title, parent)
         self.client = client
         self.model = JobQueueModel(client, self)
@@ -63,7 +63,7 @@ class JobQueueView(QGroupBox):
             ("Down", lambda: self._move_selected(1), "Run this job later"),
             ("Cancel", self.cancel_selected, "Cancel the selected job"),
             ("Cancel waiting", client.cancel_pending, "Cancel every waiting job; the running one goes on"),
-            ("Stop (Esc)", client.stop_current, "Stop the running job"),
+            (f"Stop ({stop_key})" if stop_key else "Stop", client.stop_current, "Stop the running job"),
         ):
             button = QPushButton(label)
             button.setToolTip(tip)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,14 @@ class CaptionDataset:
         return self._captions[image]
 
     def load_all(self, should_stop=lambda: False) -> None:
-        """Read every caption (a background task: 50,000 small files take about a second)."""
-        for image in self.images:
+        """Read every caption (a background task: 50,000 small files take about a second). It pauses a
+        moment every few hundred files so the GUI thread gets Python's lock while it reads."""
+        for number, image in enumerate(self.images):
             if should_stop():
                 return
             self.captions(image)
+            if number % 256 == 255:
+                time.sleep(0.002)
 
     def forget(self, image: str) -> None:
         """Read the image's caption again next time (a captioner wrote it)."""

@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--lumina-model", help="whose tokenizer measures caption length (default: the demo model)")
     cap.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
 
+    export_captions = commands.add_parser("export-captions", help="export a captioned folder for training")
+    export_captions.add_argument("folder", help="the captioned images' folder")
+    export_captions.add_argument("--format", required=True, choices=("txt", "imagefolder", "jsonl"),
+                                 help="txt: images copied with a .txt each; imagefolder: images + metadata.jsonl; "
+                                      "jsonl: the Lumina authors' {path, prompt} file (one item per caption)")
+    export_captions.add_argument("--out", required=True, help="a new folder (txt, imagefolder) or a .jsonl file")
+    export_captions.add_argument("--approved-only", action="store_true",
+                                 help="only images approved in the Caption tab's review")
+    export_captions.add_argument("--recursive", action="store_true", help="include sub-folders")
+
     # Training lives in trainer/ (a layer above core); its own parser reads these arguments.
     commands.add_parser("train", help="fine-tune in stages from a config (see: train --help)", add_help=False)
 
@@ -325,6 +335,23 @@ def run_caption(args) -> int:
     return 4 if summary.failed else 0
 
 
+def run_export_captions(args) -> int:
+    from .caption_review import CaptionDataset
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        raise RequestError(f"{folder} is not a folder.")
+    dataset = CaptionDataset(folder, recursive=args.recursive)
+    try:
+        counts = dataset.export(args.format, Path(args.out).expanduser(), args.approved_only)
+    finally:
+        dataset.close()
+    print(f"{counts['images']} images, {counts['captions']} captions -> {args.out} ({counts['left_out_uncaptioned']} "
+          f"without a caption left out" + (f", {counts['left_out_unapproved']} not approved" if args.approved_only
+                                          else "") + ")")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The core commands (`lumina-studio` itself, with the app and the trainer, is lumina_studio.main)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -334,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "train"):  # only through lumina-studio, which dispatches these itself
         parser.error("give a command: generate, caption, export-onnx, models, scenes or evaluate (see --help)")
     commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models, "scenes": run_scenes,
-                "evaluate": run_evaluate, "caption": run_caption}
+                "evaluate": run_evaluate, "caption": run_caption, "export-captions": run_export_captions}
     return report_errors(PROG, commands[args.command], args)
 
 

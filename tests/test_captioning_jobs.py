@@ -272,3 +272,19 @@ def test_several_processes_through_accelerate_share_the_images(tmp_path, server)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("5 captioned") == 2  # one summary per process, each its half
     assert len(list(folder.glob("*.txt"))) == 10 and len(server.script.requests) == 10
+
+
+def test_export_captions_from_the_command_line(tmp_path):
+    from trainer.config import DatasetConfig
+    from trainer.datasets import read_dataset
+
+    folder = folder_of_colours(tmp_path / "set", 3)
+    write_captions(folder / "img-00.png", ["a red card", "red"])
+    write_captions(folder / "img-01.png", ["a green card"])
+    result = cli("export-captions", folder, "--format", "jsonl", "--out", tmp_path / "set.jsonl", home=tmp_path / "h")
+    assert result.returncode == 0, result.stderr
+    assert "2 images, 3 captions" in result.stdout and "1 without a caption" in result.stdout
+    items, _ = read_dataset(DatasetConfig(path=str(tmp_path / "set.jsonl"), min_side=16), 0)
+    assert sorted(c for i in items for c in i.captions) == ["a green card", "a red card", "red"]
+    bad = cli("export-captions", folder, "--format", "csv", "--out", tmp_path / "x", home=tmp_path / "h")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -1,6 +1,6 @@
 """Take the README's screenshots of the real app with the built-in demo model (run under Xvfb):
 
-    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py
+    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption]
 """
 
 import os
@@ -35,6 +35,42 @@ def settle(app, seconds=1.5):
     while time.time() < end:
         app.processEvents()
         time.sleep(0.02)
+
+
+def caption_shots(app):
+    """The Caption tab on a folder of scenes the demo captioner has just captioned, a few reviewed."""
+    from app.main_window import MainWindow, apply_theme
+    from core.scenes.world import write_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="lumina-shots-scenes-")) / "shapes"
+    write_dataset(folder, 40, seed=21)
+    for txt in folder.glob("*.txt"):
+        txt.unlink()
+    window = MainWindow(device="cpu")
+    window.resize(1280, 860)
+    window.show()
+    window.tabs.setCurrentWidget(window.caption)
+    panel = window.caption
+    panel.open_folder(folder)
+    for name, box in panel.styles.items():
+        box.setChecked(name in ("detailed", "tags"))
+    done = []
+    panel.client.result.connect(lambda event: done.append(1) if "summary" in event.data else None)
+    panel.caption_requested()
+    wait(app, lambda: bool(done))
+    for _ in range(3):
+        panel.approve_and_next()
+    panel.set_status("rejected")
+    panel.move(1)
+    panel.set_status("needs fixing")
+    panel.move(1)
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app)
+        window.grab().save(str(HERE / f"caption-{theme}.png"))
+    panel.client.stop()
+    window.client.stop()
+    window.close()
 
 
 def main():
@@ -83,7 +119,12 @@ def main():
         settle(app)
         window.grab().save(str(HERE / f"recovered-{theme}.png"))
     window.client.stop()
+    window.close()
+    caption_shots(app)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--only", "caption"]:
+        caption_shots(QApplication([]))
+    else:
+        main()
