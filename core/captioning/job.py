@@ -12,6 +12,7 @@ stops the job with one message.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from ..caption_state import STATE_FILE, CaptionState
 from ..datasets import list_images, read_captions, sidecar, write_captions
 from ..errors import LuminaError
 from ..images import ImageProblem, open_rgb
+from ..prompts import MAX_TOKENS
 from ..storage import folder_writable, human_size
 from .styles import prompts_for
 
@@ -81,7 +83,7 @@ class Summary:
         rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
         text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
         if self.over_limit:
-            text += f"; {self.over_limit} captions are longer than the model's 256-token limit"
+            text += f"; {self.over_limit} captions are longer than the model's {MAX_TOKENS}-token limit"
         return text
 
 
@@ -110,10 +112,15 @@ class CaptionRun:
         self.source = captioner.name
 
     def identity(self) -> dict:
-        """What makes two runs the same run (a rerun of it resumes it)."""
+        """What makes two runs the same run (a rerun of it resumes it): settings, and which images."""
         s = self.settings
+        images = hashlib.sha256("\n".join(sorted(s.images)).encode()).hexdigest() if s.images is not None else None
         return {"source": self.source, "prompts": [asdict(p) for p in self.prompts], "mode": s.mode,
-                "max_tokens": s.max_tokens, "sampling": s.sampling, "images": sorted(s.images) if s.images else None}
+                "max_tokens": s.max_tokens, "sampling": s.sampling, "images": images}
+
+    def caption_settings(self, prompt) -> dict:
+        """What the state file keeps with each caption: how it was asked for."""
+        return {"prompt": asdict(prompt), "max_tokens": self.settings.max_tokens, "sampling": self.settings.sampling}
 
     def all_images(self) -> list[Path]:
         if self.settings.images is not None:
@@ -159,7 +166,7 @@ class CaptionRun:
                     else:
                         state.record(key, self.folder / outcome.image, outcome.written)
                         summary.captioned += 1
-                        summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > 256)
+                        summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
                     if on_result is not None:
                         on_result(outcome)
                 if on_progress is not None:
@@ -207,10 +214,11 @@ class CaptionRun:
             for index, answer in zip(ready, answers):
                 text = "" if isinstance(answer, Exception) else prompt.finish(answer)
                 if not text:
-                    outcomes[index].error = str(answer) if isinstance(answer, Exception) else "the model gave an empty caption"
+                    empty = "the model gave an empty caption"
+                    outcomes[index].error = str(answer) if isinstance(answer, Exception) else empty
                 else:
                     lines[index].append({"text": text, "style": prompt.style, "source": self.source,
-                                         "settings": self.identity(), "tokens": self._tokens(text)})
+                                         "settings": self.caption_settings(prompt), "tokens": self._tokens(text)})
             ready = [i for i in ready if not outcomes[i].error]
         for index in ready:
             outcome, written = outcomes[index], lines[index]
@@ -222,7 +230,8 @@ class CaptionRun:
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise self._full_disk() from None
-                outcome.error, outcome.captions, outcome.written = f"{sidecar(images[index]).name} cannot be written ({exc.strerror or exc})", [], []
+                outcome.captions, outcome.written = [], []
+                outcome.error = f"{sidecar(images[index]).name} cannot be written ({exc.strerror or exc})"
         return outcomes
 
     def _tokens(self, text: str) -> int | None:
