@@ -100,7 +100,7 @@ class CaptionPanel(QWidget):
             self.counter = counter
             self.editor.set_counter(counter)
             if self.dataset is not None:
-                self.dataset.counter = counter
+                self.dataset.set_counter(counter)
             if self.current:
                 self._changed(self.current)
 
@@ -337,10 +337,17 @@ class CaptionPanel(QWidget):
     def _captions_loaded(self, dataset: CaptionDataset) -> None:
         if dataset is not self.dataset:
             return
+        problems = []
+        if dataset.broken:
+            problems.append(f"{len(dataset.broken)} images cannot be read (skipped when captioning): "
+                            + "; ".join(f"{name} ({why})" for name, why in list(dataset.broken.items())[:5]))
         if dataset.unreadable:
-            names = ", ".join(list(dataset.unreadable)[:5])
-            self.show_notice(f"{len(dataset.unreadable)} caption files cannot be read (shown empty, left as they "
-                             f"are): {names}", error=True)
+            problems.append(f"{len(dataset.unreadable)} caption files cannot be read (shown empty, left as they "
+                            f"are): {', '.join(list(dataset.unreadable)[:5])}")
+        if problems:
+            self.show_notice(" ".join(problems) + (" …" if len(dataset.broken) > 5 else ""), error=True)
+            self.notice.setToolTip("\n".join(f"{name}: {why}" for name, why in
+                                              {**dataset.broken, **dataset.unreadable}.items()))
         if self._filter().active():
             self.apply_filter()
 

@@ -69,6 +69,8 @@ class CaptionDataset:
         self.status = self.state.statuses() if self.state else {}
         self._captions: dict[str, list[str]] = {}
         self.unreadable: dict[str, str] = {}  # image -> why its caption cannot be read
+        self.broken: dict[str, str] = {}  # image -> why the image itself cannot be read (found by load_all)
+        self._lengths: dict[str, int] = {}  # caption text -> tokens (counted once; load_all counts them all)
 
     def close(self) -> None:
         if self.state is not None:
@@ -89,12 +91,22 @@ class CaptionDataset:
         return self._captions[image]
 
     def load_all(self, should_stop=lambda: False) -> None:
-        """Read every caption (a background task: 50,000 small files take about a second). It pauses a
-        moment every few hundred files so the GUI thread gets Python's lock while it reads."""
+        """Read every caption, count its tokens and check every image's header (a background task: 50,000
+        images take a few seconds). It pauses a moment every few hundred files so the GUI thread gets Python's lock."""
+        from PIL import Image
+
+        from .images import problem
+
         for number, image in enumerate(self.images):
             if should_stop():
                 return
-            self.captions(image)
+            for caption in self.captions(image):
+                self.tokens(caption)
+            try:
+                with Image.open(self.path(image)) as opened:
+                    opened.size  # noqa: B018 (the header is read: enough to tell an image from a broken file)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                self.broken[image] = problem(exc)
             if number % 256 == 255:
                 time.sleep(0.002)
 
@@ -127,8 +139,16 @@ class CaptionDataset:
     def hand_edited(self, image: str) -> bool:
         return any(s["source"] == HAND for s in self.sources(image))
 
+    def set_counter(self, counter) -> None:
+        """Count with another Lumina model's tokenizer from now on."""
+        self.counter, self._lengths = counter, {}
+
     def tokens(self, text: str) -> int | None:
-        return self.counter(text) if self.counter else None
+        if self.counter is None:
+            return None
+        if text not in self._lengths:
+            self._lengths[text] = self.counter(text)
+        return self._lengths[text]
 
     # ---- filtering and replacing ---------------------------------------------------------------------
 
@@ -146,7 +166,7 @@ class CaptionDataset:
             if pattern is not None and not any(pattern.search(c) for c in captions):
                 continue
             if (rule.min_tokens or rule.max_tokens) and self.counter:
-                longest = max((self.counter(c) for c in captions), default=0)
+                longest = max((self.tokens(c) for c in captions), default=0)
                 if longest < rule.min_tokens or rule.max_tokens and longest > rule.max_tokens:
                     continue
             found.append(image)

@@ -155,12 +155,17 @@ def test_filters_find_replace_with_one_undo_and_export(window, panel, qtbot, tmp
         assert items[0].captions[0] in before[items[0].image.name]
 
 
-def test_empty_and_read_only_folders_say_so(window, panel, tmp_path):
+def test_empty_and_read_only_folders_and_broken_images_say_so(window, panel, qtbot, tmp_path):
     from filesystems import mount_tmpfs, unmount_tmpfs
 
     (tmp_path / "empty").mkdir()
     panel.open_folder(tmp_path / "empty")
     assert panel.notice.isVisible() and "No images in" in panel.notice.text()
+    folder = scene_folder(tmp_path / "scenes", 3, captions=True)
+    (folder / "broken.png").write_bytes(b"not a png")
+    panel.open_folder(folder)
+    qtbot.waitUntil(lambda: "1 images cannot be read" in panel.notice.text())
+    assert "broken.png (not an image Pillow can read)" in panel.notice.text()
     readonly = tmp_path / "ro"
     if not mount_tmpfs(readonly, "size=1m"):
         pytest.skip("cannot mount a tmpfs here (not root)")
