@@ -61,6 +61,7 @@ class _Change(QUndoCommand):
 
 class CaptionPanel(QWidget):
     status = Signal(str)
+    train_requested = Signal(object)  # the folder: open the Train tab's wizard with it
 
     def __init__(self, settings: QSettings, device: str = "auto", parent=None):
         super().__init__(parent)
@@ -117,8 +118,10 @@ class CaptionPanel(QWidget):
         self._fill_recent()
         self.find_button = QPushButton("Find and replace…")
         self.export_button = QPushButton("Export…")
+        self.train_button = QPushButton("Train on this dataset…")
+        self.train_button.setToolTip("Open the Train tab's wizard with this folder as its dataset")
         top = QHBoxLayout()
-        for widget in (self.open_button, self.recent, self.find_button, self.export_button):
+        for widget in (self.open_button, self.recent, self.find_button, self.export_button, self.train_button):
             top.addWidget(widget)
         top.addStretch(1)
 
@@ -246,6 +249,8 @@ class CaptionPanel(QWidget):
                                       if self.recent.itemData(index) else None)
         self.find_button.clicked.connect(self.find_replace)
         self.export_button.clicked.connect(self.export)
+        self.train_button.clicked.connect(lambda: self.dataset and (self.editor.commit(),
+                                                                    self.train_requested.emit(self.dataset.folder)))
         self.add_captioner.clicked.connect(self.add_captioner_folder)
         self.captioner.currentIndexChanged.connect(self._captioner_changed)
         self.caption_button.clicked.connect(self.caption_requested)
@@ -354,8 +359,8 @@ class CaptionPanel(QWidget):
     def show_dataset(self, dataset: CaptionDataset | None) -> None:
         self.dataset = dataset
         writable = dataset is not None and dataset.writable
-        for widget in (self.find_button, self.export_button, self.caption_button, self.regenerate_button,
-                       self.compare_button, *self.status_buttons.values()):
+        for widget in (self.find_button, self.export_button, self.train_button, self.caption_button,
+                       self.regenerate_button, self.compare_button, *self.status_buttons.values()):
             widget.setEnabled(dataset is not None)
         for widget in (self.find_button, self.caption_button, self.regenerate_button, *self.status_buttons.values()):
             widget.setEnabled(writable)

@@ -1,4 +1,4 @@
-"""The main window: Generate, Gallery and Caption tabs, menus, shortcuts, settings that survive a restart."""
+"""The main window: Generate, Gallery, Caption and Train tabs, menus, shortcuts, settings that survive a restart."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .caption_panel import CaptionPanel
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
 from .model_manager import ModelManager
+from .train_panel import TrainPanel
 from .worker_client import WorkerClient
 
 THEMES = ("system", "light", "dark")
@@ -58,10 +59,12 @@ class MainWindow(QMainWindow):
         self.generate = GeneratePanel(self.client)
         self.gallery = GalleryPanel(self.library)
         self.caption = CaptionPanel(self.settings, device)
+        self.train = TrainPanel(self.settings)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.generate, "Generate")
         self.tabs.addTab(self.gallery, "Gallery")
         self.tabs.addTab(self.caption, "Caption")
+        self.tabs.addTab(self.train, "Train")
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -140,6 +143,9 @@ class MainWindow(QMainWindow):
         self.gallery.use_seed.connect(lambda seed: (self.generate.use_seed(seed), self.tabs.setCurrentWidget(self.generate)))
         self.gallery.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.caption.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.caption.train_requested.connect(self.train_on)
+        self.train.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.train.use_model.connect(self.use_model)
         self.client.ready.connect(self._engine_ready)
         self.client.load_error.connect(
             lambda message: self.show_banner(f"The model could not be loaded: {message}{self._log_hint()}", True))
@@ -237,6 +243,17 @@ class MainWindow(QMainWindow):
         if path:
             self.tabs.setCurrentWidget(self.generate)
             self.generate.load_settings_from(path)
+
+    def train_on(self, folder) -> None:
+        """The Caption tab's "Train on this dataset": the wizard, with the folder filled in."""
+        self.tabs.setCurrentWidget(self.train)
+        self.train.new_run(dataset=folder)
+
+    def use_model(self, name: str) -> None:
+        """A checkpoint registered in the Train tab: Generate switches to it."""
+        self.generate.set_models(available_models(), name)
+        self.start_engine()
+        self.tabs.setCurrentWidget(self.generate)
 
     def undo(self) -> None:
         """Edit → Undo: the Caption tab's last change there, else the Gallery's last delete."""
@@ -372,6 +389,7 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.client.stop()
         self.caption.stop()
+        self.train.stop()
         self.gallery.stop()
         if self.library is not None:
             self.library.close()

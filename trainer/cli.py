@@ -159,37 +159,40 @@ def new_run(args) -> int:
         raise ConfigError(f"{run_path} already holds a trained run: continue it with --resume {run_path}, "
                           "or pick another --run-dir.")
     run.path.mkdir(parents=True, exist_ok=True)
-    run.events.unlink(missing_ok=True)  # a start that never reached a checkpoint begins again (features are reused)
-    config.write(run.config)
-    plan = {
-        "base_model": str(source.dit if source.is_single_file else source.components),
-        "components": str(source.components) if source.is_single_file else "",
-        "device": topology.device,
-        "processes": topology.world,
-        "mixed_precision": precision,
-        "accumulation": accumulation,
-        "parameters": params,
-        "memory_estimates": [asdict(e) for e in estimates],
-    }
-    write_json_atomic(run.plan, plan)
-    write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
-    print(f"run folder: {run.path}", file=sys.stderr)
+    if run.alive():
+        raise ConfigError(f"{run_path} is being trained right now (process {run.launcher()['pid']}).")
+    with run.launched():  # from here on a reader can tell this run is alive
+        run.events.unlink(missing_ok=True)  # a start without a checkpoint begins again (features are reused)
+        config.write(run.config)
+        plan = {
+            "base_model": str(source.dit if source.is_single_file else source.components),
+            "components": str(source.components) if source.is_single_file else "",
+            "device": topology.device,
+            "processes": topology.world,
+            "mixed_precision": precision,
+            "accumulation": accumulation,
+            "parameters": params,
+            "memory_estimates": [asdict(e) for e in estimates],
+        }
+        write_json_atomic(run.plan, plan)
+        write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
+        print(f"run folder: {run.path}", file=sys.stderr)
 
-    run.set_status("preparing", message="encoding latents and captions")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    job = (run.path, config, source, items, topology.device, dtype)
-    if topology.device == "cuda":
-        # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            failed, truncated = pool.submit(prepare_features, *job).result()
-    else:
-        failed, truncated = prepare_features(*job)
-    for line in failed:
-        print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
-    if truncated:
-        print(f"{PROG}: warning: {truncated} caption(s) are longer than {MAX_TOKENS} tokens with the system prompt; "
-              "their ends are cut, as at generation time.", file=sys.stderr)
-    return launch(run, topology, precision, config, resume=False)
+        run.set_status("preparing", message="encoding latents and captions")
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        job = (run.path, config, source, items, topology.device, dtype)
+        if topology.device == "cuda":
+            # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                failed, truncated = pool.submit(prepare_features, *job).result()
+        else:
+            failed, truncated = prepare_features(*job)
+        for line in failed:
+            print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
+        if truncated:
+            print(f"{PROG}: warning: {truncated} caption(s) are longer than {MAX_TOKENS} tokens with the system "
+                  "prompt; their ends are cut, as at generation time.", file=sys.stderr)
+        return launch(run, topology, precision, config, resume=False)
 
 
 def prepare_features(run_path, config, source, items, device: str, dtype) -> tuple[list[str], int]:
@@ -212,9 +215,12 @@ def resume_run(args) -> int:
     if topology.world != plan["processes"]:
         raise ConfigError(f"this run was started with {plan['processes']} process(es); resume it with the same "
                           f"number (now {topology.world}) so the data order and sharded state match.")
+    if run.alive():
+        raise ConfigError(f"{run.path} is being trained right now (process {run.launcher()['pid']}).")
     run.stop_flag.unlink(missing_ok=True)
     print(f"resuming {run.path} from {run.latest_checkpoint().name}", file=sys.stderr)
-    return launch(run, topology, plan["mixed_precision"], config, resume=True)
+    with run.launched():
+        return launch(run, topology, plan["mixed_precision"], config, resume=True)
 
 
 def launch(run: RunFolder, topology: Topology, precision: str, config: RunConfig, resume: bool) -> int:

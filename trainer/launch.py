@@ -77,6 +77,7 @@ def run_processes(run: RunFolder, command: list[str], on_event=None) -> int:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        run.note_processes(process.pid)  # its own session: the group id is its pid
         interrupts = 0
 
         def on_signal(signum, frame):

@@ -10,15 +10,35 @@
   checkpoints/         step-NNNNNNNN/{model (a diffusers folder), state (optimizer, EMA, trainer state)}
   features/            pre-computed latents and caption features
   stop                 created to ask the run to save and exit
+  launcher.json        while `lumina-studio train` runs: its pid, its training processes' group, the host
+  train.log            the training processes' output
+
+No torch here: the app's Train tab reads run folders with this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
 from core.storage import read_json, write_json_atomic
+
+
+ACTIVE_STATES = ("preparing", "running", "stopping")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class RunFolder:
@@ -33,6 +53,8 @@ class RunFolder:
         self.samples = self.path / "samples"
         self.checkpoints = self.path / "checkpoints"
         self.stop_flag = self.path / "stop"
+        self.launcher_file = self.path / "launcher.json"
+        self.log_file = self.path / "train.log"
 
     def log(self, event: str, **fields) -> None:
         """Append one event; each line is flushed so a reader (or a crash) sees whole lines only."""
@@ -67,3 +89,83 @@ class RunFolder:
         """The newest complete checkpoint (half-written ones never count)."""
         done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "COMPLETE").exists())
         return done[-1] if done else None
+
+    # ---- the launcher: is anybody running this run? ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def launched(self):
+        """While the body runs, launcher.json names this process: a reader can tell a live run from one
+        whose processes are gone (killed, crashed, the machine restarted)."""
+        write_json_atomic(self.launcher_file, {"pid": os.getpid(), "host": socket.gethostname(),
+                                               "started": round(time.time(), 3)})
+        try:
+            yield
+        except Exception as exc:  # a failure before the training processes report their own
+            if self.status().get("state", "unknown") in (*ACTIVE_STATES, "unknown"):
+                self.set_status("failed", message=str(exc) or type(exc).__name__)
+            raise
+        finally:
+            self.launcher_file.unlink(missing_ok=True)
+
+    def note_processes(self, group: int) -> None:
+        """The training processes' process group (they run in a session of their own)."""
+        info = read_json(self.launcher_file, {})
+        if info:
+            write_json_atomic(self.launcher_file, {**info, "group": group})
+
+    def launcher(self) -> dict:
+        return read_json(self.launcher_file, {})
+
+    def alive(self) -> bool:
+        info = self.launcher()
+        if not info.get("pid"):
+            return False
+        if info.get("host") != socket.gethostname():
+            return True  # another machine's run: it cannot be checked from here, so it is not called dead
+        return pid_alive(int(info["pid"]))
+
+    def state(self) -> str:
+        """What a person should be told: the status, except that a run whose processes are gone is
+        "interrupted" (never "running" or "stopping" for ever), and "finished" without a checkpoint is
+        "failed"."""
+        state = self.status().get("state", "unknown")
+        if state in ACTIVE_STATES and not self.alive():
+            return "interrupted"
+        if state == "finished" and self.latest_checkpoint() is None:
+            return "failed"
+        if state == "unknown" and self.alive():
+            return "preparing"
+        return state
+
+
+class EventTail:
+    """Reads events.jsonl as it grows, from where it stopped: a half-written last line waits for its end,
+    a line that is not JSON is skipped, and every record is returned (the caller ignores kinds it does not know)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict]:
+        try:
+            with self.path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < self.offset:  # the file started again (a run restarted before its first checkpoint)
+                    self.offset, self._partial = 0, b""
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()  # b"" after a complete line
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records

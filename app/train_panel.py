@@ -1,0 +1,415 @@
+"""The Train tab: the runs list, a monitor of the selected run, and the wizard that starts a new one.
+
+Everything here reads the run folder (status.json, events.jsonl from a saved offset, samples/, train.log) and
+writes only flag files, so a run started here survives the app, and a run whose processes are gone shows as
+interrupted with Resume. Training itself runs as `lumina-studio train` in its own process group.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QIcon
+from PySide6.QtWidgets import (
+    QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
+    QLabel, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
+    QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from core.storage import runs_dir
+
+from .image_loader import ImageLoader
+from .image_view import ImageView
+from .loss_plot import SERIES, LossPlot
+from .train_runs import EventTail, RunFolder, kill, log_tail, resume, scan_runs, summarise
+
+REFRESH_MS = 1000
+COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
+SAMPLE_SIZE = 128
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class TrainPanel(QWidget):
+    status = Signal(str)
+    use_model = Signal(str)  # a registered model's name: switch Generate to it
+
+    def __init__(self, settings: QSettings, parent=None):
+        super().__init__(parent)
+        self.settings = settings
+        self.run: RunFolder | None = None
+        self.tail: EventTail | None = None
+        self.loader = ImageLoader(self)
+        self._started: dict[str, object] = {}  # run folder -> the launcher process this app started
+        self._build()
+        self._timer = QTimer(self)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh_monitor)
+        self._runs_timer = QTimer(self)
+        self._runs_timer.setInterval(5 * REFRESH_MS)
+        self._runs_timer.timeout.connect(self.refresh_runs)
+        self._shown_once = False
+
+    # ---- building -------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.new_button = QPushButton("New run…")
+        self.new_button.setToolTip("A wizard: datasets, base model, stages, hardware, samples; then launch")
+        self.clone_button = QPushButton("Clone…")
+        self.clone_button.setToolTip("A new run from the selected run's settings")
+        self.delete_button = QPushButton("Delete…")
+        self.runs = QTableWidget(0, len(COLUMNS))
+        self.runs.setHorizontalHeaderLabels(COLUMNS)
+        self.runs.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.runs.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.runs.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.runs.verticalHeader().setVisible(False)
+        self.runs.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.runs.itemSelectionChanged.connect(self._selected)
+        list_buttons = QHBoxLayout()
+        for button in (self.new_button, self.clone_button, self.delete_button):
+            list_buttons.addWidget(button)
+        list_buttons.addStretch(1)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addLayout(list_buttons)
+        left_layout.addWidget(self.runs, 1)
+
+        self.headline = QLabel("Select a run, or start one with New run….")
+        self.headline.setWordWrap(True)
+        self.headline.setTextFormat(Qt.RichText)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Save a checkpoint and stop (the run can be resumed)")
+        self.kill_button = QPushButton("Kill")
+        self.kill_button.setToolTip("End the run's processes now; its newest complete checkpoint stays")
+        self.resume_button = QPushButton("Resume")
+        self.open_button = QPushButton("Open run folder")
+        self.tensorboard_button = QPushButton("TensorBoard command")
+        self.use_button = QPushButton("Use this checkpoint")
+        self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
+        controls = QHBoxLayout()
+        for button in (self.stop_button, self.kill_button, self.resume_button, self.open_button,
+                       self.tensorboard_button, self.use_button):
+            controls.addWidget(button)
+        controls.addStretch(1)
+        self.plot = LossPlot()
+        self.series = QComboBox()
+        for name, label in SERIES.items():
+            self.series.addItem(label, name)
+        self.series.currentIndexChanged.connect(lambda _: self.plot.set_series(self.series.currentData()))
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.toggled.connect(self.plot.set_log_scale)
+        plot_row = QHBoxLayout()
+        plot_row.addWidget(QLabel("Plot"))
+        plot_row.addWidget(self.series)
+        plot_row.addWidget(self.log_scale)
+        plot_row.addStretch(1)
+        self.samples = QListWidget()
+        self.samples.setViewMode(QListWidget.IconMode)
+        self.samples.setIconSize(QSize(SAMPLE_SIZE, SAMPLE_SIZE))
+        self.samples.setFlow(QListWidget.LeftToRight)
+        self.samples.setWrapping(False)
+        self.samples.setFixedHeight(SAMPLE_SIZE + 48)
+        self.samples.itemActivated.connect(self._enlarge_sample)
+        self.samples.itemClicked.connect(self._enlarge_sample)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.headline)
+        right_layout.addLayout(controls)
+        right_layout.addLayout(plot_row)
+        right_layout.addWidget(self.plot, 2)
+        right_layout.addWidget(QLabel("Samples (click to enlarge)"))
+        right_layout.addWidget(self.samples)
+        right_layout.addWidget(QLabel("Events"))
+        right_layout.addWidget(self.log, 1)
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(right)
+        self.splitter.setSizes([420, 820])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.splitter)
+
+        self.new_button.clicked.connect(lambda: self.new_run())
+        self.clone_button.clicked.connect(self.clone_run)
+        self.delete_button.clicked.connect(self.delete_run)
+        self.stop_button.clicked.connect(self.stop_run)
+        self.kill_button.clicked.connect(self.kill_run)
+        self.resume_button.clicked.connect(self.resume_run)
+        self.open_button.clicked.connect(lambda: self.run and QDesktopServices.openUrl(
+            QUrl.fromLocalFile(str(self.run.path))))
+        self.tensorboard_button.clicked.connect(self.tensorboard)
+        self.use_button.clicked.connect(self.use_checkpoint)
+        self.loader.loaded.connect(self._sample_loaded)
+        self._set_controls(None)
+
+    def showEvent(self, event):  # noqa: N802 (Qt naming)
+        super().showEvent(event)
+        self._timer.start()
+        self._runs_timer.start()
+        if not self._shown_once:
+            self._shown_once = True
+            self.refresh_runs()
+
+    def hideEvent(self, event):  # noqa: N802 (Qt naming)
+        super().hideEvent(event)
+        self._timer.stop()
+        self._runs_timer.stop()
+
+    # ---- the runs list ------------------------------------------------------------------------------
+
+    def refresh_runs(self) -> None:
+        selected = self.run.path if self.run else None
+        found = scan_runs(runs_dir())
+        self.runs.blockSignals(True)
+        self.runs.setRowCount(len(found))
+        for row, summary in enumerate(found):
+            step = f"{summary.step}/{summary.total}" if summary.total else str(summary.step or "")
+            loss = f"{summary.loss:.4f}" if isinstance(summary.loss, (int, float)) else ""
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
+            for column, text in enumerate((summary.name, summary.state, summary.stage, step, loss, started,
+                                           duration(summary.duration))):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.UserRole, str(summary.path))
+                self.runs.setItem(row, column, item)
+            if selected is not None and summary.path == selected:
+                self.runs.selectRow(row)
+        self.runs.blockSignals(False)
+
+    def select_run(self, folder: Path) -> None:
+        self.refresh_runs()
+        for row in range(self.runs.rowCount()):
+            if Path(self.runs.item(row, 0).data(Qt.UserRole)) == folder:
+                self.runs.selectRow(row)
+                return
+        self.show_run(folder)
+
+    def _selected(self) -> None:
+        items = self.runs.selectedItems()
+        self.show_run(Path(items[0].data(Qt.UserRole)) if items else None)
+
+    # ---- the monitor ----------------------------------------------------------------------------------
+
+    def show_run(self, folder: Path | None) -> None:
+        self.run = RunFolder(folder) if folder else None
+        self.tail = EventTail(self.run.events) if self.run else None
+        self.plot.clear()
+        self.samples.clear()
+        self.log.clear()
+        self._sample_files: set[str] = set()
+        self._last_step: dict | None = None
+        self.refresh_monitor()
+
+    def refresh_monitor(self) -> None:
+        if self.run is None:
+            self._set_controls(None)
+            return
+        for record in self.tail.read():
+            self._event(record)
+        self.plot.update()
+        self._describe()
+
+    def _event(self, record: dict) -> None:
+        kind = record.get("event")
+        if kind == "step":
+            self.plot.add_step(record)
+            self._last_step = record
+        elif kind == "stage_start":
+            self.plot.add_stage(int(record.get("step", 0)), str(record.get("stage", "")))
+            self._line(f"stage {record.get('stage')} starts at step {record.get('step')}: {record.get('resolution')} "
+                       f"px, batch {record.get('batch_size')}, {record.get('items')} images")
+        elif kind == "samples":
+            for name in record.get("files", []):
+                self._add_sample(name, record)
+            self._line(f"samples at step {record.get('step')}")
+        elif kind in ("checkpoint", "resumed", "stopped", "finished", "failed", "error"):
+            detail = record.get("path") or record.get("checkpoint") or record.get("message") or ""
+            self._line(f"{kind} at step {record.get('step', '?')} {detail}".rstrip())
+        # other kinds (a newer trainer's) are ignored
+
+    def _line(self, text: str) -> None:
+        self.log.appendPlainText(text)
+
+    def _add_sample(self, name: str, record: dict) -> None:
+        if name in self._sample_files:
+            return
+        self._sample_files.add(name)
+        path = self.run.path / name
+        item = QListWidgetItem(f"step {record.get('step')}")
+        item.setData(Qt.UserRole, str(path))
+        item.setToolTip(str(path))
+        pixmap = self.loader.get(str(path), SAMPLE_SIZE)
+        if pixmap is not None:
+            item.setIcon(QIcon(pixmap))
+        self.samples.addItem(item)
+        self.samples.scrollToBottom()
+
+    def _sample_loaded(self, path: str, size: int) -> None:
+        for row in range(self.samples.count()):
+            item = self.samples.item(row)
+            if item.data(Qt.UserRole) == path and size == SAMPLE_SIZE:
+                item.setIcon(QIcon(self.loader.get(path, SAMPLE_SIZE)))
+
+    def _enlarge_sample(self, item: QListWidgetItem) -> None:
+        from core.metadata import MetadataError, read_settings
+
+        path = Path(item.data(Qt.UserRole))
+        dialog = QDialog(self)
+        dialog.setWindowTitle(path.name)
+        view = ImageView("")
+        view.setMinimumSize(420, 420)
+        pixmap = self.loader.get(str(path), 1024)
+        if pixmap is not None:
+            view.show_pixmap(pixmap)
+        try:
+            settings = read_settings(path)
+            text = f"{settings.get('prompt', '')}\n" + ", ".join(f"{k}: {v}" for k, v in settings.items() if k != "prompt")
+        except (MetadataError, OSError) as exc:
+            text = str(exc)
+        info = QLabel(text)
+        info.setWordWrap(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(view, 1)
+        layout.addWidget(info)
+        layout.addWidget(buttons)
+        dialog.resize(520, 600)
+        dialog.show()
+
+    def _describe(self) -> None:
+        summary = summarise(self.run.path)
+        status = self.run.status()
+        state = summary.state
+        parts = [f"<b>{self.run.path.name}</b> · {state}"]
+        step = self._last_step
+        if summary.total:
+            parts.append(f"step {summary.step}/{summary.total} ({summary.step / summary.total:.0%})")
+        if summary.stage:
+            stages = [name for _, name in self.plot.stages]
+            index = stages.index(summary.stage) + 1 if summary.stage in stages else "?"
+            parts.append(f"stage {summary.stage} ({index} of {self._stage_count()})")
+        if step and state == "running":
+            if step.get("samples_per_s"):
+                parts.append(f"{step['samples_per_s']:.1f} samples/s")
+            if step.get("eta_s") is not None:
+                parts.append(f"{duration(step['eta_s'])} left")
+        message = status.get("message") if state in ("failed", "stopped", "interrupted") else ""
+        text = " · ".join(parts)
+        if state == "interrupted":
+            text += "<br>Its processes are gone (killed, crashed or the machine restarted). Resume continues " \
+                    "from the newest complete checkpoint."
+        if message:
+            text += f"<br>{message}"
+        if state == "failed":
+            tail = log_tail(self.run.log_file, 12) or log_tail(self.run.path / "launcher.log", 12)
+            if tail and self.log.toPlainText().find("--- last lines") < 0:
+                self._line(f"--- last lines of {self.run.log_file.name} ---\n{tail}")
+        self.headline.setText(text)
+        self._set_controls(state)
+
+    def _stage_count(self) -> int:
+        try:
+            import tomllib
+
+            return len(tomllib.loads(self.run.config.read_text(encoding="utf-8")).get("stages", []))
+        except (OSError, ValueError):
+            return 0
+
+    def _set_controls(self, state: str | None) -> None:
+        active = state in ("preparing", "running", "stopping")
+        has_checkpoint = self.run is not None and self.run.latest_checkpoint() is not None
+        self.stop_button.setEnabled(active and state != "stopping")
+        self.kill_button.setEnabled(active)  # for a stop that does not end; it asks first
+        alive = self.run is not None and self.run.alive()  # a stopped run's launcher may still be exiting
+        self.resume_button.setEnabled(state in ("stopped", "interrupted", "failed") and has_checkpoint and not alive)
+        for button in (self.open_button, self.tensorboard_button, self.clone_button, self.delete_button):
+            button.setEnabled(self.run is not None)
+        self.delete_button.setEnabled(self.run is not None and not active)
+        self.use_button.setEnabled(has_checkpoint)
+
+    # ---- controls -------------------------------------------------------------------------------------
+
+    def stop_run(self) -> None:
+        if self.run is not None:
+            self.run.request_stop()
+            self.status.emit(f"Asked {self.run.path.name} to save a checkpoint and stop.")
+
+    def kill_run(self) -> None:
+        if self.run is None:
+            return
+        answer = QMessageBox.question(self, "Kill the run", f"End {self.run.path.name}'s processes now? Its newest "
+                                      "complete checkpoint stays and it can be resumed from there.",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer == QMessageBox.Yes:
+            kill(self.run.path)
+            self.status.emit(f"Killed {self.run.path.name}.")
+
+    def resume_run(self) -> None:
+        if self.run is not None:
+            self._started[str(self.run.path)] = resume(self.run.path)
+            self.status.emit(f"Resuming {self.run.path.name}…")
+
+    def tensorboard(self) -> None:
+        command = f"tensorboard --logdir {shlex.quote(str(self.run.tensorboard))}"
+        QApplication.clipboard().setText(command)
+        self.status.emit(f"Copied: {command}")
+
+    def use_checkpoint(self) -> None:
+        from core.errors import LuminaError
+        from core.models.registry import add_model
+
+        checkpoint = self.run.latest_checkpoint() if self.run else None
+        if checkpoint is None:
+            return
+        name = f"{self.run.path.name}-{checkpoint.name}"
+        try:
+            entry = add_model(checkpoint / "model", name)
+        except LuminaError as exc:
+            QMessageBox.warning(self, "Use this checkpoint", str(exc))
+            return
+        self.use_model.emit(entry["name"])
+        self.status.emit(f"Registered {entry['name']}; Generate uses it now.")
+
+    def delete_run(self) -> None:
+        if self.run is None:
+            return
+        answer = QMessageBox.question(self, "Delete the run", f"Move {self.run.path.name} (its checkpoints, samples "
+                                      "and logs) to the trash folder of the runs folder?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer != QMessageBox.Yes:
+            return
+        trash = runs_dir() / ".trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.run.path), str(trash / f"{self.run.path.name}-{int(time.time())}"))
+        self.show_run(None)
+        self.refresh_runs()
+
+    def new_run(self, dataset: Path | None = None, template: Path | None = None) -> None:
+        from .train_wizard import TrainWizard
+
+        wizard = TrainWizard(self.settings, dataset=dataset, template=template, parent=self)
+        if wizard.exec() and wizard.launched is not None:
+            folder, process = wizard.launched
+            self._started[str(folder)] = process
+            self.select_run(folder)
+
+    def clone_run(self) -> None:
+        if self.run is not None and self.run.config.is_file():
+            self.new_run(template=self.run.config)
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._runs_timer.stop()
+        self.loader.stop()

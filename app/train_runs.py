@@ -1,0 +1,115 @@
+"""The Train tab's view of run folders, without Qt: scanning the runs folder, a run's summary for the list,
+and launching, stopping, killing and resuming `lumina-studio train` as a process group of its own, so a run
+outlives the app."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.run_folder import EventTail, RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_LOG = "launcher.log"  # what `lumina-studio train` printed: its one-line error when it never started
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    name: str
+    state: str
+    stage: str
+    step: int
+    total: int
+    loss: float | None
+    started: float
+    duration: float
+
+
+def summarise(folder: Path) -> RunSummary:
+    run = RunFolder(folder)
+    status = run.status()
+    state = run.state()
+    if state == "unknown" and (folder / LAUNCH_LOG).exists() and not run.alive():
+        state = "failed"  # the command stopped before the run began (its message is in launcher.log)
+    started = status.get("started") or _mtime(run.config) or _mtime(folder)
+    end = status.get("time", started) if state not in ("running", "preparing", "stopping") else time.time()
+    return RunSummary(folder, folder.name, state, str(status.get("stage", "")), int(status.get("step", 0) or 0),
+                      int(status.get("total_steps", 0) or 0), status.get("loss"), started, max(0.0, end - started))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def scan_runs(runs: Path) -> list[RunSummary]:
+    """Every run folder under `runs`, newest first (a folder counts when it has a config or a launcher log)."""
+    if not runs.is_dir():
+        return []
+    found = [summarise(p) for p in runs.iterdir()
+             if p.is_dir() and ((p / "config.toml").exists() or (p / LAUNCH_LOG).exists())]
+    return sorted(found, key=lambda r: r.started, reverse=True)
+
+
+def train_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lumina_studio", "train", *args]
+
+
+def start_detached(run_dir: Path, *args: str) -> subprocess.Popen:
+    """Run `lumina-studio train ARGS` in a session of its own (closing the app does not end it); its output
+    goes to the run folder's launcher.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = (run_dir / LAUNCH_LOG).open("ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        return subprocess.Popen(train_command(*args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(run_dir), start_new_session=True)
+    finally:
+        log.close()
+
+
+def launch(config: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    return start_detached(run_dir, str(config), "--run-dir", str(run_dir), *extra)
+
+
+def resume(run_dir: Path) -> subprocess.Popen:
+    return start_detached(run_dir, "--resume", str(run_dir))
+
+
+def kill(run_dir: Path) -> bool:
+    """End a run's processes now (its newest complete checkpoint stays); True when there was one to end."""
+    info = RunFolder(run_dir).launcher()
+    ended = False
+    for group in (info.get("group"), info.get("pid")):
+        if group:
+            try:
+                os.killpg(int(group), signal.SIGKILL)
+                ended = True
+            except OSError:
+                pass
+    if info.get("pid") and not ended:  # started from a terminal: the launcher leads no group of its own
+        try:
+            os.kill(int(info["pid"]), signal.SIGKILL)
+            ended = True
+        except OSError:
+            pass
+    return ended
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+__all__ = ["EventTail", "RunFolder", "RunSummary", "scan_runs", "launch", "resume", "kill", "log_tail"]

@@ -1,0 +1,579 @@
+"""The Train tab's wizard: start → datasets → base model → stages → hardware → samples and checkpoints →
+review, then save the config or launch it.
+
+Each page checks its part of the config with the trainer's own rules (trainer.config.parse_config, no torch)
+and blocks Next with the reason; the review page runs the trainer's own `--check` (datasets report, memory
+estimate) before Launch is allowed, so the config launched is one `lumina-studio train --check` accepted.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from PySide6.QtCore import QProcess, QSettings
+from PySide6.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit, QPushButton,
+    QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
+)
+
+from core.datasets import DatasetError, read_dataset_captions
+from core.errors import LuminaError
+from core.models.registry import available_models, find_model
+from core.storage import human_size, runs_dir
+from trainer.config import ConfigError, parse_config
+
+from .background import run_in_background
+from .train_runs import launch, train_command
+
+PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
+DEFAULT_PRESET = "demo-scenes-64.toml"
+STAGE_FIELDS = (("name", str), ("resolution", int), ("steps", int), ("batch_size", int), ("micro_batch_size", int),
+                ("lr", float), ("warmup_steps", int), ("lr_schedule", str), ("caption_dropout", float),
+                ("sample_every", int), ("checkpoint_every", int))
+STAGE_LABELS = ("Name", "Resolution", "Steps", "Batch", "Micro-batch", "Learning rate", "Warm-up", "Schedule",
+                "Caption dropout", "Sample every", "Checkpoint every")
+CHECKPOINT_COPIES = 5  # one checkpoint holds the weights, two AdamW moments, the EMA and the exported model
+
+
+def problems_for(config: dict, prefixes: tuple[str, ...]) -> list[str]:
+    """The trainer's own complaints about `config` that concern these fields."""
+    try:
+        parse_config(config, "the wizard's config")
+    except ConfigError as exc:
+        lines = [line.strip().lstrip("-• ").strip() for line in str(exc).splitlines()]
+        return [line for line in lines if line.startswith(prefixes)]
+    return []
+
+
+class _Page(QWizardPage):
+    """A page that shows why Next is blocked."""
+
+    prefixes: tuple[str, ...] = ()
+
+    def __init__(self, wizard: TrainWizard, title: str, subtitle: str):
+        super().__init__()
+        self.owner = wizard
+        self.setTitle(title)
+        self.setSubTitle(subtitle)
+        self.problem = QLabel()
+        self.problem.setWordWrap(True)
+        self.problem.setStyleSheet("color: #c83c3c;")
+
+    def problems(self) -> list[str]:
+        return problems_for(self.owner.config, self.prefixes) if self.prefixes else []
+
+    def isComplete(self) -> bool:  # noqa: N802 (Qt naming)
+        found = self.problems()
+        self.problem.setText("\n".join(found))
+        return not found
+
+    def changed(self) -> None:
+        self.completeChanged.emit()
+
+
+class StartPage(_Page):
+    def __init__(self, wizard):
+        super().__init__(wizard, "Start", "Start from a preset (or the run you are cloning) and name the run.")
+        self.preset = QComboBox()
+        for path in sorted(PRESETS.glob("*.toml")):
+            comment = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+            self.preset.addItem(f"{path.stem} — {comment}", str(path))
+        if wizard.template is not None:
+            self.preset.insertItem(0, f"clone of {wizard.template.parent.name}", str(wizard.template))
+        self.preset.setCurrentIndex(max(0, self.preset.findData(str(PRESETS / DEFAULT_PRESET))
+                                        if wizard.template is None else 0))
+        self.name = QLineEdit()
+        self.preset.currentIndexChanged.connect(self._load)
+        self.name.textChanged.connect(self._named)
+        form = QFormLayout(self)
+        form.addRow("Preset", self.preset)
+        form.addRow("Run name", self.name)
+        form.addRow("", QLabel("The run folder will be in " + str(runs_dir())))
+        form.addRow(self.problem)
+        self._load()
+
+    def _load(self) -> None:
+        self.owner.load(Path(self.preset.currentData()))
+        self.name.setText(self.owner.config.get("name", "run"))
+
+    def _named(self, text: str) -> None:
+        self.owner.config["name"] = text.strip()
+        self.changed()
+
+    def problems(self) -> list[str]:
+        name = self.owner.config.get("name", "")
+        if not name or any(c in name for c in '/\\:*?"<>|'):
+            return ["Give the run a name without / \\ : * ? \" < > |."]
+        return []
+
+
+class DataPage(_Page):
+    prefixes = ("datasets",)
+
+    def __init__(self, wizard):
+        super().__init__(wizard, "Datasets", "Folders of images with .txt captions, Hugging Face imagefolders or "
+                         "the authors' .jsonl files. Each is read to count what can be used.")
+        self.list = QListWidget()
+        self.report = QLabel()
+        self.report.setWordWrap(True)
+        add_folder, add_file, remove = QPushButton("Add folder…"), QPushButton("Add .jsonl…"), QPushButton("Remove")
+        add_folder.clicked.connect(self._add_folder)
+        add_file.clicked.connect(self._add_file)
+        remove.clicked.connect(self._remove)
+        buttons = QHBoxLayout()
+        for button in (add_folder, add_file, remove):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list)
+        layout.addLayout(buttons)
+        layout.addWidget(self.report)
+        layout.addWidget(self.problem)
+        self.counts: dict[str, tuple] = {}
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.list.clear()
+        for dataset in self.owner.config.get("datasets", []):
+            self.list.addItem(dataset["path"])
+        self._check_all()
+
+    def paths(self) -> list[str]:
+        return [self.list.item(i).text() for i in range(self.list.count())]
+
+    def _sync(self) -> None:
+        old = {d["path"]: d for d in self.owner.config.get("datasets", [])}
+        template = next(iter(old.values()), {"min_side": 32})
+        self.owner.config["datasets"] = [old.get(p, {k: v for k, v in template.items() if k != "path"} | {"path": p})
+                                         for p in self.paths()]
+        self._check_all()
+
+    def _add_folder(self) -> None:
+        chosen = QFileDialog.getExistingDirectory(self, "A folder of captioned images")
+        if chosen:
+            self.list.addItem(chosen)
+            self._sync()
+
+    def _add_file(self) -> None:
+        chosen, _ = QFileDialog.getOpenFileName(self, "The authors' jsonl", "", "JSON lines (*.jsonl *.json)")
+        if chosen:
+            self.list.addItem(chosen)
+            self._sync()
+
+    def _remove(self) -> None:
+        for item in self.list.selectedItems():
+            self.list.takeItem(self.list.row(item))
+        self._sync()
+
+    def _check_all(self) -> None:
+        """Count each dataset's usable images in the background (a large folder takes a moment)."""
+        for path in self.paths():
+            if path not in self.counts:
+                self.counts[path] = ("reading",)
+                run_in_background(lambda p=path: _count(Path(p)), lambda result, p=path: self._counted(p, result),
+                                  lambda exc, p=path: self._counted(p, ("error", str(exc))))
+        self._show()
+
+    def _counted(self, path: str, result: tuple) -> None:
+        self.counts[path] = result
+        self._show()
+        self.changed()
+
+    def _show(self) -> None:
+        lines = []
+        for path in self.paths():
+            count = self.counts.get(path, ("reading",))
+            if count[0] == "reading":
+                lines.append(f"{path}: reading…")
+            elif count[0] == "error":
+                lines.append(f"{path}: {count[1]}")
+            else:
+                lines.append(f"{path}: {count[0]} images with captions, {count[1]} without a caption, "
+                             f"{count[2]} unreadable captions")
+        self.report.setText("\n".join(lines))
+
+    def problems(self) -> list[str]:
+        if not self.paths():
+            return ["Add at least one dataset."]
+        found = []
+        for path in self.paths():
+            count = self.counts.get(path, ("reading",))
+            if not Path(path).exists():
+                found.append(f"{path} does not exist.")
+            elif count[0] == "reading":
+                found.append(f"{path}: still being read…")
+            elif count[0] == "error":
+                found.append(f"{path}: {count[1]}")
+            elif count[0] == 0:
+                found.append(f"{path} has no image with a caption: caption it in the Caption tab first.")
+        return found + super().problems()
+
+
+def _count(path: Path) -> tuple:
+    try:
+        listing = read_dataset_captions(path)
+    except DatasetError as exc:
+        return ("error", str(exc))
+    return (len(listing.pairs), len(listing.no_caption), len(listing.unreadable))
+
+
+class ModelPage(_Page):
+    prefixes = ("base_model", "components")
+
+    def __init__(self, wizard):
+        super().__init__(wizard, "Base model", "The model to fine-tune: the built-in demo model, or a Lumina-Image "
+                         "2.0 model you added with File → Models….")
+        self.model = QComboBox()
+        self.model.currentIndexChanged.connect(self._chosen)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow("Model", self.model)
+        form.addRow("", self.info)
+        form.addRow(self.problem)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.model.blockSignals(True)
+        self.model.clear()
+        for entry in available_models():
+            self.model.addItem(entry["name"], entry["name"])
+        current = self.owner.config.get("base_model", "demo")
+        if self.model.findData(current) < 0:
+            self.model.addItem(current, current)
+        self.model.setCurrentIndex(self.model.findData(current))
+        self.model.blockSignals(False)
+        self._chosen()
+
+    def _chosen(self) -> None:
+        self.owner.config["base_model"] = self.model.currentData() or ""
+        self.changed()
+
+    def problems(self) -> list[str]:
+        name = self.owner.config.get("base_model", "")
+        try:
+            source = find_model(name)
+        except LuminaError as exc:
+            self.info.setText("")
+            return [str(exc)]
+        self.info.setText(f"{source.name}: {source.components}")
+        return super().problems()
+
+
+class StagesPage(_Page):
+    prefixes = ("stages",)
+
+    def __init__(self, wizard):
+        super().__init__(wizard, "Stages", "Progressive training: each stage at a resolution, for some steps. "
+                         "Resolutions must not decrease; the batch must be a multiple of the micro-batch.")
+        self.table = QTableWidget(0, len(STAGE_FIELDS))
+        self.table.setHorizontalHeaderLabels(STAGE_LABELS)
+        self.table.itemChanged.connect(lambda _: self._read())
+        add, remove = QPushButton("Add stage"), QPushButton("Remove stage")
+        add.clicked.connect(self._add)
+        remove.clicked.connect(self._remove)
+        buttons = QHBoxLayout()
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        layout.addLayout(buttons)
+        layout.addWidget(self.problem)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self._fill(self.owner.config.get("stages", []))
+
+    def _fill(self, stages: list[dict]) -> None:
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(stages))
+        for row, stage in enumerate(stages):
+            for column, (name, _) in enumerate(STAGE_FIELDS):
+                default = {"lr_schedule": "constant", "warmup_steps": 0, "caption_dropout": 0.1, "sample_every": 0,
+                           "checkpoint_every": 0}.get(name, "")
+                self.table.setItem(row, column, QTableWidgetItem(str(stage.get(name, default))))
+        self.table.blockSignals(False)
+        self._read()
+
+    def _read(self) -> None:
+        stages, self.bad_cells = [], []
+        for row in range(self.table.rowCount()):
+            stage = {}
+            for column, (name, kind) in enumerate(STAGE_FIELDS):
+                text = (self.table.item(row, column).text() if self.table.item(row, column) else "").strip()
+                try:
+                    stage[name] = kind(text)
+                except ValueError:
+                    self.bad_cells.append(f"stages[{row}].{name}: '{text}' is not a {kind.__name__} number"
+                                          if kind is not str else f"stages[{row}].{name}: cannot be read")
+                    stage[name] = text
+            stages.append(stage)
+        self.owner.config["stages"] = stages
+        self.changed()
+
+    def _add(self) -> None:
+        stages = self.owner.config.get("stages", [])
+        last = dict(stages[-1]) if stages else {"name": "stage", "resolution": 256, "steps": 100, "batch_size": 8,
+                                                "micro_batch_size": 8, "lr": 2e-5}
+        last["name"] = f"stage-{len(stages) + 1}"
+        self._fill(stages + [last])
+
+    def _remove(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()}, reverse=True)
+        stages = self.owner.config.get("stages", [])
+        for row in rows:
+            stages.pop(row)
+        self._fill(stages)
+
+    def problems(self) -> list[str]:
+        found = list(getattr(self, "bad_cells", []))
+        if not self.owner.config.get("stages"):
+            found.append("Add at least one stage.")
+        return found + (super().problems() if not found else [])
+
+
+class HardwarePage(_Page):
+    prefixes = ("device", "precision")
+
+    def __init__(self, wizard):
+        super().__init__(wizard, "Hardware", "Where to train. Several GPUs share the model (FSDP). The review page "
+                         "shows the memory each stage needs against the GPU, from the trainer's own estimate.")
+        self.device = QComboBox()
+        for label, value in (("Automatic (the GPUs if there are any, else the CPU)", "auto"), ("GPU (CUDA)", "cuda"),
+                             ("CPU (tiny models: the demo)", "cpu")):
+            self.device.addItem(label, value)
+        self.gpus_found = gpus()
+        self.gpus = QSpinBox()
+        self.gpus.setRange(0, max(0, len(self.gpus_found)))
+        self.gpus.setSpecialValueText("all")
+        found = "\n".join(f"GPU {i}: {name}, {memory}" for i, (name, memory) in enumerate(self.gpus_found)) or \
+            "No NVIDIA GPU found (nvidia-smi): training runs on the CPU."
+        self.device.currentIndexChanged.connect(self._chosen)
+        self.gpus.valueChanged.connect(self._chosen)
+        form = QFormLayout(self)
+        form.addRow("Device", self.device)
+        form.addRow("GPUs to use", self.gpus)
+        form.addRow("", QLabel(found))
+        form.addRow(self.problem)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.device.setCurrentIndex(max(0, self.device.findData(self.owner.config.get("device", "auto"))))
+
+    def _chosen(self) -> None:
+        self.owner.config["device"] = self.device.currentData()
+        self.owner.gpus = self.gpus.value()
+        self.changed()
+
+    def problems(self) -> list[str]:
+        if self.device.currentData() == "cuda" and not self.gpus_found:
+            return ["No GPU was found here: choose Automatic or CPU."]
+        return super().problems()
+
+
+def gpus() -> list[tuple[str, str]]:
+    """The NVIDIA GPUs nvidia-smi lists (name, memory), without importing torch."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [tuple(part.strip() for part in line.split(",", 1)) for line in out.splitlines() if "," in line]
+
+
+class SamplesPage(_Page):
+    prefixes = ("samples", "keep_checkpoints")
+
+    def __init__(self, wizard):
+        super().__init__(wizard, "Samples and checkpoints", "Sample images show how training goes (each stage's "
+                         "'Sample every' sets when); checkpoints are what you can resume from and use.")
+        self.prompts = QPlainTextEdit()
+        self.prompts.setPlaceholderText("one prompt per line (none: no samples)")
+        self.keep = QSpinBox()
+        self.keep.setRange(1, 100)
+        self.disk = QLabel()
+        self.disk.setWordWrap(True)
+        self.prompts.textChanged.connect(self._read)
+        self.keep.valueChanged.connect(self._read)
+        form = QFormLayout(self)
+        form.addRow("Sample prompts", self.prompts)
+        form.addRow("Checkpoints to keep", self.keep)
+        form.addRow("", self.disk)
+        form.addRow(self.problem)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.prompts.setPlainText("\n".join(self.owner.config.get("samples", {}).get("prompts", [])))
+        self.keep.setValue(int(self.owner.config.get("keep_checkpoints", 2)))
+
+    def _read(self) -> None:
+        samples = dict(self.owner.config.get("samples", {}))
+        samples["prompts"] = [line.strip() for line in self.prompts.toPlainText().splitlines() if line.strip()]
+        self.owner.config["samples"] = samples
+        self.owner.config["keep_checkpoints"] = self.keep.value()
+        self.changed()
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        sampling = any(int(s.get("sample_every") or 0) > 0 for s in self.owner.config.get("stages", [])
+                       if isinstance(s.get("sample_every"), int))
+        if sampling and not self.owner.config.get("samples", {}).get("prompts"):
+            found.append("A stage samples every few steps, but there is no sample prompt: add one, or set the "
+                         "stages' 'Sample every' to 0.")
+        need, free = disk_needed(self.owner.config), disk_free()
+        self.disk.setText(f"Disk: about {human_size(need)} for {self.keep.value()} checkpoint(s); "
+                          f"{human_size(free)} free in {runs_dir()}.")
+        if need > free:
+            found.append(f"Not enough disk space: the checkpoints need about {human_size(need)}, "
+                         f"{human_size(free)} is free. Keep fewer checkpoints or free some space.")
+        return found
+
+
+def model_bytes(config: dict) -> int:
+    """The base model's DiT weights in fp32 (as the trainer keeps them), from the safetensors headers."""
+    from math import prod
+
+    from core.models.sources import safetensors_header
+
+    try:
+        source = find_model(config.get("base_model", ""))
+        files = [source.dit] if source.is_single_file else sorted(Path(source.dit).glob("*.safetensors"))
+        if files and all(f.suffix == ".safetensors" for f in files):
+            return 4 * sum(prod(entry["shape"]) for f in files for name, entry in safetensors_header(f).items()
+                           if name != "__metadata__")
+        return sum(f.stat().st_size for f in files)
+    except (LuminaError, OSError, KeyError, TypeError):
+        return 0
+
+
+def disk_needed(config: dict) -> int:
+    return model_bytes(config) * CHECKPOINT_COPIES * (int(config.get("keep_checkpoints", 2)) + 1)
+
+
+def disk_free() -> int:
+    folder = runs_dir()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+class ReviewPage(_Page):
+    def __init__(self, wizard):
+        super().__init__(wizard, "Review", "The config this run will use and the command that runs it. The check "
+                         "runs the trainer's own validation: datasets, buckets and the memory each stage needs.")
+        self.toml = QPlainTextEdit()
+        self.toml.setReadOnly(True)
+        self.command = QLineEdit()
+        self.command.setReadOnly(True)
+        self.check_button = QPushButton("Check again")
+        self.check_button.clicked.connect(self.check)
+        self.save_button = QPushButton("Save config…")
+        self.save_button.clicked.connect(self.save)
+        self.output = QPlainTextEdit()
+        self.output.setReadOnly(True)
+        self.process: QProcess | None = None
+        self.passed = False
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.check_button)
+        buttons.addWidget(self.save_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.toml, 2)
+        layout.addWidget(QLabel("Command line"))
+        layout.addWidget(self.command)
+        layout.addLayout(buttons)
+        layout.addWidget(self.output, 1)
+        layout.addWidget(self.problem)
+
+    def initializePage(self) -> None:  # noqa: N802
+        self.owner.prepare_folder()
+        self.toml.setPlainText(tomli_w.dumps(self.owner.config))
+        self.command.setText(shlex.join(["lumina-studio", "train", str(self.owner.config_path), "--run-dir",
+                                         str(self.owner.run_dir), *self.owner.gpu_args()]))
+        self.check()
+
+    def check(self) -> None:
+        self.passed = False
+        self.owner.write_config()
+        self.output.setPlainText("Checking (the trainer reads every dataset and estimates memory)…")
+        if self.process is not None:
+            self.process.kill()
+        self.process = QProcess(self)
+        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.finished.connect(self._checked)
+        command = train_command(str(self.owner.config_path), "--check", *self.owner.gpu_args())
+        self.process.start(command[0], command[1:])
+        self.changed()
+
+    def _checked(self, code: int, _status) -> None:
+        text = bytes(self.process.readAll()).decode("utf-8", "replace")
+        self.output.setPlainText(text)
+        self.over_memory = "but the smallest GPU has" in text  # the trainer's own estimate, against the GPU
+        self.passed = code == 0 and not self.over_memory
+        self.changed()
+
+    def problems(self) -> list[str]:
+        if self.process is not None and self.process.state() != QProcess.NotRunning:
+            return ["Checking…"]
+        if getattr(self, "over_memory", False):
+            return ["A stage needs more memory than the GPU has (see above): lower its micro-batch on the Stages "
+                    "page, or use more GPUs."]
+        if not self.passed:
+            return ["The check did not pass: see above (fix it on an earlier page with Back)."]
+        return []
+
+    def save(self) -> None:
+        chosen, _ = QFileDialog.getSaveFileName(self, "Save the config", str(Path.home() / "train.toml"),
+                                                "TOML (*.toml)")
+        if chosen:
+            Path(chosen).write_text(tomli_w.dumps(self.owner.config), encoding="utf-8")
+
+
+class TrainWizard(QWizard):
+    def __init__(self, settings: QSettings, dataset: Path | None = None, template: Path | None = None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("New training run")
+        self.settings, self.template, self.dataset = settings, template, dataset
+        self.config: dict = {}
+        self.gpus = 0
+        self.launched = None
+        self.run_dir: Path | None = None
+        self.config_path: Path | None = None
+        for page in (StartPage, DataPage, ModelPage, StagesPage, HardwarePage, SamplesPage, ReviewPage):
+            self.addPage(page(self))
+        self.setButtonText(QWizard.FinishButton, "Launch")
+        self.resize(900, 640)
+
+    def load(self, path: Path) -> None:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+        if self.dataset is not None:
+            config["datasets"] = [{**(config.get("datasets") or [{}])[0], "path": str(self.dataset)}]
+        self.config = config
+
+    def gpu_args(self) -> list[str]:
+        return ["--gpus", str(self.gpus)] if self.gpus else []
+
+    def prepare_folder(self) -> None:
+        if self.run_dir is None or not self.run_dir.name.startswith(self.config["name"]):
+            self.run_dir = runs_dir() / f"{self.config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.config_path = self.run_dir / "wizard.toml"
+
+    def write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(tomli_w.dumps(self.config), encoding="utf-8")
+
+    def accept(self) -> None:
+        self.write_config()
+        self.launched = (self.run_dir, launch(self.config_path, self.run_dir, *self.gpu_args()))
+        super().accept()
+
+    def reject(self) -> None:
+        if self.run_dir is not None and self.run_dir.exists() and not (self.run_dir / "config.toml").exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # only the wizard's own draft, nothing was run
+        super().reject()
+
+
