@@ -306,6 +306,10 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         if stage.resolution > 2048:
             problems.add(f"{where}.resolution", f"{stage.resolution} is above 2048, beyond what the model's "
                                                 "position tables were trained for.")
+        previous = config.stages[i - 1].resolution if i else 0
+        if _valid_resolution(previous) and _valid_resolution(stage.resolution) and stage.resolution < previous:
+            problems.add(f"{where}.resolution", f"{stage.resolution} is below the stage before it ({previous}): "
+                                                "progressive training goes up in resolution, or stays.")
         if stage.steps < 1:
             problems.add(f"{where}.steps", "must be at least 1.")
         if stage.micro_batch_size < 1:
@@ -335,6 +339,10 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
                 known = ", ".join(repr(n) for n in names) or "none are named"
                 problems.add(f"{where}.datasets", f"no dataset is named '{wanted}' ({known}); give the dataset "
                                                   "a name = ... or fix the spelling.")
+
+
+def _valid_resolution(value) -> bool:
+    return isinstance(value, int) and 2 * RESOLUTION_STEP <= value <= 2048 and value % RESOLUTION_STEP == 0
 
 
 def _check_system_prompt(value: str, where: str, problems: _Problems, allowed: tuple[str, ...]) -> None:

@@ -160,3 +160,15 @@ def test_learning_rate_schedules(schedule):
         assert 0 < rates[-1] < 2e-5 and rates[4] > 0.99e-3
         halfway = rates[4 + 49]  # the middle of the decay: half the rate for both
         assert halfway == pytest.approx(5e-4, rel=0.02)
+
+
+def test_stages_never_go_down_in_resolution(tmp_path):
+    from trainer.config import parse_config
+
+    stage = {"name": "a", "resolution": 512, "steps": 1, "batch_size": 1, "micro_batch_size": 1}
+    data = {"version": 1, "base_model": "demo", "datasets": [{"path": str(tmp_path)}],
+            "stages": [stage, {**stage, "name": "b", "resolution": 256}]}
+    with pytest.raises(ConfigError, match=r"stages\[1\].resolution: 256 is below the stage before it \(512\)"):
+        parse_config(data)
+    data["stages"][1]["resolution"] = 512  # the same resolution again is fine (quality tuning)
+    parse_config(data)
