@@ -14,7 +14,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-SMOOTHING = 0.98
+SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the first points are not dragged to 0)
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
 
 
@@ -31,6 +31,7 @@ class LossPlot(QWidget):
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {name: [] for name in SERIES}
         self.smoothed: list[float] = []
+        self._average = 0.0
         self.stages: list[tuple[int, str]] = []
         self._arrays = None
         self.update()
@@ -43,8 +44,8 @@ class LossPlot(QWidget):
         for name in SERIES:
             value = record.get(name)
             self.values[name].append(float(value) if isinstance(value, (int, float)) else math.nan)
-        last = self.smoothed[-1] if self.smoothed else loss
-        self.smoothed.append(SMOOTHING * last + (1 - SMOOTHING) * loss)
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
+        self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.steps)))
         self._arrays = None
 
     def add_stage(self, step: int, name: str) -> None:
@@ -104,9 +105,16 @@ class LossPlot(QWidget):
         band = QColor(palette.color(palette.ColorRole.Highlight))
         band.setAlpha(110)
         painter.setPen(QPen(band, 1))
-        for column, low, high in zip(columns[starts], lows, highs):
-            x = area.left() + column
-            painter.drawLine(QPointF(x, y_of(low)), QPointF(x, y_of(high)))
+        if len(starts) == len(values_kept):  # fewer points than pixels: the raw values as a thin line
+            raw = QPainterPath()
+            for i, (step, value) in enumerate(zip(steps[keep], values_kept)):
+                point = QPointF(x_of(step), y_of(float(value)))
+                raw.moveTo(point) if i == 0 else raw.lineTo(point)
+            painter.drawPath(raw)
+        else:
+            for column, low, high in zip(columns[starts], lows, highs):
+                x = area.left() + column
+                painter.drawLine(QPointF(x, y_of(low)), QPointF(x, y_of(high) - 0.5))
         if len(smooth) == len(steps):  # the smoothed loss, one point per column
             curve = np.log10(np.clip(smooth, 1e-30, None)) if self.log_scale else smooth
             path = QPainterPath()
@@ -117,9 +125,10 @@ class LossPlot(QWidget):
             painter.drawPath(path)
         painter.setPen(QPen(text, 1, Qt.DashLine))
         for step, name in self.stages:
-            if first <= step <= last:
-                x = x_of(step)
-                painter.drawLine(QPointF(x, area.top()), QPointF(x, area.bottom()))
+            if step <= last:
+                x = x_of(max(step, first))
+                if step > first:
+                    painter.drawLine(QPointF(x, area.top()), QPointF(x, area.bottom()))
                 painter.drawText(QPointF(x + 4, area.top() + 14), name)
         painter.setPen(QPen(text, 1))
         label = (lambda v: f"{10 ** v:.3g}") if self.log_scale else (lambda v: f"{v:.3g}")

@@ -71,7 +71,10 @@ class TrainPanel(QWidget):
         self.runs.setSelectionMode(QAbstractItemView.SingleSelection)
         self.runs.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.runs.verticalHeader().setVisible(False)
-        self.runs.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        header = self.runs.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.runs.setWordWrap(False)
         self.runs.itemSelectionChanged.connect(self._selected)
         list_buttons = QHBoxLayout()
         for button in (self.new_button, self.clone_button, self.delete_button):
@@ -137,7 +140,7 @@ class TrainPanel(QWidget):
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(right)
-        self.splitter.setSizes([420, 820])
+        self.splitter.setSizes([600, 680])
         layout = QVBoxLayout(self)
         layout.addWidget(self.splitter)
 
@@ -192,8 +195,9 @@ class TrainPanel(QWidget):
         for row in range(self.runs.rowCount()):
             if Path(self.runs.item(row, 0).data(Qt.UserRole)) == folder:
                 self.runs.selectRow(row)
-                return
-        self.show_run(folder)
+                break
+        if self.run is None or self.run.path != folder:  # the row was selected already (another run was in it)
+            self.show_run(folder)
 
     def _selected(self) -> None:
         items = self.runs.selectedItems()
@@ -328,7 +332,8 @@ class TrainPanel(QWidget):
             return 0
 
     def _set_controls(self, state: str | None) -> None:
-        active = state in ("preparing", "running", "stopping")
+        started = self._started.get(str(self.run.path)) if self.run else None
+        active = state in ("preparing", "running", "stopping") or started is not None and started.poll() is None
         has_checkpoint = self.run is not None and self.run.latest_checkpoint() is not None
         self.stop_button.setEnabled(active and state != "stopping")
         self.kill_button.setEnabled(active)  # for a stop that does not end; it asks first
@@ -353,7 +358,7 @@ class TrainPanel(QWidget):
                                       "complete checkpoint stays and it can be resumed from there.",
                                       QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         if answer == QMessageBox.Yes:
-            kill(self.run.path)
+            kill(self.run.path, self._started.get(str(self.run.path)))
             self.status.emit(f"Killed {self.run.path.name}.")
 
     def resume_run(self) -> None:

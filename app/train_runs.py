@@ -38,9 +38,31 @@ def summarise(folder: Path) -> RunSummary:
     if state == "unknown" and (folder / LAUNCH_LOG).exists() and not run.alive():
         state = "failed"  # the command stopped before the run began (its message is in launcher.log)
     started = status.get("started") or _mtime(run.config) or _mtime(folder)
+    last = last_step(run) if "loss" not in status else {}
     end = status.get("time", started) if state not in ("running", "preparing", "stopping") else time.time()
-    return RunSummary(folder, folder.name, state, str(status.get("stage", "")), int(status.get("step", 0) or 0),
-                      int(status.get("total_steps", 0) or 0), status.get("loss"), started, max(0.0, end - started))
+    return RunSummary(folder, folder.name, state, str(status.get("stage", last.get("stage", ""))),
+                      int(status.get("step", 0) or 0), int(status.get("total_steps", 0) or 0),
+                      status.get("loss", last.get("loss")), started, max(0.0, end - started))
+
+
+def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
+    """The newest step record, from the end of events.jsonl only (a list of 200 runs stays quick)."""
+    import json
+
+    try:
+        with run.events.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - tail_bytes))
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "step":
+            return record
+    return {}
 
 
 def _mtime(path: Path) -> float:
@@ -85,11 +107,15 @@ def resume(run_dir: Path) -> subprocess.Popen:
     return start_detached(run_dir, "--resume", str(run_dir))
 
 
-def kill(run_dir: Path) -> bool:
-    """End a run's processes now (its newest complete checkpoint stays); True when there was one to end."""
+def kill(run_dir: Path, started: subprocess.Popen | None = None) -> bool:
+    """End a run's processes now (its newest complete checkpoint stays); True when there was one to end.
+    `started`: the launcher this app started, for a run that has not yet written its launcher.json."""
     info = RunFolder(run_dir).launcher()
     ended = False
-    for group in (info.get("group"), info.get("pid")):
+    groups = [info.get("group"), info.get("pid")]
+    if started is not None and started.poll() is None:
+        groups.append(started.pid)  # started in a session of its own: its pid is its group
+    for group in groups:
         if group:
             try:
                 os.killpg(int(group), signal.SIGKILL)

@@ -12,8 +12,11 @@
    under 2 s), moving to the next image (GUI time per move, target under 50 ms), a find & replace preview
    over all 50,000 captions (target under 1 s), and the longest GUI-thread gap (5 ms heartbeat) while the
    demo captioner captions 300 of them in its worker (target under 50 ms).
+5. Train tab: the runs list over 200 run folders (target under 300 ms), one monitor update of a run with
+   100,000 logged steps as 100 more arrive (read, plot, repaint; target under 50 ms), and a CPU fine-tune of
+   the demo model launched from the wizard: seconds from Launch to the first loss point (target under 30 s).
 
-    python bench/bench_app.py [--only caption]     (runs offscreen; writes bench/out/bench_app.json)
+    python bench/bench_app.py [--only caption|train]     (runs offscreen; writes bench/out/bench_app.json)
 """
 
 from __future__ import annotations
@@ -282,18 +285,110 @@ def caption_panel(home: str, images: int = 50_000) -> dict:
             "captioned": summaries[0]["summary"]["captioned"] if summaries else 0}
 
 
+def fake_runs(count: int, steps: int) -> None:
+    from core.storage import runs_dir
+    from trainer.run_folder import RunFolder
+
+    for i in range(count):
+        run = RunFolder(runs_dir() / f"run-{i:03d}")
+        run.path.mkdir(parents=True)
+        run.config.write_text('name = "x"\n[[stages]]\nname = "only"\n')
+        run.set_status("stopped", step=steps, total_steps=steps, stage="only", loss=0.1)
+        lines = [json.dumps({"event": "step", "step": s, "stage": "only", "loss": 1 / (1 + s), "lr": 1e-4,
+                             "grad_norm": 0.5, "samples_per_s": 10.0, "eta_s": 1}) for s in range(1, steps + 1)]
+        run.events.write_text("\n".join(lines) + "\n")
+
+
+def train_tab(home: str) -> dict:
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import MainWindow, settings_store
+    from app.train_wizard import TrainWizard
+    from core.scenes.world import write_dataset
+    from core.storage import runs_dir
+    from trainer.run_folder import RunFolder
+
+    os.environ["LUMINA_STUDIO_HOME"] = home
+    fake_runs(200, 50)
+    app = QApplication.instance() or QApplication([])
+    window = MainWindow(device="cpu")
+    window.show()
+    panel = window.train
+    started = time.perf_counter()
+    window.tabs.setCurrentWidget(panel)  # the first show scans the runs folder
+    app.processEvents()
+    open_tab = time.perf_counter() - started
+    started = time.perf_counter()
+    panel.refresh_runs()
+    refresh = time.perf_counter() - started
+
+    big = RunFolder(runs_dir() / "run-000")
+    big.events.write_text("".join(json.dumps({"event": "step", "step": s, "stage": "only", "loss": 1 / (1 + s)})
+                                  + "\n" for s in range(1, 100_001)))
+    started = time.perf_counter()
+    panel.select_run(big.path)
+    panel.plot.repaint()
+    first_read = time.perf_counter() - started
+    updates = []
+    for batch in range(20):
+        with big.events.open("a") as handle:
+            for s in range(100_001 + batch * 100, 100_001 + (batch + 1) * 100):
+                handle.write(json.dumps({"event": "step", "step": s, "stage": "only", "loss": 1 / (1 + s)}) + "\n")
+        started = time.perf_counter()
+        panel.refresh_monitor()
+        panel.plot.repaint()
+        updates.append(1000 * (time.perf_counter() - started))
+
+    for path in list(runs_dir().iterdir()):
+        import shutil
+
+        shutil.rmtree(path)
+    folder = Path(tempfile.mkdtemp()) / "scenes"
+    write_dataset(folder, 64, seed=2)
+    wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
+    wizard.show()
+
+    def until(condition, timeout=300):
+        end = time.time() + timeout
+        while not condition() and time.time() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    for _ in range(6):
+        until(wizard.currentPage().isComplete, 60)
+        wizard.next()
+    until(wizard.currentPage().isComplete, 300)
+    launched = time.perf_counter()
+    wizard.accept()
+    folder, launcher = wizard.launched
+    panel.select_run(folder)
+    until(lambda: (panel.refresh_monitor() or True) and len(panel.plot.steps) > 0, 300)
+    first_loss = time.perf_counter() - launched
+    from app.train_runs import kill
+
+    kill(folder, launcher)
+    launcher.wait(60)
+    window.client.stop()
+    window.close()
+    return {"runs": 200, "open_tab_ms": round(1000 * open_tab, 1), "refresh_runs_ms": round(1000 * refresh, 1),
+            "monitor_first_read_100k_ms": round(1000 * first_read, 1),
+            "monitor_update_ms_median": statistics.median(updates), "monitor_update_ms_max": max(updates),
+            "first_loss_after_launch_s": round(first_loss, 1)}
+
+
 def main() -> None:
     import argparse
 
     from bench_generate import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("caption",), help="run one part")
+    parser.add_argument("--only", choices=("caption", "train"), help="run one part")
     args = parser.parse_args()
-    if args.only == "caption":
+    if args.only:
         home = tempfile.mkdtemp(prefix="lumina-app-bench-")
+        part = caption_panel if args.only == "caption" else train_tab
         result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-                  "caption": caption_panel(home)}
+                  args.only: part(home)}
         print(json.dumps(result, indent=2))
         return
 
@@ -315,6 +410,7 @@ def main() -> None:
         "stall": stall_ms(home),
         "gallery": gallery_ms(),
         "caption": caption_panel(home),
+        "train": train_tab(tempfile.mkdtemp(prefix="lumina-app-bench-")),
     }
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """Take the README's screenshots of the real app with the built-in demo model (run under Xvfb):
 
-    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption]
+    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption|train]
 """
 
 import os
@@ -73,6 +73,49 @@ def caption_shots(app):
     window.close()
 
 
+def train_shots(app):
+    """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model."""
+    from app.main_window import MainWindow, apply_theme, settings_store
+    from app.train_wizard import TrainWizard
+    from core.scenes.world import write_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="lumina-shots-train-")) / "shapes"
+    write_dataset(folder, 64, seed=4)
+    window = MainWindow(device="cpu")
+    window.resize(1280, 860)
+    window.show()
+    window.tabs.setCurrentWidget(window.train)
+    wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
+    wizard.show()
+    for _ in range(3):
+        wait(app, wizard.currentPage().isComplete, 60)
+        wizard.next()
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app, 0.5)
+        wizard.grab().save(str(HERE / f"train-wizard-{theme}.png"))
+    for _ in range(3):
+        wait(app, wizard.currentPage().isComplete, 60)
+        wizard.next()
+    wait(app, wizard.currentPage().isComplete, 300)
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app, 0.5)
+        wizard.grab().save(str(HERE / f"train-review-{theme}.png"))
+    wizard.accept()
+    run_folder, _ = wizard.launched
+    panel = window.train
+    panel.select_run(run_folder)
+    wait(app, lambda: (panel.refresh_monitor() or True) and panel.run.state() == "finished", 900)
+    panel.refresh_runs()
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app)
+        window.grab().save(str(HERE / f"train-{theme}.png"))
+    window.client.stop()
+    window.close()
+
+
 def main():
     from app.main_window import MainWindow, apply_theme
     from app.model_manager import ModelManager
@@ -121,10 +164,11 @@ def main():
     window.client.stop()
     window.close()
     caption_shots(app)
+    train_shots(app)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--only", "caption"]:
-        caption_shots(QApplication([]))
+    if sys.argv[1:2] == ["--only"]:
+        {"caption": caption_shots, "train": train_shots}[sys.argv[2]](QApplication([]))
     else:
         main()
