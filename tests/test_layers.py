@@ -34,7 +34,8 @@ def test_nothing_imports_the_app_but_the_entry_point():
 
 
 def test_the_app_and_the_train_tabs_modules_never_import_torch():
-    code = ("import sys\nimport app.main_window, app.job_queue, app.worker_client, trainer.run_folder, trainer.config\n"
+    code = ("import sys\nimport app.main_window, app.job_queue, app.worker_client, app.train_wizard, app.caption_panel, "
+            "core.caption_review, trainer.run_folder, trainer.config\n"
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr
