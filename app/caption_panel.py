@@ -249,15 +249,12 @@ class CaptionPanel(QWidget):
                                       if self.recent.itemData(index) else None)
         self.find_button.clicked.connect(self.find_replace)
         self.export_button.clicked.connect(self.export)
-        self.train_button.clicked.connect(lambda: self.dataset and (self.editor.commit(),
-                                                                    self.train_requested.emit(self.dataset.folder)))
+        self.train_button.clicked.connect(self.train_on_dataset)
         self.add_captioner.clicked.connect(self.add_captioner_folder)
         self.captioner.currentIndexChanged.connect(self._captioner_changed)
         self.caption_button.clicked.connect(self.caption_requested)
-        for widget in (self.filter_status, ):
-            widget.currentIndexChanged.connect(self._filter_timer.start)
-        for widget in (self.filter_text, ):
-            widget.textChanged.connect(self._filter_timer.start)
+        self.filter_status.currentIndexChanged.connect(self._filter_timer.start)
+        self.filter_text.textChanged.connect(self._filter_timer.start)
         for widget in (self.filter_regex, self.filter_uncaptioned):
             widget.toggled.connect(self._filter_timer.start)
         for widget in (self.filter_min, self.filter_max):
@@ -543,6 +540,11 @@ class CaptionPanel(QWidget):
             self.status.emit("This image has one caption: nothing to compare.")
             return
         CompareDialog(self.current, sources, self).exec()
+
+    def train_on_dataset(self) -> None:
+        if self.dataset is not None:
+            self.editor.commit()
+            self.train_requested.emit(self.dataset.folder)
 
     def export(self) -> None:
         if self.dataset is None:

@@ -25,6 +25,7 @@ from core.storage import runs_dir
 from .image_loader import ImageLoader
 from .image_view import ImageView
 from .loss_plot import SERIES, LossPlot
+from .train_alignment import AlignmentMeter, describe, on_scene_world
 from .train_runs import EventTail, RunFolder, kill, log_tail, resume, scan_runs, summarise
 
 REFRESH_MS = 1000
@@ -47,6 +48,9 @@ class TrainPanel(QWidget):
         self.run: RunFolder | None = None
         self.tail: EventTail | None = None
         self.loader = ImageLoader(self)
+        self.alignment = AlignmentMeter(parent=self)
+        self.alignment.updated.connect(lambda folder: self.run and str(self.run.path) == folder and self._show_alignment())
+        self.alignment.failed.connect(self.status.emit)
         self._started: dict[str, object] = {}  # run folder -> the launcher process this app started
         self._build()
         self._timer = QTimer(self)
@@ -94,13 +98,22 @@ class TrainPanel(QWidget):
         self.kill_button = QPushButton("Kill")
         self.kill_button.setToolTip("End the run's processes now; its newest complete checkpoint stays")
         self.resume_button = QPushButton("Resume")
+        self.sample_button = QPushButton("Sample now")
+        self.sample_button.setToolTip("Sample images at the next step")
+        self.save_button = QPushButton("Save now")
+        self.save_button.setToolTip("Save a checkpoint at the next step")
         self.open_button = QPushButton("Open run folder")
         self.tensorboard_button = QPushButton("TensorBoard command")
+        self.align_button = QPushButton("Measure alignment")
+        self.align_button.setToolTip("Scene-world runs: how often each checkpoint draws the prompt's shapes, colours, "
+                                     "places and relations (the base model measured too, for comparison)")
+        self.align_label = QLabel()
+        self.align_label.setWordWrap(True)
         self.use_button = QPushButton("Use this checkpoint")
         self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
         controls = QHBoxLayout()
-        for button in (self.stop_button, self.kill_button, self.resume_button, self.open_button,
-                       self.tensorboard_button, self.use_button):
+        for button in (self.stop_button, self.kill_button, self.resume_button, self.sample_button, self.save_button,
+                       self.open_button, self.tensorboard_button, self.align_button, self.use_button):
             controls.addWidget(button)
         controls.addStretch(1)
         self.plot = LossPlot()
@@ -133,6 +146,7 @@ class TrainPanel(QWidget):
         right_layout.addLayout(controls)
         right_layout.addLayout(plot_row)
         right_layout.addWidget(self.plot, 2)
+        right_layout.addWidget(self.align_label)
         right_layout.addWidget(QLabel("Samples (click to enlarge)"))
         right_layout.addWidget(self.samples)
         right_layout.addWidget(QLabel("Events"))
@@ -150,10 +164,12 @@ class TrainPanel(QWidget):
         self.stop_button.clicked.connect(self.stop_run)
         self.kill_button.clicked.connect(self.kill_run)
         self.resume_button.clicked.connect(self.resume_run)
-        self.open_button.clicked.connect(lambda: self.run and QDesktopServices.openUrl(
-            QUrl.fromLocalFile(str(self.run.path))))
+        self.sample_button.clicked.connect(lambda: self._ask("sample_flag", "sample images"))
+        self.save_button.clicked.connect(lambda: self._ask("save_flag", "save a checkpoint"))
+        self.open_button.clicked.connect(self.open_folder)
         self.tensorboard_button.clicked.connect(self.tensorboard)
         self.use_button.clicked.connect(self.use_checkpoint)
+        self.align_button.clicked.connect(self.measure_alignment)
         self.loader.loaded.connect(self._sample_loaded)
         self._set_controls(None)
 
@@ -213,6 +229,7 @@ class TrainPanel(QWidget):
         self.log.clear()
         self._sample_files: set[str] = set()
         self._last_step: dict | None = None
+        self._show_alignment()
         self.refresh_monitor()
 
     def refresh_monitor(self) -> None:
@@ -336,6 +353,8 @@ class TrainPanel(QWidget):
         active = state in ("preparing", "running", "stopping") or started is not None and started.poll() is None
         has_checkpoint = self.run is not None and self.run.latest_checkpoint() is not None
         self.stop_button.setEnabled(active and state != "stopping")
+        for button in (self.sample_button, self.save_button):
+            button.setEnabled(state == "running")
         self.kill_button.setEnabled(active)  # for a stop that does not end; it asks first
         alive = self.run is not None and self.run.alive()  # a stopped run's launcher may still be exiting
         self.resume_button.setEnabled(state in ("stopped", "interrupted", "failed") and has_checkpoint and not alive)
@@ -343,6 +362,8 @@ class TrainPanel(QWidget):
             button.setEnabled(self.run is not None)
         self.delete_button.setEnabled(self.run is not None and not active)
         self.use_button.setEnabled(has_checkpoint)
+        self.align_button.setVisible(self.run is not None and on_scene_world(self.run))
+        self.align_button.setEnabled(has_checkpoint and not self.alignment.busy)
 
     # ---- controls -------------------------------------------------------------------------------------
 
@@ -350,6 +371,25 @@ class TrainPanel(QWidget):
         if self.run is not None:
             self.run.request_stop()
             self.status.emit(f"Asked {self.run.path.name} to save a checkpoint and stop.")
+
+    def measure_alignment(self) -> None:
+        if self.run is not None:
+            queued = self.alignment.measure(self.run)
+            self.status.emit(f"Measuring prompt alignment of {queued} model(s) in the background…" if queued
+                             else "Every checkpoint is measured already.")
+            self._show_alignment()
+
+    def _show_alignment(self) -> None:
+        scores = self.alignment.scores(self.run) if self.run else {}
+        waiting = self.alignment.busy
+        self.align_label.setVisible(bool(scores) or waiting)
+        self.align_label.setText("Prompt alignment on held-out scenes:\n" + describe(scores)
+                                 + ("\n(measuring…)" if waiting else ""))
+
+    def _ask(self, flag: str, what: str) -> None:
+        if self.run is not None:
+            getattr(self.run, flag).touch()  # the trainer does it at its next step and removes the flag
+            self.status.emit(f"Asked {self.run.path.name} to {what} at its next step.")
 
     def kill_run(self) -> None:
         if self.run is None:
@@ -365,6 +405,10 @@ class TrainPanel(QWidget):
         if self.run is not None:
             self._started[str(self.run.path)] = resume(self.run.path)
             self.status.emit(f"Resuming {self.run.path.name}…")
+
+    def open_folder(self) -> None:
+        if self.run is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run.path)))
 
     def tensorboard(self) -> None:
         command = f"tensorboard --logdir {shlex.quote(str(self.run.tensorboard))}"
@@ -415,6 +459,7 @@ class TrainPanel(QWidget):
             self.new_run(template=self.run.config)
 
     def stop(self) -> None:
+        self.alignment.stop()
         self._timer.stop()
         self._runs_timer.stop()
         self.loader.stop()

@@ -407,8 +407,9 @@ class SamplesPage(_Page):
         form.addRow(self.problem)
 
     def initializePage(self) -> None:  # noqa: N802
-        self.prompts.setPlainText("\n".join(self.owner.config.get("samples", {}).get("prompts", [])))
-        self.keep.setValue(int(self.owner.config.get("keep_checkpoints", 2)))
+        keep, prompts = self.owner.config.get("keep_checkpoints", 2), self.owner.config.get("samples", {})
+        self.keep.setValue(int(keep))  # before the prompts: setting those reads both fields back
+        self.prompts.setPlainText("\n".join(prompts.get("prompts", [])))
 
     def _read(self) -> None:
         samples = dict(self.owner.config.get("samples", {}))

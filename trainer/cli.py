@@ -2,7 +2,7 @@
 
     lumina-studio train CONFIG.toml [--gpus N] [--check] [--run-dir DIR]
     lumina-studio train --resume RUN_DIR
-    lumina-studio train --stop RUN_DIR
+    lumina-studio train --stop RUN_DIR | --sample-now RUN_DIR | --save-now RUN_DIR
     lumina-studio train --presets
 """
 
@@ -33,6 +33,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument("config", nargs="?", help="a run config (TOML); see --presets")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
     parser.add_argument("--stop", metavar="RUN_DIR", help="ask a running run to save a checkpoint and exit")
+    parser.add_argument("--sample-now", metavar="RUN_DIR", help="ask a running run for sample images at its next step")
+    parser.add_argument("--save-now", metavar="RUN_DIR", help="ask a running run for a checkpoint at its next step")
     parser.add_argument("--presets", action="store_true", help="list the preset configs that ship with Lumina Studio")
     parser.add_argument("--check", action="store_true",
                         help="check the config and datasets and print the memory estimate; train nothing")
@@ -269,13 +271,16 @@ def list_presets() -> int:
 def run_command(args) -> int:
     if args.presets:
         return list_presets()
-    if args.stop:
-        run = RunFolder(Path(args.stop).expanduser())
-        if not run.config.is_file():
-            raise ConfigError(f"{run.path} is not a training run folder.")
-        run.request_stop()
-        print(f"asked {run.path} to save a checkpoint and stop", file=sys.stderr)
-        return 0
+    for folder, flag, what in ((args.stop, "stop_flag", "save a checkpoint and stop"),
+                               (args.sample_now, "sample_flag", "make samples at its next step"),
+                               (args.save_now, "save_flag", "save a checkpoint at its next step")):
+        if folder:
+            run = RunFolder(Path(folder).expanduser())
+            if not run.config.is_file():
+                raise ConfigError(f"{run.path} is not a training run folder.")
+            getattr(run, flag).touch()
+            print(f"asked {run.path} to {what}", file=sys.stderr)
+            return 0
     if args.resume:
         return resume_run(args)
     if not args.config:

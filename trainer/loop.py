@@ -137,11 +137,12 @@ class Trainer:
                 if step % self.config.log_every == 0 or self.state["step_in_stage"] == stage.steps:
                     self._log_step(record)
                 end_of_stage = self.state["step_in_stage"] == stage.steps
-                if end_of_stage or (stage.sample_every and self.state["step_in_stage"] % stage.sample_every == 0):
+                stop, sample_now, save_now = self._requests()
+                if end_of_stage or sample_now or (stage.sample_every and
+                                                  self.state["step_in_stage"] % stage.sample_every == 0):
                     self._samples(stage_index, stage, manifest)
-                stop = self._stop_requested()
-                if stop or end_of_stage or (stage.checkpoint_every and
-                                            self.state["step_in_stage"] % stage.checkpoint_every == 0):
+                if stop or save_now or end_of_stage or (stage.checkpoint_every and
+                                                        self.state["step_in_stage"] % stage.checkpoint_every == 0):
                     self._checkpoint()
                 if stop:
                     self._event("stopped", step=step, message="stop requested: saved a checkpoint and exited")
@@ -183,12 +184,16 @@ class Trainer:
                                      "lower the learning rate or check the data.")
         return mean_loss, float(grad_norm), lr, all_samples
 
-    def _stop_requested(self) -> bool:
-        local = self.stop_signal.received or self.run.stop_requested()
+    def _requests(self) -> tuple[bool, bool, bool]:
+        """Stop, sample now, save now: asked for by a signal or the run folder's flag files. The main process
+        reads (and clears) the sample and save flags; one reduction tells every process."""
+        main = self.accelerator.is_main_process
+        local = [self.stop_signal.received or self.run.stop_requested(),
+                 main and self.run.take_flag(self.run.sample_flag), main and self.run.take_flag(self.run.save_flag)]
         if self.world == 1:
-            return local
-        flag = torch.tensor(1.0 if local else 0.0, device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="max").item() > 0)
+            return tuple(bool(v) for v in local)
+        flags = torch.tensor([1.0 if v else 0.0 for v in local], device=self.accelerator.device)
+        return tuple(bool(v > 0) for v in self.accelerator.reduce(flags, reduction="max").tolist())
 
     # ---- records ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@
   checkpoints/         step-NNNNNNNN/{model (a diffusers folder), state (optimizer, EMA, trainer state)}
   features/            pre-computed latents and caption features
   stop                 created to ask the run to save and exit
+  sample-now, save-now created to ask for samples / a checkpoint at the next step (removed when done)
   launcher.json        while `lumina-studio train` runs: its pid, its training processes' group, the host
   train.log            the training processes' output
 
@@ -53,6 +54,8 @@ class RunFolder:
         self.samples = self.path / "samples"
         self.checkpoints = self.path / "checkpoints"
         self.stop_flag = self.path / "stop"
+        self.sample_flag = self.path / "sample-now"
+        self.save_flag = self.path / "save-now"
         self.launcher_file = self.path / "launcher.json"
         self.log_file = self.path / "train.log"
 
@@ -84,6 +87,14 @@ class RunFolder:
 
     def request_stop(self) -> None:
         self.stop_flag.touch()
+
+    def take_flag(self, flag: Path) -> bool:
+        """Whether `flag` was set; it is cleared (a request is honoured once)."""
+        try:
+            flag.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (half-written ones never count)."""

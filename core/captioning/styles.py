@@ -8,7 +8,7 @@ No torch here: the app lists the styles too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ STYLES = {
         "You are a helpful assistant that tags images. List the key tags of the image, separated by commas.",
         "What are the key tags associated with this image?"),
 }
-DEFAULT_STYLES = ("detailed",)
 # OmniCaptioner's sampling settings; a model folder may carry its own (see adapters.base.CAPTIONER_DEFAULTS_FILE).
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.8, "top_k": 10, "repetition_penalty": 1.2}
 DEFAULT_MAX_TOKENS = 512
@@ -93,9 +92,3 @@ def check_template(template: str) -> None:
     if unknown:
         raise StyleError(f"The prompt template uses {{{unknown[0]}}}; it may use "
                          + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS) + ".")
-
-
-@dataclass
-class Sampling:
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    settings: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLING))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
+from app.train_wizard import STAGE_FIELDS
 from core.scenes.world import write_dataset
 from core.storage import runs_dir
 from trainer.run_folder import RunFolder
@@ -78,7 +79,7 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     advance(wizard, qtbot, 1)
 
     stages = wizard.currentPage()
-    column = {name: i for i, (name, _) in enumerate(__import__("app.train_wizard", fromlist=["x"]).STAGE_FIELDS)}
+    column = {name: i for i, (name, _) in enumerate(STAGE_FIELDS)}
 
     def set_cell(row, field, text):
         stages.table.item(row, column[field]).setText(text)
@@ -153,12 +154,22 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     again.train.runs.selectRow(0)
     panel = again.train
     shows(lambda: panel.samples.count() >= 2)  # the samples at step 100
+    assert panel.sample_button.isEnabled() and panel.save_button.isEnabled()
     panel.stop_run()
     shows(lambda: panel.run.state() == "stopped" and panel.resume_button.isEnabled())
+    assert not panel.sample_button.isEnabled()
     assert "stopped" in panel.headline.text()
     panel.resume_run()
     shows(lambda: panel.run.state() == "finished", 600)
     assert panel.use_button.isEnabled() and "finished at step 200" in panel.log.toPlainText()
+    # the scene world: each checkpoint's prompt alignment against the base model's
+    assert panel.align_button.isVisible() and panel.align_button.isEnabled()
+    panel.alignment.prompts = 5
+    kept = {c.name for c in panel.run.checkpoints.glob("step-*")}
+    assert kept == {"step-00000101", "step-00000200"}  # keep_checkpoints = 2, as the preset says
+    panel.measure_alignment()
+    qtbot.waitUntil(lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, timeout=300_000)
+    assert "base model: single shapes" in panel.align_label.text() and "step-00000200" in panel.align_label.text()
     panel.use_checkpoint()
     qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith("step-00000200"),
                     timeout=120_000)

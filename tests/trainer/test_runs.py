@@ -280,3 +280,23 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_says_what
     assert not list(run.checkpoints.glob(".partial-*"))
     assert run.latest_checkpoint() == intact and (intact / "COMPLETE").exists()
     assert message in result.stderr
+
+
+def test_sample_now_and_save_now_are_honoured_at_the_next_step(tiny_model, shapes_dataset, tmp_path):
+    config = write_config(tmp_path, tiny_model, shapes_dataset,
+                          stages={0: {"steps": 400, "sample_every": 0, "checkpoint_every": 0}})
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    try:
+        wait_for(lambda: reached_step(run, 2))
+        for flag in ("--sample-now", "--save-now"):
+            assert train(flag, run.path, home=tmp_path / "home").returncode == 0
+        wait_for(lambda: {"samples", "checkpoint"} <= {r["event"] for r in run.read_events()})
+        events = run.read_events()
+        asked_at = [r["step"] for r in events if r["event"] in ("samples", "checkpoint")]
+        assert all(step < 400 for step in asked_at) and len(asked_at) == 2
+        assert not run.sample_flag.exists() and not run.save_flag.exists()
+        assert run.latest_checkpoint() is not None and list(run.samples.glob("*.png"))
+    finally:
+        run.request_stop()
+        process.wait(timeout=120)
