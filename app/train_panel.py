@@ -190,7 +190,7 @@ class TrainPanel(QWidget):
 
     def refresh_runs(self) -> None:
         selected = self.run.path if self.run else None
-        found = scan_runs(runs_dir())
+        found = scan_runs(runs_dir(), {f for f, process in self._started.items() if process.poll() is None})
         self.runs.blockSignals(True)
         self.runs.setRowCount(len(found))
         for row, summary in enumerate(found):
@@ -310,7 +310,8 @@ class TrainPanel(QWidget):
         dialog.show()
 
     def _describe(self) -> None:
-        summary = summarise(self.run.path)
+        started = self._started.get(str(self.run.path))
+        summary = summarise(self.run.path, launcher_running=started is not None and started.poll() is None)
         status = self.run.status()
         state = summary.state
         parts = [f"<b>{self.run.path.name}</b> · {state}"]
@@ -349,8 +350,7 @@ class TrainPanel(QWidget):
             return 0
 
     def _set_controls(self, state: str | None) -> None:
-        started = self._started.get(str(self.run.path)) if self.run else None
-        active = state in ("preparing", "running", "stopping") or started is not None and started.poll() is None
+        active = state in ("starting", "preparing", "running", "stopping")
         has_checkpoint = self.run is not None and self.run.latest_checkpoint() is not None
         self.stop_button.setEnabled(active and state != "stopping")
         for button in (self.sample_button, self.save_button):

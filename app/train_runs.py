@@ -31,12 +31,15 @@ class RunSummary:
     duration: float
 
 
-def summarise(folder: Path) -> RunSummary:
+def summarise(folder: Path, launcher_running: bool = False) -> RunSummary:
+    """`launcher_running`: this app started the run's command and it is still checking the config and
+    datasets (before it records itself in launcher.json)."""
     run = RunFolder(folder)
     status = run.status()
     state = run.state()
-    if state == "unknown" and (folder / LAUNCH_LOG).exists() and not run.alive():
-        state = "failed"  # the command stopped before the run began (its message is in launcher.log)
+    if state == "unknown" and (folder / LAUNCH_LOG).exists():
+        # the command is still checking before the run begins, or it stopped there (its message is in launcher.log)
+        state = "starting" if launcher_running else "failed"
     started = status.get("started") or _mtime(run.config) or _mtime(folder)
     last = last_step(run) if "loss" not in status else {}
     end = status.get("time", started) if state not in ("running", "preparing", "stopping") else time.time()
@@ -72,11 +75,12 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def scan_runs(runs: Path) -> list[RunSummary]:
-    """Every run folder under `runs`, newest first (a folder counts when it has a config or a launcher log)."""
+def scan_runs(runs: Path, starting: set[str] = frozenset()) -> list[RunSummary]:
+    """Every run folder under `runs`, newest first (a folder counts when it has a config or a launcher log).
+    `starting`: the folders whose command this app started and is still running."""
     if not runs.is_dir():
         return []
-    found = [summarise(p) for p in runs.iterdir()
+    found = [summarise(p, str(p) in starting) for p in runs.iterdir()
              if p.is_dir() and ((p / "config.toml").exists() or (p / LAUNCH_LOG).exists())]
     return sorted(found, key=lambda r: r.started, reverse=True)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.nextdit import NextDiTConfig
 from core.storage import human_size, write_json_atomic
 
@@ -45,9 +46,11 @@ def write_model_folder(folder: Path, weights: dict[str, torch.Tensor], config: N
     for name in SHARED_COMPONENTS:
         if (components / name).is_dir():
             _link_tree(components / name, folder / name)
-    index = components / "model_index.json"
-    if index.is_file():
-        shutil.copy2(index, folder / "model_index.json")
+    # the model index, and the base model's own sampling settings (a fine-tune samples as its base did;
+    # the demo model's are far from the library defaults)
+    for name in ("model_index.json", SAMPLING_DEFAULTS_FILE):
+        if (components / name).is_file():
+            shutil.copy2(components / name, folder / name)
 
 
 def _link_tree(source: Path, target: Path) -> None:

@@ -107,6 +107,10 @@ def train_shots(app):
     panel = window.train
     panel.select_run(run_folder)
     wait(app, lambda: (panel.refresh_monitor() or True) and panel.run.state() == "finished", 900)
+    panel.alignment.prompts = 30
+    kept = {c.name for c in panel.run.checkpoints.glob("step-*")}
+    panel.measure_alignment()
+    wait(app, lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, 900)
     panel.refresh_runs()
     for theme in ("light", "dark"):
         apply_theme(app, theme)

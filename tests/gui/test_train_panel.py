@@ -166,6 +166,8 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     assert panel.align_button.isVisible() and panel.align_button.isEnabled()
     panel.alignment.prompts = 5
     kept = {c.name for c in panel.run.checkpoints.glob("step-*")}
+    # a checkpoint samples as its base model does (the demo's own guidance settings travel with it)
+    assert (panel.run.latest_checkpoint() / "model" / "sampling_defaults.json").is_file()
     assert kept == {"step-00000101", "step-00000200"}  # keep_checkpoints = 2, as the preset says
     panel.measure_alignment()
     qtbot.waitUntil(lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, timeout=300_000)
