@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -107,17 +108,42 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
 
 
 def new_run(args) -> int:
+    from core.storage import runs_dir
+
+    config = load_config(args.config)
+    if args.check:
+        return check_and_train(args, config, None)
+    run_path = Path(args.run_dir).expanduser() if args.run_dir else \
+        Path(config.output or runs_dir()) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunFolder(run_path)
+    if run.latest_checkpoint() is not None:
+        raise ConfigError(f"{run_path} already holds a trained run: continue it with --resume {run_path}, "
+                          "or pick another --run-dir.")
+    created = not run.path.exists()
+    run.path.mkdir(parents=True, exist_ok=True)
+    if run.alive():
+        raise ConfigError(f"{run_path} is being trained right now (process {run.launcher()['pid']}).")
+    try:
+        with run.launched():  # from here on a reader can tell this run is alive, while it checks and trains
+            return check_and_train(args, config, run)
+    except Exception:
+        if created and not run.config.exists():  # it failed its checks: a folder made for it only goes again
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
+    """Check the datasets and memory; with a run folder, prepare the features and train."""
     import torch
 
     from core.models import loader
     from core.models.registry import find_model
-    from core.storage import runs_dir, write_json_atomic
+    from core.storage import write_json_atomic
 
     from .datasets import bucket_histogram, format_report, read_dataset
     from .features import stage_items
     from .memory import check_fit, estimate_stage, parameter_count
 
-    config = load_config(args.config)
     source = find_model(config.base_model, config.components or None)
     topology = choose_topology(config, args)
     precision = mixed_precision(config, topology.device)
@@ -150,52 +176,40 @@ def new_run(args) -> int:
         print("memory: " + estimate.describe(), file=sys.stderr)
     for warning in check_fit(estimates, topology.processes_per_machine):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    if args.check:
+    if run is None:
         print("The config and datasets are fine; nothing was trained (--check).", file=sys.stderr)
         return 0
+    run.events.unlink(missing_ok=True)  # a start without a checkpoint begins again (features are reused)
+    config.write(run.config)
+    plan = {
+        "base_model": str(source.dit if source.is_single_file else source.components),
+        "components": str(source.components) if source.is_single_file else "",
+        "device": topology.device,
+        "processes": topology.world,
+        "mixed_precision": precision,
+        "accumulation": accumulation,
+        "parameters": params,
+        "memory_estimates": [asdict(e) for e in estimates],
+    }
+    write_json_atomic(run.plan, plan)
+    write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
+    print(f"run folder: {run.path}", file=sys.stderr)
 
-    run_path = Path(args.run_dir).expanduser() if args.run_dir else \
-        Path(config.output or runs_dir()) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = RunFolder(run_path)
-    if run.latest_checkpoint() is not None:
-        raise ConfigError(f"{run_path} already holds a trained run: continue it with --resume {run_path}, "
-                          "or pick another --run-dir.")
-    run.path.mkdir(parents=True, exist_ok=True)
-    if run.alive():
-        raise ConfigError(f"{run_path} is being trained right now (process {run.launcher()['pid']}).")
-    with run.launched():  # from here on a reader can tell this run is alive
-        run.events.unlink(missing_ok=True)  # a start without a checkpoint begins again (features are reused)
-        config.write(run.config)
-        plan = {
-            "base_model": str(source.dit if source.is_single_file else source.components),
-            "components": str(source.components) if source.is_single_file else "",
-            "device": topology.device,
-            "processes": topology.world,
-            "mixed_precision": precision,
-            "accumulation": accumulation,
-            "parameters": params,
-            "memory_estimates": [asdict(e) for e in estimates],
-        }
-        write_json_atomic(run.plan, plan)
-        write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
-        print(f"run folder: {run.path}", file=sys.stderr)
-
-        run.set_status("preparing", message="encoding latents and captions")
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        job = (run.path, config, source, items, topology.device, dtype)
-        if topology.device == "cuda":
-            # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                failed, truncated = pool.submit(prepare_features, *job).result()
-        else:
-            failed, truncated = prepare_features(*job)
-        for line in failed:
-            print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
-        if truncated:
-            print(f"{PROG}: warning: {truncated} caption(s) are longer than {MAX_TOKENS} tokens with the system "
-                  "prompt; their ends are cut, as at generation time.", file=sys.stderr)
-        return launch(run, topology, precision, config, resume=False)
-
+    run.set_status("preparing", message="encoding latents and captions")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    job = (run.path, config, source, items, topology.device, dtype)
+    if topology.device == "cuda":
+        # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            failed, truncated = pool.submit(prepare_features, *job).result()
+    else:
+        failed, truncated = prepare_features(*job)
+    for line in failed:
+        print(f"{PROG}: warning: skipped (unreadable while encoding): {line}", file=sys.stderr)
+    if truncated:
+        print(f"{PROG}: warning: {truncated} caption(s) are longer than {MAX_TOKENS} tokens with the system "
+              "prompt; their ends are cut, as at generation time.", file=sys.stderr)
+    return launch(run, topology, precision, config, resume=False)
 
 def prepare_features(run_path, config, source, items, device: str, dtype) -> tuple[list[str], int]:
     import torch
