@@ -154,7 +154,7 @@ class TrainPanel(QWidget):
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(right)
-        self.splitter.setSizes([600, 680])
+        left.setMinimumWidth(460)  # the run's name stays readable beside its state and step
         layout = QVBoxLayout(self)
         layout.addWidget(self.splitter)
 
