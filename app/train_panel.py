@@ -76,8 +76,8 @@ class TrainPanel(QWidget):
         self.runs.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.runs.verticalHeader().setVisible(False)
         header = self.runs.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)  # the run's name whole; scroll for the rest
+        header.setStretchLastSection(True)
         self.runs.setWordWrap(False)
         self.runs.itemSelectionChanged.connect(self._selected)
         list_buttons = QHBoxLayout()
@@ -154,7 +154,7 @@ class TrainPanel(QWidget):
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(right)
-        left.setMinimumWidth(460)  # the run's name stays readable beside its state and step
+        self.splitter.setSizes([420, 860])
         layout = QVBoxLayout(self)
         layout.addWidget(self.splitter)
 
