@@ -127,11 +127,14 @@ class CaptionRun:
             return [self.folder / name for name in self.settings.images]
         return list_images(self.folder, self.settings.recursive)
 
-    def plan(self, done: set[str] = frozenset()) -> tuple[list[Path], int]:
-        """The images still to caption, and how many are left alone."""
+    def plan(self, done: set[str] = frozenset(), share=None) -> tuple[list[Path], int]:
+        """The images still to caption, and how many are left alone. `share(images)` picks this process's
+        part of the whole listing (several GPUs) before anything is skipped, so every process splits the
+        same list however far the others have got."""
         todo, skipped = [], 0
         skip_captioned = self.settings.mode == "skip"
-        for image in self.all_images():
+        images = self.all_images()
+        for image in share(images) if share is not None else images:
             if skip_captioned and _has_caption(image) or done and self._relative(image) in done:
                 skipped += 1
             else:
@@ -151,9 +154,7 @@ class CaptionRun:
             raise self._state_error(exc) from None
         try:
             key, done = state.begin_run(self.identity())
-            todo, skipped = self.plan(done)
-            if share is not None:
-                todo = share(todo)
+            todo, skipped = self.plan(done, share)
             summary = Summary(skipped=skipped)
             size = self.settings.batch
             for start in range(0, len(todo), size):
