@@ -26,7 +26,7 @@ from .image_loader import ImageLoader
 from .image_view import ImageView
 from .loss_plot import SERIES, LossPlot
 from .train_alignment import AlignmentMeter, describe, on_scene_world
-from .train_runs import EventTail, RunFolder, kill, log_tail, resume, scan_runs, summarise
+from .train_runs import EventTail, RunFolder, kill, resume, scan_runs, summarise, tail
 
 REFRESH_MS = 1000
 COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
@@ -229,6 +229,7 @@ class TrainPanel(QWidget):
         self.log.clear()
         self._sample_files: set[str] = set()
         self._last_step: dict | None = None
+        self._stages = self._stage_count()
         self._show_alignment()
         self.refresh_monitor()
 
@@ -321,7 +322,8 @@ class TrainPanel(QWidget):
         if summary.stage:
             stages = [name for _, name in self.plot.stages]
             index = stages.index(summary.stage) + 1 if summary.stage in stages else "?"
-            parts.append(f"stage {summary.stage} ({index} of {self._stage_count()})")
+            self._stages = self._stages or self._stage_count()  # a run just launched writes its config soon
+            parts.append(f"stage {summary.stage} ({index} of {self._stages})")
         if step and state == "running":
             if step.get("samples_per_s"):
                 parts.append(f"{step['samples_per_s']:.1f} samples/s")
@@ -335,13 +337,15 @@ class TrainPanel(QWidget):
         if message:
             text += f"<br>{message}"
         if state == "failed":
-            tail = log_tail(self.run.log_file, 12) or log_tail(self.run.path / "launcher.log", 12)
-            if tail and self.log.toPlainText().find("--- last lines") < 0:
-                self._line(f"--- last lines of {self.run.log_file.name} ---\n{tail}")
+            last = tail(self.run.log_file, 12) or tail(self.run.path / "launcher.log", 12)
+            if last and self.log.toPlainText().find("--- last lines") < 0:
+                self._line(f"--- last lines of {self.run.log_file.name} ---\n{last}")
         self.headline.setText(text)
         self._set_controls(state)
 
     def _stage_count(self) -> int:
+        if self.run is None:
+            return 0
         try:
             import tomllib
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.run_folder import EventTail, RunFolder
+from trainer.run_folder import EventTail, RunFolder, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_LOG = "launcher.log"  # what `lumina-studio train` printed: its one-line error when it never started
@@ -135,11 +135,4 @@ def kill(run_dir: Path, started: subprocess.Popen | None = None) -> bool:
     return ended
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-__all__ = ["EventTail", "RunFolder", "RunSummary", "scan_runs", "launch", "resume", "kill", "log_tail"]
+__all__ = ["EventTail", "RunFolder", "RunSummary", "scan_runs", "launch", "resume", "kill", "tail"]

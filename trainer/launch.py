@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run_folder import RunFolder
+from .run_folder import RunFolder, tail
 
 
 @dataclass
@@ -116,7 +116,4 @@ def _pass_events(run: RunFolder, seen: int, on_event) -> int:
 
 
 def log_tail(run: RunFolder, lines: int = 25) -> str:
-    path = run.path / "train.log"
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    return tail(run.log_file, lines)

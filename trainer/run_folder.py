@@ -32,6 +32,14 @@ from core.storage import read_json, write_json_atomic
 ACTIVE_STATES = ("preparing", "running", "stopping")
 
 
+def tail(path: Path, lines: int = 25) -> str:
+    """A log's last lines ("" when there is none): what a failure message and the Train tab show."""
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
