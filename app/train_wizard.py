@@ -8,25 +8,29 @@ estimate) before Launch is allowed, so the config launched is one `lumina-studio
 
 from __future__ import annotations
 
+import html
 import shlex
 import shutil
-import subprocess
 import time
 import tomllib
 from pathlib import Path
 
 import tomli_w
-from PySide6.QtCore import QProcess, QSettings
+from PySide6.QtCore import QProcess, QSettings, Qt
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit, QPushButton,
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit, QPushButton,
     QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
 )
 
 from core.datasets import DatasetError, read_dataset_captions
 from core.errors import LuminaError
+from core.gpus import GPU, nvidia_gpus
+from core.models.nextdit_config import NextDiTConfig
+from core.models.sources import read_json_file
 from core.models.registry import available_models, find_model
 from core.storage import human_size, runs_dir
 from trainer.config import ConfigError, parse_config
+from trainer.memory import MemoryEstimate, stage_estimates
 
 from .background import run_in_background
 from .train_runs import launch, train_command
@@ -340,50 +344,102 @@ class HardwarePage(_Page):
     prefixes = ("device", "precision")
 
     def __init__(self, wizard):
-        super().__init__(wizard, "Hardware", "Where to train. Several GPUs share the model (FSDP). The review page "
-                         "shows the memory each stage needs against the GPU, from the trainer's own estimate.")
+        super().__init__(wizard, "Hardware", "Where to train. Several GPUs share the model (FSDP: weights, "
+                         "gradients and optimizer are split across them). The estimate is the trainer's own.")
         self.device = QComboBox()
         for label, value in (("Automatic (the GPUs if there are any, else the CPU)", "auto"), ("GPU (CUDA)", "cuda"),
                              ("CPU (tiny models: the demo)", "cpu")):
             self.device.addItem(label, value)
-        self.gpus_found = gpus()
-        self.gpus = QSpinBox()
-        self.gpus.setRange(0, max(0, len(self.gpus_found)))
-        self.gpus.setSpecialValueText("all")
-        found = "\n".join(f"GPU {i}: {name}, {memory}" for i, (name, memory) in enumerate(self.gpus_found)) or \
-            "No NVIDIA GPU found (nvidia-smi): training runs on the CPU."
+        self.gpus_found = nvidia_gpus()
+        self.gpu_boxes = []
+        gpu_list = QVBoxLayout()
+        for gpu in self.gpus_found:
+            box = QCheckBox(gpu.describe())
+            box.setChecked(True)
+            box.toggled.connect(self._chosen)
+            gpu_list.addWidget(box)
+            self.gpu_boxes.append(box)
+        if not self.gpus_found:
+            gpu_list.addWidget(QLabel("No NVIDIA GPU found (nvidia-smi): training runs on the CPU."))
+        self.estimate = QLabel()
+        self.estimate.setWordWrap(True)
+        self.estimate.setTextFormat(Qt.RichText)
         self.device.currentIndexChanged.connect(self._chosen)
-        self.gpus.valueChanged.connect(self._chosen)
         form = QFormLayout(self)
         form.addRow("Device", self.device)
-        form.addRow("GPUs to use", self.gpus)
-        form.addRow("", QLabel(found))
+        form.addRow("GPUs", gpu_list)
+        form.addRow("Memory per GPU", self.estimate)
         form.addRow(self.problem)
 
     def initializePage(self) -> None:  # noqa: N802
         self.device.setCurrentIndex(max(0, self.device.findData(self.owner.config.get("device", "auto"))))
+        self._chosen()
+
+    def device_used(self) -> str:
+        chosen = self.device.currentData()
+        return ("cuda" if self.gpus_found else "cpu") if chosen == "auto" else chosen
+
+    def chosen_gpus(self) -> list[GPU]:
+        if self.device_used() != "cuda":
+            return []
+        return [gpu for gpu, box in zip(self.gpus_found, self.gpu_boxes) if box.isChecked()]
 
     def _chosen(self) -> None:
         self.owner.config["device"] = self.device.currentData()
-        self.owner.gpus = self.gpus.value()
+        chosen = self.chosen_gpus()
+        self.owner.gpu_ids = [gpu.index for gpu in chosen] if len(chosen) < len(self.gpus_found) else []
+        for box in self.gpu_boxes:
+            box.setEnabled(self.device_used() == "cuda")
         self.changed()
 
     def problems(self) -> list[str]:
-        if self.device.currentData() == "cuda" and not self.gpus_found:
+        device = self.device_used()
+        if device == "cuda" and not self.gpus_found:
+            self.estimate.setText("")
             return ["No GPU was found here: choose Automatic or CPU."]
-        return super().problems()
+        chosen = self.chosen_gpus()
+        if device == "cuda" and not chosen:
+            self.estimate.setText("")
+            return ["Choose at least one GPU."]
+        found = super().problems()
+        over = self._show_estimate(device, chosen) if not found else []
+        return found + over
+
+    def _show_estimate(self, device: str, chosen: list[GPU]) -> list[str]:
+        """Each stage's memory against the smallest chosen GPU (red when over); the problems that makes."""
+        estimates = wizard_estimates(self.owner.config, device, max(1, len(chosen)))
+        if estimates is None:
+            self.estimate.setText("The Review page's check estimates memory for this model.")
+            return []
+        smallest = min(chosen, key=lambda gpu: gpu.memory) if chosen else None
+        lines, over = [], []
+        for estimate in estimates:
+            line = f"{html.escape(estimate.stage)}: about {human_size(estimate.total)}"
+            if smallest is not None and estimate.total > smallest.memory:
+                line = f"<span style='color:#c83c3c'>{line} — more than GPU {smallest.index} has</span>"
+                over.append(f"Stage '{estimate.stage}' needs about {human_size(estimate.total)} per GPU, but GPU "
+                            f"{smallest.index} has {human_size(smallest.memory)}: lower its micro-batch on the "
+                            "Stages page, or choose more GPUs (FSDP splits the model across them).")
+            lines.append(line)
+        where = f"against GPU {smallest.index} ({human_size(smallest.memory)}), the smallest chosen" if smallest \
+            else "in the computer's memory"
+        self.estimate.setText("<br>".join(lines) + f"<br><small>per process, {where}</small>")
+        return over
 
 
-def gpus() -> list[tuple[str, str]]:
-    """The NVIDIA GPUs nvidia-smi lists (name, memory), without importing torch."""
-    if shutil.which("nvidia-smi") is None:
-        return []
+def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEstimate] | None:
+    """The trainer's memory estimate per stage for a diffusers-folder base model, without torch (its
+    config.json and safetensors header); None for a single-file checkpoint or a config still wrong."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [tuple(part.strip() for part in line.split(",", 1)) for line in out.splitlines() if "," in line]
+        run = parse_config(config, "the wizard's config")
+        source = find_model(run.base_model)
+        if source.is_single_file:
+            return None
+        model = NextDiTConfig.from_dict(read_json_file(Path(source.dit) / "config.json"))
+    except (LuminaError, OSError, TypeError, ValueError):
+        return None
+    precision = "bf16" if device == "cuda" and run.precision in ("auto", "bf16") else "no"
+    return stage_estimates(model, model_bytes(config) // 4, run, processes, device, precision)
 
 
 class SamplesPage(_Page):
@@ -540,7 +596,7 @@ class TrainWizard(QWizard):
         self.setWindowTitle("New training run")
         self.settings, self.template, self.dataset = settings, template, dataset
         self.config: dict = {}
-        self.gpus = 0
+        self.gpu_ids: list[int] = []
         self.launched = None
         self.run_dir: Path | None = None
         self.config_path: Path | None = None
@@ -556,7 +612,8 @@ class TrainWizard(QWizard):
         self.config = config
 
     def gpu_args(self) -> list[str]:
-        return ["--gpus", str(self.gpus)] if self.gpus else []
+        """All GPUs by default; the ones ticked when only some are."""
+        return ["--gpu-ids", ",".join(map(str, self.gpu_ids))] if self.gpu_ids else []
 
     def prepare_folder(self) -> None:
         if self.run_dir is None or not self.run_dir.name.startswith(self.config["name"]):

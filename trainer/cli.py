@@ -1,6 +1,6 @@
 """`lumina-studio train`: check a config, prepare the run folder and features, launch, watch.
 
-    lumina-studio train CONFIG.toml [--gpus N] [--check] [--run-dir DIR]
+    lumina-studio train CONFIG.toml [--gpus N | --gpu-ids 0,2] [--check] [--run-dir DIR]
     lumina-studio train --resume RUN_DIR
     lumina-studio train --stop RUN_DIR | --sample-now RUN_DIR | --save-now RUN_DIR
     lumina-studio train --presets
@@ -40,6 +40,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--check", action="store_true",
                         help="check the config and datasets and print the memory estimate; train nothing")
     parser.add_argument("--gpus", type=int, help="GPUs to use on this machine (default: all it has)")
+    parser.add_argument("--gpu-ids", help="which GPUs, as nvidia-smi numbers them, e.g. 0,2 (default: all)")
     parser.add_argument("--cpu-processes", type=int, default=1,
                         help="processes when training on the CPU (several talk over gloo; for tiny models and tests)")
     parser.add_argument("--run-dir", help="the run folder (default: OUTPUT/NAME-DATE-TIME)")
@@ -142,7 +143,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
 
     from .datasets import bucket_histogram, format_report, read_dataset
     from .features import stage_items
-    from .memory import check_fit, estimate_stage, parameter_count
+    from .memory import check_fit, gpu_memory, parameter_count, stage_estimates
 
     source = find_model(config.base_model, config.components or None)
     topology = choose_topology(config, args)
@@ -165,16 +166,13 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
 
     model_config = loader.dit_config(source)
     params = parameter_count(model_config)
-    activation_bytes = 2 if precision == "bf16" else 4
-    estimates = [estimate_stage(model_config, params, config, stage, topology.world,
-                                sharded=topology.device == "cuda" and topology.world > 1,
-                                activation_bytes=activation_bytes, cuda=topology.device == "cuda")
-                 for stage in config.stages]
+    estimates = stage_estimates(model_config, params, config, topology.world, topology.device, precision)
     print(f"model: {params / 1e6:.1f}M parameters; {topology.world} {topology.device} process(es), "
           f"mixed precision {precision}", file=sys.stderr)
     for estimate in estimates:
         print("memory: " + estimate.describe(), file=sys.stderr)
-    for warning in check_fit(estimates, topology.processes_per_machine):
+    gpu_sizes = gpu_memory()[:topology.processes_per_machine] if topology.device == "cuda" else []
+    for warning in check_fit(estimates, gpu_sizes):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if run is None:
         print("The config and datasets are fine; nothing was trained (--check).", file=sys.stderr)
@@ -186,6 +184,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
         "components": str(source.components) if source.is_single_file else "",
         "device": topology.device,
         "processes": topology.world,
+        "gpu_ids": args.gpu_ids or "",  # a resume uses the same GPUs unless told otherwise
         "mixed_precision": precision,
         "accumulation": accumulation,
         "parameters": params,
@@ -227,6 +226,9 @@ def resume_run(args) -> int:
         raise ConfigError(f"{run.path} has no complete checkpoint yet; start the run again with its config.")
     config = load_config(run.config)
     plan = json.loads(run.plan.read_text())
+    if plan.get("gpu_ids") and not (args.gpus or args.gpu_ids):
+        args.gpu_ids = plan["gpu_ids"]
+        choose_gpus(args)
     topology = choose_topology(config, args)
     if topology.world != plan["processes"]:
         raise ConfigError(f"this run was started with {plan['processes']} process(es); resume it with the same "
@@ -282,9 +284,22 @@ def list_presets() -> int:
     return 0
 
 
+def choose_gpus(args) -> None:
+    """--gpu-ids: only those GPUs are seen by this process and the training processes it starts."""
+    from core.gpus import parse_gpu_ids, use_only
+
+    ids = parse_gpu_ids(args.gpu_ids)
+    if args.gpus and args.gpus != len(ids):
+        raise ConfigError(f"--gpus {args.gpus} and --gpu-ids {args.gpu_ids} disagree: give one of them.")
+    args.gpus = len(ids)
+    use_only(ids)
+
+
 def run_command(args) -> int:
     if args.presets:
         return list_presets()
+    if args.gpu_ids:
+        choose_gpus(args)
     for folder, flag, what in ((args.stop, "stop_flag", "save a checkpoint and stop"),
                                (args.sample_now, "sample_flag", "make samples at its next step"),
                                (args.save_now, "save_flag", "save a checkpoint at its next step")):

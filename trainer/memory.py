@@ -6,15 +6,16 @@ with activation checkpointing each joint block keeps only its input and one bloc
 time; without it every block keeps its inside. The inside of a block is counted as ~10 hidden-width
 and 3 FFN-width tensors per token (attention through SDPA keeps no L x L matrix). It is an estimate,
 good to about 20%: allocator slack and CUDA context come on top (+1.5 GB is added for them).
+
+Torch is imported only to count a built model's parameters and ask CUDA for its GPUs: the Train tab's
+wizard estimates from a model's config.json and safetensors header, without torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from core.models.nextdit import NextDiT, NextDiTConfig
+from core.models.nextdit_config import NextDiTConfig
 from core.storage import human_size
 
 from .config import RunConfig, StageConfig
@@ -44,6 +45,10 @@ class MemoryEstimate:
 
 
 def parameter_count(config: NextDiTConfig) -> int:
+    import torch
+
+    from core.models.nextdit import NextDiT
+
     with torch.device("meta"):
         return sum(p.numel() for p in NextDiT(config).parameters())
 
@@ -71,18 +76,28 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
     )
 
 
+def stage_estimates(model: NextDiTConfig, params: int, run: RunConfig, processes: int, device: str,
+                    precision: str) -> list[MemoryEstimate]:
+    """Every stage's estimate for `processes` processes on `device` ("cuda" or "cpu"), `precision` "bf16" or
+    "no" (fp32 activations)."""
+    return [estimate_stage(model, params, run, stage, processes, sharded=device == "cuda" and processes > 1,
+                           activation_bytes=2 if precision == "bf16" else 4, cuda=device == "cuda")
+            for stage in run.stages]
+
+
 def gpu_memory() -> list[int]:
+    import torch
+
     if not torch.cuda.is_available():
         return []
     return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
 
 
-def check_fit(estimates: list[MemoryEstimate], gpus_used: int) -> list[str]:
-    """Warnings for stages that will not fit the smallest GPU in use."""
-    sizes = gpu_memory()[:gpus_used]
-    if not sizes:
+def check_fit(estimates: list[MemoryEstimate], gpu_sizes: list[int]) -> list[str]:
+    """Warnings for stages that will not fit the smallest of these GPUs (bytes each)."""
+    if not gpu_sizes:
         return []
-    smallest = min(sizes)
+    smallest = min(gpu_sizes)
     return [
         f"stage '{e.stage}' needs about {human_size(e.total)} per GPU but the smallest GPU has "
         f"{human_size(smallest)}: lower micro_batch_size, keep activation_checkpointing on, or use more GPUs "

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from app.train_wizard import STAGE_FIELDS
 from core.scenes.world import write_dataset
+from fake_gpus import fake_nvidia_smi
 from core.storage import runs_dir
 from trainer.run_folder import RunFolder
 
@@ -114,6 +115,31 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     assert "free in" in samples.disk.text()
     wizard.reject()
     assert not list(runs_dir().glob("good-name-*"))  # a cancelled wizard leaves no folder
+
+
+def test_hardware_page_ticks_gpus_and_refuses_a_stage_over_memory(window, qtbot, tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, [("NVIDIA Big", 24576), ("NVIDIA Small", 1024)])
+    wizard = wizard_for(window, scenes(tmp_path / "scenes", 8))
+    advance(wizard, qtbot, 4)
+    hardware = wizard.currentPage()
+    assert [box.text() for box in hardware.gpu_boxes] == ["GPU 0: NVIDIA Big, 24 GiB", "GPU 1: NVIDIA Small, 1 GiB"]
+    hardware.device.setCurrentIndex(hardware.device.findData("cuda"))
+    for box in hardware.gpu_boxes:
+        box.setChecked(False)
+    refused(hardware, qtbot, "Choose at least one GPU")
+    hardware.gpu_boxes[1].setChecked(True)  # the demo needs ~1.5 GB with the CUDA context: over 1 GiB
+    refused(hardware, qtbot, "needs about")
+    assert "lower its micro-batch" in hardware.problem.text() and "#c83c3c" in hardware.estimate.text()
+    hardware.gpu_boxes[1].setChecked(False)
+    hardware.gpu_boxes[0].setChecked(True)
+    qtbot.waitUntil(hardware.isComplete)
+    assert "against GPU 0" in hardware.estimate.text() and wizard.gpu_args() == ["--gpu-ids", "0"]
+    hardware.gpu_boxes[1].setChecked(True)
+    refused(hardware, qtbot, "GPU 1 has 1 GiB")  # the smallest chosen GPU decides, as FSDP needs it
+    hardware.device.setCurrentIndex(hardware.device.findData("cpu"))
+    qtbot.waitUntil(hardware.isComplete)
+    assert wizard.gpu_args() == [] and not hardware.gpu_boxes[0].isEnabled()
+    wizard.reject()
 
 
 def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from fake_gpus import fake_nvidia_smi
 from filesystems import mount_tmpfs, unmount_tmpfs
 from trainer.run_folder import RunFolder
 
@@ -244,6 +245,18 @@ def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_data
     assert result.returncode == 0 and "memory: stage 'low'" in result.stderr and "nothing was trained" in result.stderr
     # --check leaves nothing behind, nor does a launch that failed its checks
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
+
+
+def test_gpu_ids_are_checked_against_the_gpus_nvidia_smi_lists(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, [("NVIDIA A", 24576), ("NVIDIA B", 24576)])
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    for extra, message in ((["--gpu-ids", "2"], "--gpu-ids 2: each GPU once, from the ones this machine has: 0, 1"),
+                           (["--gpu-ids", "0,0"], "each GPU once"),
+                           (["--gpu-ids", "one"], "give GPU numbers separated by commas"),
+                           (["--gpu-ids", "0,1", "--gpus", "1"], "disagree"),
+                           (["--gpu-ids", "1"], "--gpus 1: PyTorch sees no CUDA GPU here")):  # the CPU build
+        result = train(config, "--check", *extra, home=tmp_path / "home")
+        assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
 @pytest.fixture
