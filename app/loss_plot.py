@@ -18,6 +18,29 @@ SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the fir
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
 
 
+class PlotPoints:
+    """The logged steps and their values, apart from the widget: a long log is read into one off the GUI thread."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.values: dict[str, list[float]] = {name: [] for name in SERIES}
+        self.smoothed: list[float] = []
+        self._average = 0.0
+
+    def add(self, record: dict) -> bool:
+        """Takes a step record; False when it has no finite loss (nothing to plot)."""
+        loss = record.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            return False
+        self.steps.append(int(record.get("step", len(self.steps))))
+        for name in SERIES:
+            value = record.get(name)
+            self.values[name].append(float(value) if isinstance(value, (int, float)) else math.nan)
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
+        self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.steps)))
+        return True
+
+
 class LossPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -28,25 +51,25 @@ class LossPlot(QWidget):
         self.clear()
 
     def clear(self) -> None:
-        self.steps: list[int] = []
-        self.values: dict[str, list[float]] = {name: [] for name in SERIES}
-        self.smoothed: list[float] = []
-        self._average = 0.0
+        self.set_points(PlotPoints())
         self.stages: list[tuple[int, str]] = []
+
+    def set_points(self, points: PlotPoints) -> None:
+        self.points = points
         self._arrays = None
         self.update()
 
+    @property
+    def steps(self) -> list[int]:
+        return self.points.steps
+
+    @property
+    def values(self) -> dict[str, list[float]]:
+        return self.points.values
+
     def add_step(self, record: dict) -> None:
-        loss = record.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            return
-        self.steps.append(int(record.get("step", len(self.steps))))
-        for name in SERIES:
-            value = record.get(name)
-            self.values[name].append(float(value) if isinstance(value, (int, float)) else math.nan)
-        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
-        self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.steps)))
-        self._arrays = None
+        if self.points.add(record):
+            self._arrays = None
 
     def add_stage(self, step: int, name: str) -> None:
         self.stages.append((step, name))
@@ -65,7 +88,7 @@ class LossPlot(QWidget):
 
         if self._arrays is None:
             values = np.asarray(self.values[self.series], dtype=float)
-            smooth = np.asarray(self.smoothed if self.series == "loss" else [], dtype=float)
+            smooth = np.asarray(self.points.smoothed if self.series == "loss" else [], dtype=float)
             self._arrays = np.asarray(self.steps, dtype=float), values, smooth
         return self._arrays
 

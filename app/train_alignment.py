@@ -52,8 +52,8 @@ class AlignmentMeter(QObject):
     def measure(self, run: RunFolder) -> int:
         """Queue the base model and every complete checkpoint not measured yet; returns how many."""
         done = self.scores(run)
-        wanted = [("base model", "demo")] + [(c.name, str(c / "model"))
-                                             for c in sorted(run.checkpoints.glob("step-*")) if (c / "COMPLETE").exists()]
+        checkpoints = [c for c in sorted(run.checkpoints.glob("step-*")) if (c / "COMPLETE").exists()]
+        wanted = [("base model", "demo")] + [(c.name, str(c / "model")) for c in checkpoints]
         new = [(run, name, model) for name, model in wanted if name not in done]
         self.queue += [item for item in new if item not in self.queue]
         self._next()

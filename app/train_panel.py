@@ -24,18 +24,43 @@ from core.storage import runs_dir
 
 from .image_loader import ImageLoader
 from .image_view import ImageView
-from .loss_plot import SERIES, LossPlot
+from .background import run_in_background
+from .loss_plot import SERIES, LossPlot, PlotPoints
 from .train_alignment import AlignmentMeter, describe, on_scene_world
-from .train_runs import EventTail, RunFolder, kill, resume, scan_runs, summarise, tail
+from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_runs, summarise, tail
 
 REFRESH_MS = 1000
+KILL_AFTER_S = 30  # Kill is offered once a stop has had this long to save and exit
+CATCH_UP_BYTES = 256 * 1024  # a longer log is first read off the GUI thread
 COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
 SAMPLE_SIZE = 128
+
+
+ACTIVE = ("starting", "preparing", "running", "stopping")
 
 
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def stage_progress(stages: list[tuple[str, int]], stage: str, step: int) -> str:
+    """'stage high (2 of 2), step 50/100' from the stages' (name, steps) and the overall step."""
+    names = [name for name, _ in stages]
+    if stage not in names:
+        return f"stage {stage}"
+    index = names.index(stage)
+    start = sum(steps for _, steps in stages[:index])
+    steps = stages[index][1]
+    text = f"stage {stage} ({index + 1} of {len(stages)})"
+    return f"{text}, step {min(max(0, step - start), steps)}/{steps}" if steps > 0 else text
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class TrainPanel(QWidget):
@@ -49,7 +74,8 @@ class TrainPanel(QWidget):
         self.tail: EventTail | None = None
         self.loader = ImageLoader(self)
         self.alignment = AlignmentMeter(parent=self)
-        self.alignment.updated.connect(lambda folder: self.run and str(self.run.path) == folder and self._show_alignment())
+        self.alignment.updated.connect(
+            lambda folder: self.run and str(self.run.path) == folder and self._show_alignment())
         self.alignment.failed.connect(self.status.emit)
         self._started: dict[str, object] = {}  # run folder -> the launcher process this app started
         self._build()
@@ -96,7 +122,8 @@ class TrainPanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Save a checkpoint and stop (the run can be resumed)")
         self.kill_button = QPushButton("Kill")
-        self.kill_button.setToolTip("End the run's processes now; its newest complete checkpoint stays")
+        self.kill_button.setToolTip(f"For a run that Stop did not end within {KILL_AFTER_S} s: end its processes now "
+                                    "(its newest complete checkpoint stays)")
         self.resume_button = QPushButton("Resume")
         self.sample_button = QPushButton("Sample now")
         self.sample_button.setToolTip("Sample images at the next step")
@@ -229,13 +256,51 @@ class TrainPanel(QWidget):
         self.log.clear()
         self._sample_files: set[str] = set()
         self._last_step: dict | None = None
-        self._stages = self._stage_count()
+        self._stages = self._read_stages()
+        self._catching_up = False
         self._show_alignment()
+        if self.run is not None and file_size(self.run.events) > CATCH_UP_BYTES:
+            self._catch_up()
         self.refresh_monitor()
+
+    def _catch_up(self) -> None:
+        """Read a long log and gather its plot points off the GUI thread; the monitor follows on from there."""
+        tail, points = self.tail, PlotPoints()
+        self._catching_up = True
+
+        def work():
+            others, last = [], None
+            for record in tail.read():
+                if record.get("event") == "step":
+                    points.add(record)
+                    last = record
+                else:
+                    others.append(record)
+            return others, last
+
+        def done(result):
+            if tail is not self.tail:  # another run was chosen meanwhile
+                return
+            others, last = result
+            self.plot.set_points(points)
+            self._last_step = last
+            for record in others:
+                self._event(record)
+            self._catching_up = False
+            self.refresh_monitor()
+
+        def failed(exc):
+            self._catching_up = False
+            self.status.emit(f"Could not read {tail.path}: {exc}")
+
+        run_in_background(work, done, failed)
 
     def refresh_monitor(self) -> None:
         if self.run is None:
             self._set_controls(None)
+            return
+        if self._catching_up:
+            self._describe()
             return
         for record in self.tail.read():
             self._event(record)
@@ -296,7 +361,8 @@ class TrainPanel(QWidget):
             view.show_pixmap(pixmap)
         try:
             settings = read_settings(path)
-            text = f"{settings.get('prompt', '')}\n" + ", ".join(f"{k}: {v}" for k, v in settings.items() if k != "prompt")
+            details = ", ".join(f"{k}: {v}" for k, v in settings.items() if k != "prompt")
+            text = f"{settings.get('prompt', '')}\n{details}"
         except (MetadataError, OSError) as exc:
             text = str(exc)
         info = QLabel(text)
@@ -320,10 +386,10 @@ class TrainPanel(QWidget):
         if summary.total:
             parts.append(f"step {summary.step}/{summary.total} ({summary.step / summary.total:.0%})")
         if summary.stage:
-            stages = [name for _, name in self.plot.stages]
-            index = stages.index(summary.stage) + 1 if summary.stage in stages else "?"
-            self._stages = self._stages or self._stage_count()  # a run just launched writes its config soon
-            parts.append(f"stage {summary.stage} ({index} of {self._stages})")
+            self._stages = self._stages or self._read_stages()  # a run just launched writes its config soon
+            parts.append(stage_progress(self._stages, summary.stage, summary.step))
+        if self._catching_up:
+            parts.append("reading its log…")
         if step and state == "running":
             if step.get("samples_per_s"):
                 parts.append(f"{step['samples_per_s']:.1f} samples/s")
@@ -336,6 +402,10 @@ class TrainPanel(QWidget):
                     "from the newest complete checkpoint."
         if message:
             text += f"<br>{message}"
+        asked = self._stop_asked_s()
+        if asked is not None and state in ACTIVE:
+            text += f"<br>Stop asked {duration(asked)} ago: the run saves a checkpoint and exits." + \
+                (" If it does not, Kill ends it." if asked >= KILL_AFTER_S else "")
         if state == "failed":
             last = tail(self.run.log_file, 12) or tail(self.run.path / "launcher.log", 12)
             if last and self.log.toPlainText().find("--- last lines") < 0:
@@ -343,25 +413,34 @@ class TrainPanel(QWidget):
         self.headline.setText(text)
         self._set_controls(state)
 
-    def _stage_count(self) -> int:
+    def _read_stages(self) -> list[tuple[str, int]]:
+        """The run's stages as (name, steps), from its config."""
         if self.run is None:
-            return 0
+            return []
         try:
             import tomllib
 
-            return len(tomllib.loads(self.run.config.read_text(encoding="utf-8")).get("stages", []))
-        except (OSError, ValueError):
-            return 0
+            stages = tomllib.loads(self.run.config.read_text(encoding="utf-8")).get("stages", [])
+            return [(str(stage.get("name", "")), int(stage.get("steps", 0) or 0)) for stage in stages]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return []
+
+    def _stop_asked_s(self) -> float | None:
+        """Seconds since Stop was asked (the stop file's age); None when it was not."""
+        try:
+            return max(0.0, time.time() - self.run.stop_flag.stat().st_mtime)
+        except (OSError, AttributeError):
+            return None
 
     def _set_controls(self, state: str | None) -> None:
-        active = state in ("starting", "preparing", "running", "stopping")
+        active = state in ACTIVE
         has_checkpoint = self.run is not None and self.run.latest_checkpoint() is not None
         self.stop_button.setEnabled(active and state != "stopping")
         for button in (self.sample_button, self.save_button):
             button.setEnabled(state == "running")
-        self.kill_button.setEnabled(active)  # for a stop that does not end; it asks first
-        alive = self.run is not None and self.run.alive()  # a stopped run's launcher may still be exiting
-        self.resume_button.setEnabled(state in ("stopped", "interrupted", "failed") and has_checkpoint and not alive)
+        asked = self._stop_asked_s() if self.run is not None else None
+        self.kill_button.setEnabled(active and asked is not None and asked >= KILL_AFTER_S)  # it asks first
+        self.resume_button.setEnabled(self.run is not None and can_resume(self.run, state))
         for button in (self.open_button, self.tensorboard_button, self.clone_button, self.delete_button):
             button.setEnabled(self.run is not None)
         self.delete_button.setEnabled(self.run is not None and not active)

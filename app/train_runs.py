@@ -68,6 +68,11 @@ def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
     return {}
 
 
+def can_resume(run: RunFolder, state: str) -> bool:
+    """A run continues from its newest complete checkpoint once nothing trains it any more."""
+    return state in ("stopped", "interrupted", "failed") and run.latest_checkpoint() is not None and not run.alive()
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -135,4 +140,4 @@ def kill(run_dir: Path, started: subprocess.Popen | None = None) -> bool:
     return ended
 
 
-__all__ = ["EventTail", "RunFolder", "RunSummary", "scan_runs", "launch", "resume", "kill", "tail"]
+__all__ = ["EventTail", "RunFolder", "RunSummary", "can_resume", "scan_runs", "launch", "resume", "kill", "tail"]

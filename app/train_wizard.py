@@ -9,6 +9,7 @@ estimate) before Launch is allowed, so the config launched is one `lumina-studio
 from __future__ import annotations
 
 import html
+import os
 import shlex
 import shutil
 import time
@@ -18,8 +19,8 @@ from pathlib import Path
 import tomli_w
 from PySide6.QtCore import QProcess, QSettings, Qt
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit, QPushButton,
-    QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit,
+    QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
 )
 
 from core.datasets import DatasetError, read_dataset_captions
@@ -33,7 +34,7 @@ from trainer.config import ConfigError, parse_config
 from trainer.memory import MemoryEstimate, stage_estimates
 
 from .background import run_in_background
-from .train_runs import launch, train_command
+from .train_runs import RunFolder, can_resume, launch, resume, scan_runs, train_command
 
 PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
 DEFAULT_PRESET = "demo-scenes-64.toml"
@@ -83,37 +84,83 @@ class _Page(QWizardPage):
 
 class StartPage(_Page):
     def __init__(self, wizard):
-        super().__init__(wizard, "Start", "Start from a preset (or the run you are cloning) and name the run.")
+        super().__init__(wizard, "Start", "Start a new run from a preset or from an earlier run's settings, or "
+                         "resume a run that was stopped or interrupted.")
         self.preset = QComboBox()
         for path in sorted(PRESETS.glob("*.toml")):
             comment = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
             self.preset.addItem(f"{path.stem} — {comment}", str(path))
-        if wizard.template is not None:
-            self.preset.insertItem(0, f"clone of {wizard.template.parent.name}", str(wizard.template))
-        self.preset.setCurrentIndex(max(0, self.preset.findData(str(PRESETS / DEFAULT_PRESET))
-                                        if wizard.template is None else 0))
+        self.preset.setCurrentIndex(max(0, self.preset.findData(str(PRESETS / DEFAULT_PRESET))))
+        found = scan_runs(runs_dir())
+        self.earlier = QComboBox()
+        for run in found:
+            if (run.path / "config.toml").is_file():
+                self.earlier.addItem(f"{run.name} ({run.state})", str(run.path / "config.toml"))
+        if wizard.template is not None and self.earlier.findData(str(wizard.template)) < 0:
+            self.earlier.insertItem(0, wizard.template.parent.name, str(wizard.template))
+        self.resumable = QComboBox()
+        for run in found:
+            if can_resume(RunFolder(run.path), run.state):
+                self.resumable.addItem(f"{run.name} ({run.state} at step {run.step}/{run.total})", str(run.path))
+        self.from_preset = QRadioButton("New run from a preset")
+        self.from_earlier = QRadioButton("New run with an earlier run's settings")
+        self.resume = QRadioButton("Resume a stopped or interrupted run")
+        (self.from_earlier if wizard.template is not None else self.from_preset).setChecked(True)
         self.name = QLineEdit()
-        self.preset.currentIndexChanged.connect(self._load)
+        self.folder = QLabel()
+        self.folder.setWordWrap(True)
+        for radio in (self.from_preset, self.from_earlier, self.resume):
+            radio.toggled.connect(self._load)
+        self.preset.currentIndexChanged.connect(lambda: self.from_preset.setChecked(True) or self._load())
+        self.earlier.currentIndexChanged.connect(lambda: self.from_earlier.setChecked(True) or self._load())
+        self.resumable.currentIndexChanged.connect(lambda: self.resume.setChecked(True) or self._load())
         self.name.textChanged.connect(self._named)
         form = QFormLayout(self)
-        form.addRow("Preset", self.preset)
+        form.addRow(self.from_preset, self.preset)
+        form.addRow(self.from_earlier, self.earlier)
+        form.addRow(self.resume, self.resumable)
         form.addRow("Run name", self.name)
-        form.addRow("", QLabel("The run folder will be in " + str(runs_dir())))
+        form.addRow("", self.folder)
         form.addRow(self.problem)
         self._load()
 
     def _load(self) -> None:
-        self.owner.load(Path(self.preset.currentData()))
-        self.name.setText(self.owner.config.get("name", "run"))
+        resuming = self.resume.isChecked()
+        self.owner.resume_dir = Path(self.resumable.currentData()) if resuming and self.resumable.count() else None
+        self.name.setEnabled(not resuming)
+        self.setFinalPage(resuming)
+        self.owner.setButtonText(QWizard.FinishButton, "Resume" if resuming else "Launch")
+        source = (self.preset if self.from_preset.isChecked() else self.earlier).currentData()
+        if not resuming and source:
+            self.owner.load(Path(source))
+            self.name.setText(f"{self.owner.config.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M')}")
+        self.changed()
+
+    def nextId(self) -> int:  # noqa: N802 (Qt naming)
+        return -1 if self.resume.isChecked() else super().nextId()
 
     def _named(self, text: str) -> None:
         self.owner.config["name"] = text.strip()
+        self.folder.setText(f"The run folder: {runs_dir() / text.strip()}")
         self.changed()
 
     def problems(self) -> list[str]:
+        if self.resume.isChecked():
+            return [] if self.owner.resume_dir else ["No run can be resumed: a run needs a complete checkpoint "
+                                                     "and no process still training it."]
+        if self.from_earlier.isChecked() and not self.earlier.count():
+            return ["There is no earlier run to copy yet: start from a preset."]
         name = self.owner.config.get("name", "")
-        if not name or any(c in name for c in '/\\:*?"<>|'):
-            return ["Give the run a name without / \\ : * ? \" < > |."]
+        if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>|'):
+            return ["Give the run a name without / \\ : * ? \" < > | (and not starting with a dot)."]
+        folder = runs_dir()
+        if (folder / name).exists():
+            return [f"A run named {name} exists already in {folder}: choose another name (runs are never "
+                    "overwritten)."]
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        if not os.access(existing, os.W_OK):
+            return [f"Cannot write in {existing} (read-only or not yours): the runs folder {folder} must be "
+                    "writable. Set LUMINA_STUDIO_HOME to a folder you can write in."]
         return []
 
 
@@ -597,12 +644,12 @@ class TrainWizard(QWizard):
         self.settings, self.template, self.dataset = settings, template, dataset
         self.config: dict = {}
         self.gpu_ids: list[int] = []
+        self.resume_dir: Path | None = None
         self.launched = None
         self.run_dir: Path | None = None
         self.config_path: Path | None = None
         for page in (StartPage, DataPage, ModelPage, StagesPage, HardwarePage, SamplesPage, ReviewPage):
             self.addPage(page(self))
-        self.setButtonText(QWizard.FinishButton, "Launch")
         self.resize(900, 640)
 
     def load(self, path: Path) -> None:
@@ -616,8 +663,9 @@ class TrainWizard(QWizard):
         return ["--gpu-ids", ",".join(map(str, self.gpu_ids))] if self.gpu_ids else []
 
     def prepare_folder(self) -> None:
-        if self.run_dir is None or not self.run_dir.name.startswith(self.config["name"]):
-            self.run_dir = runs_dir() / f"{self.config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.run_dir is not None and self.run_dir.name != self.config["name"]:
+            self.remove_draft()  # renamed after the review page wrote its draft
+        self.run_dir = runs_dir() / self.config["name"]
         self.config_path = self.run_dir / "wizard.toml"
 
     def write_config(self) -> None:
@@ -625,13 +673,20 @@ class TrainWizard(QWizard):
         self.config_path.write_text(tomli_w.dumps(self.config), encoding="utf-8")
 
     def accept(self) -> None:
-        self.write_config()
-        self.launched = (self.run_dir, launch(self.config_path, self.run_dir, *self.gpu_args()))
+        if self.resume_dir is not None:
+            self.launched = (self.resume_dir, resume(self.resume_dir))
+        else:
+            self.write_config()
+            self.launched = (self.run_dir, launch(self.config_path, self.run_dir, *self.gpu_args()))
         super().accept()
 
     def reject(self) -> None:
-        if self.run_dir is not None and self.run_dir.exists() and not (self.run_dir / "config.toml").exists():
-            shutil.rmtree(self.run_dir, ignore_errors=True)  # only the wizard's own draft, nothing was run
+        self.remove_draft()
         super().reject()
+
+    def remove_draft(self) -> None:
+        """The wizard's own draft folder (its wizard.toml and the check's log); never a folder something ran in."""
+        if self.run_dir is not None and self.run_dir.exists() and not (self.run_dir / "config.toml").exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import QMessageBox
 from app.train_wizard import STAGE_FIELDS
 from core.scenes.world import write_dataset
 from fake_gpus import fake_nvidia_smi
+from filesystems import mount_tmpfs, unmount_tmpfs
 from core.storage import runs_dir
 from trainer.run_folder import RunFolder
 
@@ -114,7 +116,59 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     qtbot.waitUntil(samples.isComplete)
     assert "free in" in samples.disk.text()
     wizard.reject()
-    assert not list(runs_dir().glob("good-name-*"))  # a cancelled wizard leaves no folder
+    assert not (runs_dir() / "good-name").exists()  # a cancelled wizard leaves no folder
+
+
+def test_start_page_refuses_a_taken_name_and_a_read_only_runs_folder(window, qtbot):
+    fake_run("taken", "stopped", None, checkpoint=False)
+    wizard = wizard_for(window, None)
+    start = wizard.currentPage()
+    start.name.setText("taken")
+    refused(start, qtbot, "A run named taken exists already")
+    wizard.reject()
+    assert (runs_dir() / "taken" / "config.toml").is_file()  # cancelling never removes a real run
+    shutil.rmtree(runs_dir())
+    if not mount_tmpfs(runs_dir(), "ro"):
+        pytest.skip("mounting a read-only file system needs root")
+    try:
+        wizard = wizard_for(window, None)
+        wizard.currentPage().name.setText("fresh")
+        refused(wizard.currentPage(), qtbot, "Cannot write in")
+        wizard.reject()
+    finally:
+        unmount_tmpfs(runs_dir())
+
+
+def test_samples_page_refuses_when_checkpoints_do_not_fit_the_disk(window, qtbot, tmp_path):
+    dataset = scenes(tmp_path / "scenes", 8)
+    if not mount_tmpfs(runs_dir(), "size=256k"):
+        pytest.skip("mounting a small file system needs root")
+    try:
+        wizard = wizard_for(window, dataset)
+        advance(wizard, qtbot, 5)
+        samples = wizard.currentPage()
+        refused(samples, qtbot, "Not enough disk space")
+        assert "Keep fewer checkpoints" in samples.problem.text()
+        wizard.reject()
+    finally:
+        unmount_tmpfs(runs_dir())
+
+
+def test_start_page_resumes_a_stopped_run(window, qtbot):
+    fake_run("halted", "stopped", None, checkpoint=True)
+    fake_run("never-saved", "stopped", None, checkpoint=False)
+    wizard = wizard_for(window, None)
+    start = wizard.currentPage()
+    assert [start.resumable.itemData(i) for i in range(start.resumable.count())] == [str(runs_dir() / "halted")]
+    start.resume.setChecked(True)
+    qtbot.waitUntil(start.isComplete)
+    assert start.nextId() == -1 and wizard.buttonText(wizard.WizardButton.FinishButton) == "Resume"
+    wizard.accept()
+    folder, process = wizard.launched
+    assert folder == runs_dir() / "halted" and "--resume" in process.args
+    process.wait(120)
+    # the real trainer ran: this scripted folder has no plan.json, and it says so
+    assert "not a training run folder" in (folder / "launcher.log").read_text()
 
 
 def test_hardware_page_ticks_gpus_and_refuses_a_stage_over_memory(window, qtbot, tmp_path, monkeypatch):
@@ -245,6 +299,45 @@ def test_dead_and_failed_runs_are_never_running_or_finished(window, qtbot):
     panel.select_run(runs_dir() / "crashed")
     assert "illegal memory access" in panel.log.toPlainText() and "see train.log" in panel.headline.text()
     assert not panel.use_button.isEnabled()
+
+
+def test_kill_is_offered_only_when_a_stop_has_not_ended_the_run(window, qtbot, monkeypatch):
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    run = fake_run("stuck", "running", trainer.pid, checkpoint=True)
+    panel = window.train
+    window.tabs.setCurrentWidget(panel)
+    panel.select_run(run.path)
+    assert panel.stop_button.isEnabled() and not panel.kill_button.isEnabled()
+    panel.stop_run()
+    panel.refresh_monitor()
+    assert run.stop_flag.exists() and not panel.kill_button.isEnabled()
+    assert "Stop asked 0:00:00 ago" in panel.headline.text()
+    old = time.time() - 45
+    os.utime(run.stop_flag, (old, old))  # the stop has had 45 s and the process still runs
+    panel.refresh_monitor()
+    assert panel.kill_button.isEnabled() and "Kill ends it" in panel.headline.text()
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    panel.kill_run()
+    assert trainer.wait(10) == -9
+    panel.refresh_monitor()
+    assert "interrupted" in panel.headline.text() and panel.resume_button.isEnabled()
+
+
+def test_a_long_log_is_read_off_the_gui_thread_with_per_stage_progress(window, qtbot):
+    run = fake_run("long", "stopped", None, checkpoint=True)
+    run.config.write_text('name = "x"\n[[stages]]\nname = "low"\nsteps = 6000\n'
+                          '[[stages]]\nname = "high"\nsteps = 4000\n')
+    run.events.write_text("".join(json.dumps({"event": "step", "step": s, "stage": "low" if s <= 6000 else "high",
+                                              "loss": 1 / s, "lr": 1e-4}) + "\n" for s in range(1, 8001)))
+    run.set_status("stopped", step=8000, total_steps=10000, stage="high", loss=0.1)
+    panel = window.train
+    window.tabs.setCurrentWidget(panel)
+    panel.select_run(run.path)
+    assert panel._catching_up and len(panel.plot.steps) == 0  # the GUI thread did not read it
+    qtbot.waitUntil(lambda: len(panel.plot.steps) == 8000, timeout=30_000)
+    panel.refresh_monitor()
+    assert "step 8000/10000" in panel.headline.text()
+    assert "stage high (2 of 2), step 2000/4000" in panel.headline.text()
 
 
 def test_deleting_a_run_asks_and_moves_it_to_the_trash(window, qtbot, monkeypatch):
