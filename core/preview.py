@@ -22,9 +22,9 @@ class LatentPreviewer:
         generator = torch.Generator().manual_seed(seed)
         colours = torch.rand(images, 3, blocks, blocks, generator=generator) * 2 - 1
         pixels = colours.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
-        param = next(vae.parameters())
-        posterior = vae.encode(pixels.to(device=param.device, dtype=param.dtype)).latent_dist
-        latents = (posterior.mode().float().cpu() - _shift(vae)) * vae.config.scaling_factor
+        from .models.loader import encode_pixels
+
+        latents = encode_pixels(vae, pixels).cpu()
         x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
         x = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
         y = colours.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -35,7 +35,3 @@ class LatentPreviewer:
         """(1, C, h, w) latent -> (h, w, 3) uint8 RGB."""
         rgb = latent[0].float().cpu().permute(1, 2, 0) @ self.weights + self.bias
         return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
-def _shift(vae) -> float:
-    return getattr(vae.config, "shift_factor", None) or 0.0

@@ -28,15 +28,15 @@ class PromptEncoder:
         self._cache: OrderedDict[str, EncodedPrompt] = OrderedDict()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, truncation=False).input_ids)
+        return len(self.tokenizer.ids(text))
 
     def truncation(self, text: str) -> tuple[list[int], int, str]:
         """Token ids kept, how many were dropped, and the text cut off ("" when the text fits)."""
-        ids = self.tokenizer(text, truncation=False).input_ids
+        ids = self.tokenizer.ids(text)
         if len(ids) <= self.max_tokens:
             return ids, 0, ""
         dropped = ids[self.max_tokens :]
-        return ids[: self.max_tokens], len(dropped), self.tokenizer.decode(dropped, skip_special_tokens=True)
+        return ids[: self.max_tokens], len(dropped), self.tokenizer.decode(dropped)
 
     @torch.no_grad()
     def encode(self, text: str) -> EncodedPrompt:
@@ -47,10 +47,7 @@ class PromptEncoder:
         if ids:
             device = next(self.text_encoder.parameters()).device
             input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            output = self.text_encoder(
-                input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True
-            )
-            features = output.hidden_states[-2].cpu()
+            features = self.text_encoder(input_ids).cpu()  # the penultimate layer's hidden state
         else:  # a tokenizer without <bos> gives no tokens for "": an empty caption, as in diffusers
             param = next(self.text_encoder.parameters())
             features = torch.zeros(1, 0, self.text_encoder.config.hidden_size, dtype=param.dtype)

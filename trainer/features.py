@@ -136,8 +136,6 @@ class FeatureCache:
         folder = self.root / f"latents-{stage.resolution}"
         folder.mkdir(parents=True, exist_ok=True)
         buckets = bucket_sizes(stage.resolution)
-        config = vae.config
-        shift, scale = getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
         entries, failed, unreadable, todo = [], [], set(), defaultdict(list)
         for item in items:
             bucket = nearest_bucket(item.width, item.height, buckets)
@@ -165,8 +163,7 @@ class FeatureCache:
                         batch.append(entry)
                         pixels.append(torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0))
                     if batch:
-                        x = torch.stack(pixels).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
-                        latents = (vae.encode(x).latent_dist.mode().float() - shift) * scale
+                        latents = loader.encode_pixels(vae, torch.stack(pixels).permute(0, 3, 1, 2))
                         for entry, latent in zip(batch, latents):
                             _save_atomic({"latent": latent.cpu()}, self.root / entry["latent"])
                     bar.update(len(pending[start : start + ENCODE_BATCH]))

@@ -1,4 +1,5 @@
-"""Load the parts of a Lumina-Image 2.0 model: the DiT (our NextDiT), Gemma-2, tokenizer, VAE."""
+"""Load the parts of a Lumina-Image 2.0 model: the DiT (our NextDiT), Gemma-2, tokenizer, VAE (each our own
+module on the released weights; see gemma2.py and vae.py for why)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import torch
 from ..errors import ModelLoadError
 from .checkpoints import derive_config, read_state_dict, to_diffusers_layout
 from .nextdit import NextDiT, NextDiTConfig
+from .gemma2 import Gemma2Encoder, load_gemma2_encoder
 from .sources import ModelSource, read_json_file, transformer_weight_files
+from .tokenizer import PromptTokenizer
+from .vae import Autoencoder, load_vae_folder
 
 DEFAULT_SHIFT = 6.0
 
@@ -67,62 +71,33 @@ def load_dit(source: ModelSource, dtype: torch.dtype, device: torch.device) -> N
 # ---- text encoder, tokenizer, VAE, scheduler settings ---------------------------------------------
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+def load_tokenizer(components: Path) -> PromptTokenizer:
+    return PromptTokenizer(components / "tokenizer")
 
 
-def load_tokenizer(components: Path):
-    _quiet_transformers()
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(components / "tokenizer"))
-    except Exception as exc:
-        raise ModelLoadError(f"{components / 'tokenizer'} could not be loaded as a tokenizer ({exc}).") from None
-    tokenizer.padding_side = "right"
-    return tokenizer
+def load_text_encoder(components: Path, dtype: torch.dtype, device: torch.device) -> Gemma2Encoder:
+    return load_gemma2_encoder(components / "text_encoder", dtype, device)
 
 
-def load_text_encoder(components: Path, dtype: torch.dtype, device: torch.device):
-    _quiet_transformers()
-    from transformers import Gemma2Model
-
-    folder = components / "text_encoder"
-    model_type = read_json_file(folder / "config.json").get("model_type")
-    if model_type != "gemma2":
-        raise ModelLoadError(f"{folder} holds a '{model_type}' model; Lumina-Image 2.0 needs a Gemma-2 text encoder.")
-    try:
-        encoder = Gemma2Model.from_pretrained(str(folder), dtype=dtype)
-    except Exception as exc:
-        raise ModelLoadError(f"{folder}: the Gemma-2 text encoder could not be loaded ({exc}).") from None
-    return encoder.to(device).eval().requires_grad_(False)
-
-
-def load_vae(components: Path, dtype: torch.dtype, device: torch.device):
-    from diffusers import AutoencoderKL
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    folder = components / "vae"
-    read_json_file(folder / "config.json")
-    try:
-        vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
-    except Exception as exc:
-        raise ModelLoadError(f"{folder}: the VAE could not be loaded ({exc}).") from None
-    return vae.to(device).eval().requires_grad_(False)
+def load_vae(components: Path, dtype: torch.dtype, device: torch.device) -> Autoencoder:
+    return load_vae_folder(components / "vae", dtype, device)
 
 
 @torch.no_grad()
-def decode_latent(vae, latent: torch.Tensor):
+def decode_latent(vae: Autoencoder, latent: torch.Tensor):
     """Scaled latent (1, C, h, w) -> (H, W, 3) float32 numpy pixels in [0, 1], on the VAE's device."""
-    config = vae.config
-    scaled = latent / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
-    image = vae.decode(scaled.to(vae.device, vae.dtype)).sample
+    param = next(vae.parameters())
+    unscaled = latent / vae.config.scaling_factor + vae.config.shift_factor
+    image = vae.decode(unscaled.to(param.device, param.dtype))
     return (image[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_pixels(vae: Autoencoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, H, W) in [-1, 1] -> scaled float32 latents (the distribution's mean), as the DiT sees them."""
+    param = next(vae.parameters())
+    latent = vae.encode_mode(pixels.to(param.device, param.dtype)).float()
+    return (latent - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def default_shift(components: Path) -> float:
