@@ -12,7 +12,7 @@ from PySide6.QtCore import (
     QAbstractListModel, QEvent, QFileSystemWatcher, QModelIndex, QPoint, QSize, Qt, QTimer,
     Signal,
 )
-from PySide6.QtGui import QKeySequence, QPixmap
+from PySide6.QtGui import QCursor, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
     QLabel, QLineEdit, QListView, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
@@ -161,6 +161,8 @@ class GalleryPanel(QWidget):
         self.library = library
         self.undo_stack: list[list[int]] = []
         self._shown_up_to = 0  # the newest image id the grid has taken in
+        self._held: list[int] = []  # new images waiting for the pointer to leave the grid
+        self._hold_timer = QTimer(self, interval=300, timeout=self._release_held)
         self.loader = ImageLoader(self)
         self.loader.loaded.connect(self._detail_ready)
         self.model = GalleryModel(self.loader, self)
@@ -203,7 +205,13 @@ class GalleryPanel(QWidget):
         for signal in (self.model_filter.activated, self.date_filter.activated, self.favourites.toggled):
             signal.connect(self.refresh)
         self.count_label = QLabel()
+        self.held_button = QPushButton()
+        self.held_button.setToolTip("New images wait while the pointer is over the grid, so nothing moves under "
+                                    "it; they appear when it leaves, or now with this button")
+        self.held_button.clicked.connect(lambda: (self.show_held(), self.grid.scrollToTop()))
+        self.held_button.hide()
         bar = QHBoxLayout()
+        bar.addWidget(self.held_button)
         bar.addWidget(self.search, 1)
         bar.addWidget(self.model_filter)
         bar.addWidget(self.date_filter)
@@ -266,6 +274,9 @@ class GalleryPanel(QWidget):
         self._fill_model_filter()
         filters = self._filters()
         self._shown_up_to = self.library.last_id()
+        self._held = []  # the new listing has them
+        self._hold_timer.stop()
+        self.held_button.hide()
         self.model.set_query(lambda offset, limit: self.library.search(**filters, limit=limit, offset=offset))
         self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
         self._show_details()
@@ -301,10 +312,37 @@ class GalleryPanel(QWidget):
 
     def show_new(self, ids: list[int]) -> None:
         """New images appear at the top when they match the filters; the grid is not reset, the selection stays,
-        and a grid scrolled away from the top stays on the images it showed."""
+        and a grid scrolled away from the top stays on the images it showed. While the pointer is over the grid
+        they wait (a button says how many), so nothing moves under it: any insert reflows a flow grid."""
         if not ids:
             return
         self._shown_up_to = max(self._shown_up_to, *ids)
+        if self.pointer_over_grid():
+            self._held += ids
+            self.held_button.setText(f"↑ {len(self._held)} new image(s)")
+            self.held_button.show()
+            self._hold_timer.start()
+            return
+        self._insert(ids)
+
+    def pointer_over_grid(self) -> bool:
+        viewport = self.grid.viewport()
+        return viewport.isVisible() and viewport.rect().contains(viewport.mapFromGlobal(QCursor.pos()))
+
+    def show_held(self) -> None:
+        """The images that waited while the pointer was over the grid."""
+        held, self._held = self._held, []
+        self._hold_timer.stop()
+        self.held_button.hide()
+        self._insert(held)
+
+    def _release_held(self) -> None:
+        if not self.pointer_over_grid():
+            self.show_held()
+
+    def _insert(self, ids: list[int]) -> None:
+        if not ids:
+            return
         filters = self._filters()
         newest = self.library.search(**filters, limit=len(ids))
         fresh = [e for e in newest if e.id in ids and not self.model.has(e)]

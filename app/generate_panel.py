@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 from core.errors import LuminaError
 from core.metadata import read_settings
 from core.prompts import SYSTEM_PROMPTS
-from core.request import MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
+from core.request import COMPAT_NAMES, MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
 from core.models.registry import DEMO_NAME
 from core.scenes.world import known_words, prompt_words
@@ -116,6 +116,15 @@ class GeneratePanel(QWidget):
         form.addRow("CFG truncation", self.cfg_trunc)
         form.addRow("CFG renorm", self.cfg_renorm)
         form.addRow("Solver", self.solver)
+        self.shift = ShiftBox()
+        self.shift.setToolTip("Time shift: higher spends more steps on the image's layout, lower on its detail; "
+                              "model default reads the model's scheduler config (6 for Lumina-Image 2.0)")
+        self.compat = QComboBox()
+        self.compat.addItems(COMPAT_NAMES)
+        self.compat.setToolTip("official: the authors' sampling (time grid, CFG truncation and renorm); diffusers: "
+                               "Lumina2Pipeline's, to match images made with diffusers or apps built on it")
+        form.addRow("Time shift", self.shift)
+        form.addRow("Compat", self.compat)
 
         self.seed_mode = QComboBox()
         self.seed_mode.addItems(SEED_MODES)
@@ -203,11 +212,12 @@ class GeneratePanel(QWidget):
     # ---- requests -----------------------------------------------------------------------------------
 
     def _fields(self) -> dict:
-        """The form's widget for each request field it shows (shift and compat keep their defaults)."""
+        """The form's widget for each request field, and for the seed mode and backend."""
         return {"prompt": self.prompt, "negative_prompt": self.negative, "system_prompt": self.system_prompt,
                 "width": self.width_box, "height": self.height_box, "steps": self.steps, "guidance": self.guidance,
-                "cfg_trunc": self.cfg_trunc, "cfg_renorm": self.cfg_renorm, "solver": self.solver, "seed": self.seed,
-                "count": self.count, "cache": self.cache, "seed_mode": self.seed_mode, "backend": self.backend}
+                "cfg_trunc": self.cfg_trunc, "cfg_renorm": self.cfg_renorm, "solver": self.solver, "shift": self.shift,
+                "compat": self.compat, "seed": self.seed, "count": self.count, "cache": self.cache,
+                "seed_mode": self.seed_mode, "backend": self.backend}
 
     def form_values(self) -> dict:
         """Everything the form holds, for QSettings and for a request."""
@@ -217,7 +227,7 @@ class GeneratePanel(QWidget):
         """Fill the form from saved values or from an image's settings: unknown keys and values the request
         would refuse are ignored, so nothing unusable reaches a widget."""
         for name, widget in self._fields().items():
-            if name not in values or values[name] is None:
+            if name not in values or (values[name] is None and name != "shift"):  # no shift: the model's own
                 continue
             if name in request_fields():
                 try:
@@ -370,7 +380,23 @@ class SeedEdit(QLineEdit):
         return MAX_SEED
 
 
+class ShiftBox(QDoubleSpinBox):
+    """The time shift; its lowest value reads "model default" (None: the model's scheduler config)."""
+
+    def __init__(self):
+        super().__init__(minimum=0, maximum=50, singleStep=0.5, decimals=2)
+        self.setSpecialValueText("model default")
+
+    def shift(self) -> float | None:
+        return None if self.value() == self.minimum() else self.value()
+
+    def set_shift(self, value: float | None) -> None:
+        self.setValue(self.minimum() if value is None else float(value))
+
+
 def _read(widget):
+    if isinstance(widget, ShiftBox):
+        return widget.shift()
     if isinstance(widget, QPlainTextEdit):
         return widget.toPlainText()
     if isinstance(widget, QComboBox):
@@ -379,7 +405,9 @@ def _read(widget):
 
 
 def _write(widget, value) -> None:
-    if isinstance(widget, QPlainTextEdit):
+    if isinstance(widget, ShiftBox):
+        widget.set_shift(value)
+    elif isinstance(widget, QPlainTextEdit):
         widget.setPlainText(str(value))
     elif isinstance(widget, QComboBox):
         if widget.findText(str(value)) < 0:  # a custom system prompt, a cache threshold beyond the presets

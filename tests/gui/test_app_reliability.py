@@ -169,6 +169,7 @@ def test_full_range_seeds_and_cache_thresholds_round_trip_through_the_form(qtbot
     from app.generate_panel import GeneratePanel
     from app.worker_client import WorkerClient
     from core.generation_service import SERVICE
+    from core.request import GenerationRequest
 
     panel = GeneratePanel(WorkerClient(SERVICE, "unused"))
     qtbot.addWidget(panel)
@@ -178,6 +179,15 @@ def test_full_range_seeds_and_cache_thresholds_round_trip_through_the_form(qtbot
     assert values["steps"] == 18 and values["width"] == 1024  # refused values leave the widgets as they were
     panel.use_seed(2**64 - 1)
     assert panel.form_values()["seed"] == 2**64 - 1
+    # an image's time shift and compat mode come back too; no shift means the model's own
+    panel.apply_values({"shift": 3.5, "compat": "diffusers"})
+    assert (panel.form_values()["shift"], panel.form_values()["compat"]) == (3.5, "diffusers")
+    assert panel.shift.text() == "3.50"
+    panel.apply_values({"shift": -1, "compat": "comfy"})  # refused: unchanged
+    assert (panel.form_values()["shift"], panel.form_values()["compat"]) == (3.5, "diffusers")
+    panel.apply_values({"shift": None})
+    assert panel.form_values()["shift"] is None and panel.shift.text() == "model default"
+    assert GenerationRequest.from_values(panel.form_values()).shift is None
 
 
 def test_gallery_picks_up_cli_images_keeps_selection_and_stars_in_place(window, qtbot, tiny_model):
@@ -200,6 +210,24 @@ def test_gallery_picks_up_cli_images_keeps_selection_and_stars_in_place(window, 
     qtbot.waitUntil(lambda: gallery.model.rowCount() == 3, timeout=20_000)
     assert gallery.model.entries[0].prompt == "from the command line" and not resets
     assert gallery.selected()[0].id == selected.id  # the selection followed its image
+
+    # With the pointer over the grid a new image waits, so nothing moves under it, and comes when it leaves.
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QCursor
+
+    window.tabs.setCurrentWidget(gallery)
+    viewport = gallery.grid.viewport()
+    QCursor.setPos(viewport.mapToGlobal(viewport.rect().center()))
+    qtbot.waitUntil(gallery.pointer_over_grid, timeout=5_000)
+    first = gallery.grid.indexAt(viewport.rect().center())
+    generate(window, qtbot, "while the pointer is over the grid")
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: gallery.held_button.isVisible(), timeout=30_000)
+    assert gallery.model.rowCount() == 3 and gallery.grid.indexAt(viewport.rect().center()) == first
+    assert gallery.held_button.text() == "↑ 1 new image(s)"
+    QCursor.setPos(window.mapToGlobal(window.rect().topLeft()) - QPoint(50, 50))
+    qtbot.waitUntil(lambda: gallery.model.rowCount() == 4, timeout=5_000)
+    assert gallery.model.entries[0].prompt == "while the pointer is over the grid" and not gallery.held_button.isVisible()
 
 
 def test_ctrl_z_in_the_search_field_undoes_a_delete(window, qtbot):
