@@ -43,6 +43,30 @@ def _rename_prefix(key: str, renames: dict[str, str]) -> str:
     return key
 
 
+def assign_folder_weights(module: torch.nn.Module, folder: Path, what: str, dtype: torch.dtype,
+                          device: torch.device, rename=lambda name: name, extra_allowed: bool = False) -> None:
+    """Load every .safetensors file in `folder` into `module` (built on the meta device), after checking that
+    no tensor is missing and every shape fits; `extra_allowed`: tensors the module has no place for are
+    skipped (the layers a text encoder's reader never runs)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder} has no .safetensors weights for the {what}.")
+    wanted = module.state_dict()
+    state = {}
+    for file in files:
+        state.update((rename(name), tensor) for name, tensor in read_state_dict(file).items())
+    unexpected = [] if extra_allowed else sorted(set(state) - set(wanted))
+    missing = sorted(set(wanted) - set(state))
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}: the {what}'s weights do not match its config ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}).")
+    for name in wanted:
+        if state[name].shape != wanted[name].shape:
+            raise ModelLoadError(f"{folder}: tensor {name} has shape {tuple(state[name].shape)}, the config needs "
+                                 f"{tuple(wanted[name].shape)}.")
+    module.load_state_dict({name: state[name].to(device=device, dtype=dtype) for name in wanted}, assign=True)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load tensors from .safetensors or (weights only, never arbitrary pickles) .pth/.pt/.bin."""
     if not path.exists():

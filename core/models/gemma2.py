@@ -12,7 +12,6 @@ a GELU(tanh)-gated MLP between pre- and post-norms.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from .checkpoints import assign_folder_weights
+from .sources import read_json_file
 
 ACTIVATIONS = {"gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
@@ -196,36 +197,10 @@ class Gemma2Encoder(nn.Module):
 
 def load_gemma2_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Gemma2Encoder:
     """A transformers Gemma-2 folder (config.json, one or several .safetensors) as Lumina's text encoder."""
-    from safetensors.torch import load_file
-
-    try:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder / 'config.json'} could not be read ({exc}).") from None
-    settings = Gemma2Settings.from_dict(raw, str(folder))
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{folder} has no .safetensors weights for the text encoder.")
+    settings = Gemma2Settings.from_dict(read_json_file(folder / "config.json"), str(folder))
     with torch.device("meta"):
         encoder = Gemma2Encoder(settings)
-    wanted = encoder.state_dict()
-    state = {}
-    for file in files:
-        try:
-            tensors = load_file(str(file))
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"{file} is not a readable .safetensors file ({exc}).") from None
-        for name, tensor in tensors.items():
-            name = name.removeprefix("model.")  # saved from Gemma2ForCausalLM
-            if name in wanted:
-                state[name] = tensor
-    missing = sorted(set(wanted) - set(state))
-    if missing:
-        raise ModelLoadError(f"{folder}: the text encoder's weights lack {len(missing)} tensor(s), e.g. {missing[0]}.")
-    for name, tensor in state.items():
-        if tensor.shape != wanted[name].shape:
-            raise ModelLoadError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config needs "
-                                 f"{tuple(wanted[name].shape)}.")
-    encoder.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    assign_folder_weights(encoder, folder, "text encoder", dtype, device, extra_allowed=True,
+                          rename=lambda name: name.removeprefix("model."))  # saved from Gemma2ForCausalLM
     encoder.inv_freq = encoder.inv_freq.to(device)
     return encoder.eval().requires_grad_(False)

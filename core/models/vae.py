@@ -9,7 +9,6 @@ diffusers' AutoencoderKL. (The demo model's VAE is trained with diffusers' class
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from .checkpoints import assign_folder_weights
+from .sources import read_json_file
 
 EPS = 1e-6
 
@@ -213,33 +214,8 @@ class Autoencoder(nn.Module):
 
 def load_vae_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> Autoencoder:
     """A diffusers `vae/` folder (config.json, diffusion_pytorch_model.safetensors)."""
-    from safetensors.torch import load_file
-
-    try:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder / 'config.json'} could not be read ({exc}).") from None
-    settings = VAESettings.from_dict(raw, str(folder))
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{folder} has no .safetensors weights for the VAE.")
-    state = {}
-    for file in files:
-        try:
-            state.update(load_file(str(file)))
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"{file} is not a readable .safetensors file ({exc}).") from None
+    settings = VAESettings.from_dict(read_json_file(folder / "config.json"), str(folder))
     with torch.device("meta"):
         vae = Autoencoder(settings)
-    wanted = vae.state_dict()
-    missing, unexpected = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise ModelLoadError(f"{folder}: the VAE's weights do not match its config ({len(missing)} missing, "
-                             f"{len(unexpected)} unexpected, e.g. {example}).")
-    for name, tensor in state.items():
-        if tensor.shape != wanted[name].shape:
-            raise ModelLoadError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config needs "
-                                 f"{tuple(wanted[name].shape)}.")
-    vae.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    assign_folder_weights(vae, folder, "VAE", dtype, device)
     return vae.eval().requires_grad_(False)

@@ -3,6 +3,7 @@
     xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption|train]
 """
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -73,6 +74,21 @@ def caption_shots(app):
     window.close()
 
 
+@contextlib.contextmanager
+def scripted_gpus(*gpus: tuple[str, int]):
+    """nvidia-smi answering with these GPUs (name, MiB) while the wizard asks, for the hardware page's shot."""
+    folder = Path(tempfile.mkdtemp(prefix="lumina-shots-gpus-"))
+    rows = "\n".join(f"{i}, {name}, {mib}" for i, (name, mib) in enumerate(gpus))
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\ncat <<'ROWS'\n{rows}\nROWS\n")
+    (folder / "nvidia-smi").chmod(0o755)
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{folder}{os.pathsep}{path}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def train_shots(app):
     """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model."""
     from app.main_window import MainWindow, apply_theme, settings_store
@@ -85,7 +101,8 @@ def train_shots(app):
     window.resize(1280, 860)
     window.show()
     window.tabs.setCurrentWidget(window.train)
-    wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
+    with scripted_gpus(("NVIDIA GeForce RTX 4090", 24564), ("NVIDIA GeForce RTX 3060", 12288)):
+        wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
     wizard.show()
     for _ in range(3):
         wait(app, wizard.currentPage().isComplete, 60)
@@ -94,7 +111,15 @@ def train_shots(app):
         apply_theme(app, theme)
         settle(app, 0.5)
         wizard.grab().save(str(HERE / f"train-wizard-{theme}.png"))
-    for _ in range(3):
+    wait(app, wizard.currentPage().isComplete, 60)
+    wizard.next()
+    hardware = wizard.currentPage()
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app, 0.5)
+        wizard.grab().save(str(HERE / f"train-hardware-{theme}.png"))
+    hardware.device.setCurrentIndex(hardware.device.findData("cpu"))  # this machine trains on its CPU
+    for _ in range(2):
         wait(app, wizard.currentPage().isComplete, 60)
         wizard.next()
     wait(app, wizard.currentPage().isComplete, 300)
