@@ -95,13 +95,22 @@ def test_fuzz_read_settings_only_raises_metadata_error_and_stays_fast(tmp_path):
                               compressed=rng.random() < 0.5)
         except (ValueError, UnicodeEncodeError):
             continue
-        start = time.perf_counter()
         try:
             settings = read_settings(path)
         except MetadataError:
             continue
         finally:
-            elapsed = time.perf_counter() - start
+            # a quadratic parser is slow every time; a busy machine's pause is not: the faster of two reads
+            elapsed = min(_read_seconds(path) for _ in range(2))
             assert elapsed < 0.05 + 2e-6 * len(value), (key, len(value), elapsed)
         request_keys = {k: v for k, v in settings.items() if k in request_fields()}
         GenerationRequest(**{"prompt": "", **request_keys}).validate()  # whatever comes out is usable
+
+
+def _read_seconds(path) -> float:
+    start = time.perf_counter()
+    try:
+        read_settings(path)
+    except MetadataError:
+        pass
+    return time.perf_counter() - start
