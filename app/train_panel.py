@@ -34,9 +34,7 @@ KILL_AFTER_S = 30  # Kill is offered once a stop has had this long to save and e
 CATCH_UP_BYTES = 256 * 1024  # a longer log is first read off the GUI thread
 COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
 SAMPLE_SIZE = 128
-
-
-ACTIVE = ("starting", "preparing", "running", "stopping")
+ACTIVE = ("starting", "preparing", "running", "stopping")  # "starting": the launcher still checks the config
 
 
 def duration(seconds: float) -> str:
@@ -219,6 +217,8 @@ class TrainPanel(QWidget):
         selected = self.run.path if self.run else None
         found = scan_runs(runs_dir(), {f for f, process in self._started.items() if process.poll() is None})
         self.runs.blockSignals(True)
+        header = self.runs.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.Fixed)  # sizing to contents on every setItem is quadratic
         self.runs.setRowCount(len(found))
         for row, summary in enumerate(found):
             step = f"{summary.step}/{summary.total}" if summary.total else str(summary.step or "")
@@ -231,6 +231,7 @@ class TrainPanel(QWidget):
                 self.runs.setItem(row, column, item)
             if selected is not None and summary.path == selected:
                 self.runs.selectRow(row)
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
         self.runs.blockSignals(False)
 
     def select_run(self, folder: Path) -> None:
@@ -290,7 +291,8 @@ class TrainPanel(QWidget):
             self.refresh_monitor()
 
         def failed(exc):
-            self._catching_up = False
+            if tail is self.tail:
+                self._catching_up = False
             self.status.emit(f"Could not read {tail.path}: {exc}")
 
         run_in_background(work, done, failed)
