@@ -134,14 +134,22 @@ class StartPage(_Page):
         if not resuming and source:
             self.owner.load(Path(source))
             self.name.setText(f"{self.owner.config.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M')}")
+        self._describe_folder()
         self.changed()
+
+    def _describe_folder(self) -> None:
+        if self.resume.isChecked():
+            self.folder.setText(f"Continues in {self.owner.resume_dir} from its newest complete checkpoint, with "
+                                "its own settings." if self.owner.resume_dir else "")
+        else:
+            self.folder.setText(f"The run folder: {runs_dir() / self.name.text().strip()}")
 
     def nextId(self) -> int:  # noqa: N802 (Qt naming)
         return -1 if self.resume.isChecked() else super().nextId()
 
     def _named(self, text: str) -> None:
         self.owner.config["name"] = text.strip()
-        self.folder.setText(f"The run folder: {runs_dir() / text.strip()}")
+        self._describe_folder()
         self.changed()
 
     def problems(self) -> list[str]:
