@@ -26,8 +26,7 @@ from PySide6.QtWidgets import (
 from core.datasets import DatasetError, read_dataset_captions
 from core.errors import LuminaError
 from core.gpus import GPU, nvidia_gpus
-from core.models.nextdit_config import NextDiTConfig
-from core.models.sources import read_json_file
+from core.models.nextdit_config import folder_config
 from core.models.registry import available_models, find_model
 from core.storage import human_size, runs_dir
 from trainer.config import ConfigError, parse_config
@@ -316,6 +315,8 @@ class ModelPage(_Page):
         name = self.owner.config.get("base_model", "")
         try:
             source = find_model(name)
+            if not source.is_single_file:  # a single file's tensors are checked by the review page's check
+                folder_config(Path(source.dit))
         except LuminaError as exc:
             self.info.setText("")
             return [str(exc)]
@@ -490,7 +491,7 @@ def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEs
         source = find_model(run.base_model)
         if source.is_single_file:
             return None
-        model = NextDiTConfig.from_dict(read_json_file(Path(source.dit) / "config.json"))
+        model = folder_config(Path(source.dit))
     except (LuminaError, OSError, TypeError, ValueError):
         return None
     precision = "bf16" if device == "cuda" and run.precision in ("auto", "bf16") else "no"

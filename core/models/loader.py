@@ -10,6 +10,7 @@ import torch
 from ..errors import ModelLoadError
 from .checkpoints import derive_config, read_state_dict, to_diffusers_layout
 from .nextdit import NextDiT, NextDiTConfig
+from .nextdit_config import folder_config
 from .gemma2 import Gemma2Encoder, load_gemma2_encoder
 from .sources import ModelSource, read_json_file, transformer_weight_files
 from .tokenizer import PromptTokenizer
@@ -19,14 +20,6 @@ DEFAULT_SHIFT = 6.0
 
 
 # ---- the DiT -----------------------------------------------------------------------------------
-
-
-def folder_config(transformer: Path) -> NextDiTConfig:
-    """A diffusers transformer folder's architecture, from its config.json (checked to be a Lumina DiT)."""
-    raw = read_json_file(transformer / "config.json")
-    if raw.get("_class_name", "Lumina2Transformer2DModel") != "Lumina2Transformer2DModel":
-        raise ModelLoadError(f"{transformer} holds a {raw['_class_name']}, not a Lumina2Transformer2DModel.")
-    return NextDiTConfig.from_dict(raw)
 
 
 def dit_config(source: ModelSource) -> NextDiTConfig:

@@ -4,6 +4,12 @@ estimate can read a model's config.json without importing torch."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from .sources import read_json_file
+
+LUMINA_DIT = "Lumina2Transformer2DModel"  # diffusers' class name, in a transformer folder's config.json
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class NextDiTConfig:
         data = asdict(self)
         data["axes_dim_rope"] = list(self.axes_dim_rope)
         data["axes_lens"] = list(self.axes_lens)
-        return {"_class_name": "Lumina2Transformer2DModel", **data}
+        return {"_class_name": LUMINA_DIT, **data}
 
     @property
     def head_dim(self) -> int:
@@ -70,3 +76,11 @@ class NextDiTConfig:
         """Largest (height, width) in pixels whose patch grid fits the RoPE tables."""
         pixels_per_token = 8 * self.patch_size
         return self.axes_lens[1] * pixels_per_token, self.axes_lens[2] * pixels_per_token
+
+
+def folder_config(transformer: Path) -> NextDiTConfig:
+    """A diffusers transformer folder's architecture, from its config.json (checked to be a Lumina DiT)."""
+    raw = read_json_file(transformer / "config.json")
+    if raw.get("_class_name", LUMINA_DIT) != LUMINA_DIT:
+        raise ModelLoadError(f"{transformer} holds a {raw['_class_name']}, not a Lumina-Image 2.0 DiT ({LUMINA_DIT}).")
+    return NextDiTConfig.from_dict(raw)

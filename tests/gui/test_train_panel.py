@@ -17,6 +17,7 @@ import pytest
 from PySide6.QtWidgets import QMessageBox
 
 from app.train_wizard import STAGE_FIELDS
+from core.models.registry import demo_source
 from core.scenes.world import write_dataset
 from fake_gpus import fake_nvidia_smi
 from filesystems import mount_tmpfs, unmount_tmpfs
@@ -78,6 +79,13 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     model.model.addItem("not-a-model", "not-a-model")
     model.model.setCurrentIndex(model.model.count() - 1)
     refused(model, qtbot, "Model not found")
+    other = tmp_path / "other-model"  # a diffusers folder whose transformer is not Lumina's
+    shutil.copytree(demo_source().components, other)
+    config = json.loads((other / "transformer" / "config.json").read_text())
+    (other / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "SD3Transformer2DModel"}))
+    model.model.addItem(str(other), str(other))
+    model.model.setCurrentIndex(model.model.count() - 1)
+    refused(model, qtbot, "holds a SD3Transformer2DModel, not a Lumina-Image 2.0 DiT")
     model.model.setCurrentIndex(model.model.findData("demo"))
     advance(wizard, qtbot, 1)
 
