@@ -249,6 +249,7 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     assert "stopped" in panel.headline.text()
     panel.resume_run()
     shows(lambda: panel.run.state() == "finished", 600)
+    panel.refresh_monitor()  # the status can turn "finished" between a refresh's read of the events and the check
     assert panel.use_button.isEnabled() and "finished at step 200" in panel.log.toPlainText()
     # the scene world: each checkpoint's prompt alignment against the base model's
     assert panel.align_button.isVisible() and panel.align_button.isEnabled()
