@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.network import free_port
 
 from .run_folder import RunFolder, tail
 
@@ -34,12 +35,6 @@ class Topology:
     @property
     def world(self) -> int:
         return self.processes_per_machine * self.machines
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def accelerate_command(run: RunFolder, topology: Topology, mixed_precision: str, resume: bool) -> list[str]:

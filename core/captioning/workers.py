@@ -6,19 +6,17 @@ transaction per image), so a rerun resumes all shares at once.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+
+from ..network import free_port
 
 
 def launch_shards(processes: int, argv: list[str], device: str) -> int:
     """Run `lumina-studio caption ARGV` once per process under accelerate; the exit code of the worst."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "--multi_gpu", "-m", "core.cli", *argv]
+               "--main_process_port", str(free_port()), "--multi_gpu", "-m", "core.cli", *argv]
     env = {**os.environ, "LUMINA_CAPTION_DEVICE": device}
     return subprocess.call(command, env=env)
 
