@@ -12,6 +12,7 @@ import html
 import os
 import shlex
 import shutil
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -23,13 +24,13 @@ from PySide6.QtWidgets import (
     QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
 )
 
-from core.datasets import DatasetError, read_dataset_captions
 from core.errors import LuminaError
 from core.gpus import GPU, nvidia_gpus
 from core.models.nextdit_config import folder_config
 from core.models.registry import available_models, find_model
 from core.storage import human_size, runs_dir
 from trainer.config import ConfigError, parse_config
+from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
 from trainer.memory import MemoryEstimate, stage_estimates
 
 from .background import run_in_background
@@ -176,30 +177,40 @@ class DataPage(_Page):
 
     def __init__(self, wizard):
         super().__init__(wizard, "Datasets", "Folders of images with .txt captions, Hugging Face imagefolders or "
-                         "the authors' .jsonl files. Each is read to count what can be used.")
+                         "the authors' .jsonl files. Each is checked as the trainer will: usable images, missing "
+                         "captions, unreadable or too small images, and each stage's image sizes (buckets).")
         self.list = QListWidget()
-        self.report = QLabel()
-        self.report.setWordWrap(True)
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
         add_folder, add_file, remove = QPushButton("Add folder…"), QPushButton("Add .jsonl…"), QPushButton("Remove")
+        self.check_button, self.stop_button = QPushButton("Check again"), QPushButton("Stop checking")
         add_folder.clicked.connect(self._add_folder)
         add_file.clicked.connect(self._add_file)
         remove.clicked.connect(self._remove)
+        self.check_button.clicked.connect(self.check)
+        self.stop_button.clicked.connect(self.stop_check)
         buttons = QHBoxLayout()
         for button in (add_folder, add_file, remove):
             buttons.addWidget(button)
         buttons.addStretch(1)
+        buttons.addWidget(self.check_button)
+        buttons.addWidget(self.stop_button)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.list)
+        layout.addWidget(self.list, 1)
         layout.addLayout(buttons)
-        layout.addWidget(self.report)
+        layout.addWidget(self.report, 2)
         layout.addWidget(self.problem)
-        self.counts: dict[str, tuple] = {}
+        self.result: DatasetCheck | str | None = None  # the check, or why there is none ("checking", "stopped", …)
+        self._stop: threading.Event | None = None
 
     def initializePage(self) -> None:  # noqa: N802
         self.list.clear()
         for dataset in self.owner.config.get("datasets", []):
             self.list.addItem(dataset["path"])
-        self._check_all()
+        self.check()
+
+    def cleanupPage(self) -> None:  # noqa: N802 (Back from here)
+        self.stop_check()
 
     def paths(self) -> list[str]:
         return [self.list.item(i).text() for i in range(self.list.count())]
@@ -209,7 +220,7 @@ class DataPage(_Page):
         template = next(iter(old.values()), {"min_side": 32})
         self.owner.config["datasets"] = [old.get(p, {k: v for k, v in template.items() if k != "path"} | {"path": p})
                                          for p in self.paths()]
-        self._check_all()
+        self.check()
 
     def _add_folder(self) -> None:
         chosen = QFileDialog.getExistingDirectory(self, "A folder of captioned images")
@@ -228,56 +239,65 @@ class DataPage(_Page):
             self.list.takeItem(self.list.row(item))
         self._sync()
 
-    def _check_all(self) -> None:
-        """Count each dataset's usable images in the background (a large folder takes a moment)."""
-        for path in self.paths():
-            if path not in self.counts:
-                self.counts[path] = ("reading",)
-                run_in_background(lambda p=path: _count(Path(p)), lambda result, p=path: self._counted(p, result),
-                                  lambda exc, p=path: self._counted(p, ("error", str(exc))))
+    def check(self) -> None:
+        """The trainer's own dataset check (trainer.datasets.check_datasets) in the background; a newer check
+        or Stop checking ends the one running."""
+        self.stop_check()
+        self.result = None
+        if self.paths() and all(Path(p).exists() for p in self.paths()):
+            try:
+                run = parse_config(self.owner.config, "the wizard's config")
+            except ConfigError as exc:
+                self.result = str(exc)
+            else:
+                stop = self._stop = threading.Event()
+                self.result = "checking"
+                run_in_background(lambda: check_datasets(run, stop.is_set), lambda result: self._checked(stop, result),
+                                  lambda exc: self._checked(stop, "stopped" if isinstance(exc, CheckStopped)
+                                                            else str(exc)))
         self._show()
+        self.changed()
 
-    def _counted(self, path: str, result: tuple) -> None:
-        self.counts[path] = result
+    def stop_check(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def _checked(self, stop: threading.Event, result) -> None:
+        if stop is not self._stop:  # a newer check replaced this one
+            return
+        self._stop = None
+        self.result = result
         self._show()
         self.changed()
 
     def _show(self) -> None:
-        lines = []
-        for path in self.paths():
-            count = self.counts.get(path, ("reading",))
-            if count[0] == "reading":
-                lines.append(f"{path}: reading…")
-            elif count[0] == "error":
-                lines.append(f"{path}: {count[1]}")
-            else:
-                lines.append(f"{path}: {count[0]} images with captions, {count[1]} without a caption, "
-                             f"{count[2]} unreadable captions")
-        self.report.setText("\n".join(lines))
+        checking = self.result == "checking"
+        self.stop_button.setEnabled(checking)
+        self.check_button.setEnabled(not checking and bool(self.paths()))
+        if isinstance(self.result, DatasetCheck):
+            self.report.setPlainText(self.result.text())
+        else:
+            self.report.setPlainText({"checking": "Checking every image (large folders take a moment)…",
+                                      "stopped": "The check was stopped."}.get(self.result, self.result or ""))
 
     def problems(self) -> list[str]:
         if not self.paths():
             return ["Add at least one dataset."]
+        missing = [f"{path} does not exist." for path in self.paths() if not Path(path).exists()]
+        if missing:
+            return missing + super().problems()
+        if self.result == "checking":
+            return ["Checking the datasets…"]
+        if self.result == "stopped":
+            return ["The check was stopped: Check again to go on (the trainer checks every image before it starts)."]
+        if not isinstance(self.result, DatasetCheck):
+            return [str(self.result or "The datasets have not been checked.")]
         found = []
-        for path in self.paths():
-            count = self.counts.get(path, ("reading",))
-            if not Path(path).exists():
-                found.append(f"{path} does not exist.")
-            elif count[0] == "reading":
-                found.append(f"{path}: still being read…")
-            elif count[0] == "error":
-                found.append(f"{path}: {count[1]}")
-            elif count[0] == 0:
-                found.append(f"{path} has no image with a caption: caption it in the Caption tab first.")
-        return found + super().problems()
-
-
-def _count(path: Path) -> tuple:
-    try:
-        listing = read_dataset_captions(path)
-    except DatasetError as exc:
-        return ("error", str(exc))
-    return (len(listing.pairs), len(listing.no_caption), len(listing.unreadable))
+        for report in self.result.reports:
+            if report.items == 0:
+                found.append(f"{report.path} has no image with a caption: caption it in the Caption tab first."
+                             if report.no_caption else f"{report.path} has no usable image (see the report above).")
+        return found + self.result.empty_stages + super().problems()
 
 
 class ModelPage(_Page):
@@ -657,8 +677,11 @@ class TrainWizard(QWizard):
         self.launched = None
         self.run_dir: Path | None = None
         self.config_path: Path | None = None
-        for page in (StartPage, DataPage, ModelPage, StagesPage, HardwarePage, SamplesPage, ReviewPage):
-            self.addPage(page(self))
+        pages = [page(self) for page in (StartPage, DataPage, ModelPage, StagesPage, HardwarePage, SamplesPage,
+                                         ReviewPage)]
+        for page in pages:
+            self.addPage(page)
+        self.datasets_page = pages[1]
         self.resize(900, 640)
 
     def load(self, path: Path) -> None:
@@ -690,6 +713,7 @@ class TrainWizard(QWizard):
         super().accept()
 
     def reject(self) -> None:
+        self.datasets_page.stop_check()  # if it still runs
         self.remove_draft()
         super().reject()
 

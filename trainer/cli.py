@@ -141,8 +141,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     from core.models.registry import find_model
     from core.storage import write_json_atomic
 
-    from .datasets import bucket_histogram, format_report, read_dataset
-    from .features import stage_items
+    from .datasets import check_datasets
     from .memory import check_fit, gpu_memory, parameter_count, stage_estimates
 
     source = find_model(config.base_model, config.components or None)
@@ -150,19 +149,10 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     precision = mixed_precision(config, topology.device)
     accumulation = accumulation_steps(config, topology.world)
 
-    items, reports = [], []
-    for index, dataset in enumerate(config.datasets):
-        found, report = read_dataset(dataset, index)
-        items += found
-        reports.append(report)
-    histograms = {}
-    for index, stage in enumerate(config.stages):
-        chosen = stage_items(stage, items)
-        if not chosen:
-            raise ConfigError(f"stages[{index}] ('{stage.name}') has no usable images: "
-                              + "; ".join(f"'{r.name}': {r.items} usable, {r.skipped} skipped" for r in reports))
-        histograms[stage.name] = bucket_histogram(chosen, stage.resolution)
-    print(format_report(reports, histograms), file=sys.stderr)
+    data = check_datasets(config)
+    if data.empty_stages:
+        raise ConfigError("\n".join(data.empty_stages))
+    print(data.text(), file=sys.stderr)
 
     model_config = loader.dit_config(source)
     params = parameter_count(model_config)
@@ -191,12 +181,13 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
         "memory_estimates": [asdict(e) for e in estimates],
     }
     write_json_atomic(run.plan, plan)
-    write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in reports], "buckets": histograms})
+    write_json_atomic(run.dataset_report, {"datasets": [asdict(r) for r in data.reports], "buckets": data.histograms,
+                                           "small_buckets": data.small_buckets})
     print(f"run folder: {run.path}", file=sys.stderr)
 
     run.set_status("preparing", message="encoding latents and captions")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    job = (run.path, config, source, items, topology.device, dtype)
+    job = (run.path, config, source, data.items, topology.device, dtype)
     if topology.device == "cuda":
         # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

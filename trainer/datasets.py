@@ -16,7 +16,7 @@ from core.images import problem
 from core.prompts import system_prompt_text
 
 from .buckets import bucket_sizes, nearest_bucket
-from .config import ConfigError, DatasetConfig
+from .config import ConfigError, DatasetConfig, RunConfig, StageConfig
 
 @dataclass
 class Item:
@@ -43,8 +43,13 @@ class DatasetReport:
         return len(self.no_caption) + len(self.unreadable) + len(self.too_small)
 
 
-def read_dataset(config: DatasetConfig, index: int) -> tuple[list[Item], DatasetReport]:
-    """The usable items of one dataset (with their sizes) and a report of everything skipped."""
+class CheckStopped(Exception):
+    """The person stopped a dataset check before it finished."""
+
+
+def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[list[Item], DatasetReport]:
+    """The usable items of one dataset (with their sizes) and a report of everything skipped.
+    `should_stop()` is asked between images; when it says so, CheckStopped is raised."""
     path = Path(config.path)
     if not path.exists():
         raise ConfigError(f"datasets[{index}].path: {path} does not exist.")
@@ -62,6 +67,8 @@ def read_dataset(config: DatasetConfig, index: int) -> tuple[list[Item], Dataset
 
     items = []
     for image_path, captions in pairs:
+        if should_stop is not None and should_stop():
+            raise CheckStopped()
         try:
             with Image.open(image_path) as image:
                 width, height = image.size
@@ -80,6 +87,43 @@ def read_dataset(config: DatasetConfig, index: int) -> tuple[list[Item], Dataset
     return items, report
 
 
+def stage_items(stage: StageConfig, items: list[Item]) -> list[Item]:
+    return [item for item in items if not stage.datasets or item.dataset in stage.datasets]
+
+
+@dataclass
+class DatasetCheck:
+    """What `lumina-studio train --check` and the Train wizard report about a run's data."""
+
+    items: list[Item]
+    reports: list[DatasetReport]
+    histograms: dict[str, dict[str, int]]  # per stage: "WxH" -> images
+    small_buckets: dict[str, dict[str, int]]  # per stage: the buckets with fewer images than its micro-batch
+    empty_stages: list[str]  # a message for each stage left without a usable image
+
+    def text(self) -> str:
+        return format_report(self.reports, self.histograms, self.small_buckets)
+
+
+def check_datasets(config: RunConfig, should_stop=None) -> DatasetCheck:
+    """Read every dataset, then bucket each stage's images."""
+    items, reports = [], []
+    for index, dataset in enumerate(config.datasets):
+        found, report = read_dataset(dataset, index, should_stop)
+        items += found
+        reports.append(report)
+    histograms, small, empty = {}, {}, []
+    for index, stage in enumerate(config.stages):
+        chosen = stage_items(stage, items)
+        if not chosen:
+            empty.append(f"stages[{index}] ('{stage.name}') has no usable images: "
+                         + "; ".join(f"'{r.name}': {r.items} usable, {r.skipped} skipped" for r in reports))
+            continue
+        histograms[stage.name] = bucket_histogram(chosen, stage.resolution)
+        small[stage.name] = {size: n for size, n in histograms[stage.name].items() if n < stage.micro_batch_size}
+    return DatasetCheck(items, reports, histograms, small, empty)
+
+
 def bucket_histogram(items: list[Item], resolution: int) -> dict[str, int]:
     """How many items land in each bucket ("WxH": count) at a stage resolution."""
     buckets = bucket_sizes(resolution)
@@ -87,7 +131,8 @@ def bucket_histogram(items: list[Item], resolution: int) -> dict[str, int]:
     return {f"{w}x{h}": n for (w, h), n in sorted(counts.items())}
 
 
-def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, int]], shown: int = 5) -> str:
+def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, int]],
+                  small_buckets: dict[str, dict[str, int]] | None = None, shown: int = 5) -> str:
     lines = []
     for report in reports:
         lines.append(f"dataset '{report.name}' ({report.format}, {report.path}): {report.items} usable, "
@@ -102,4 +147,9 @@ def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, 
     for stage, histogram in histograms.items():
         cells = ", ".join(f"{size}: {count}" for size, count in histogram.items())
         lines.append(f"stage '{stage}' buckets: {cells}")
+        small = (small_buckets or {}).get(stage)
+        if small:
+            cells = ", ".join(f"{size}: {count}" for size, count in small.items())
+            lines.append(f"  fewer images than the micro-batch (their batches are smaller, their steps noisier): "
+                         f"{cells}")
     return "\n".join(lines)

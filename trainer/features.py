@@ -26,7 +26,7 @@ from core.storage import read_json, write_json_atomic
 
 from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket
 from .config import RunConfig, StageConfig
-from .datasets import Item
+from .datasets import Item, stage_items
 
 ENCODE_BATCH = 8
 
@@ -39,10 +39,6 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(temp))
     temp.replace(path)
-
-
-def stage_items(stage: StageConfig, items: list[Item]) -> list[Item]:
-    return [item for item in items if not stage.datasets or item.dataset in stage.datasets]
 
 
 def caption_texts(stage: StageConfig, item: Item) -> list[str]:

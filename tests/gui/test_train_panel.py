@@ -73,6 +73,10 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     data.list.clear()
     data.list.addItem(str(scenes(tmp_path / "scenes", 8)))
     data._sync()
+    qtbot.waitUntil(data.isComplete, timeout=30_000)
+    report = data.report.toPlainText()  # the trainer's own report, as `train --check` prints it
+    assert "8 usable, 0 skipped" in report and "stage 'scenes-64px' buckets: 64x64: 8" in report
+    assert "fewer images than the micro-batch" in report  # 8 images, micro-batch 16
     advance(wizard, qtbot, 1)
 
     model = wizard.currentPage()
@@ -125,6 +129,22 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     assert "free in" in samples.disk.text()
     wizard.reject()
     assert not (runs_dir() / "good-name").exists()  # a cancelled wizard leaves no folder
+
+
+def test_the_dataset_check_can_be_stopped_and_run_again(window, qtbot, tmp_path):
+    wizard = wizard_for(window, scenes(tmp_path / "many", 300))
+    advance(wizard, qtbot, 1)
+    data = wizard.currentPage()
+    assert data.result == "checking" and data.stop_button.isEnabled()
+    data.stop_check()
+    refused(data, qtbot, "The check was stopped")
+    assert data.check_button.isEnabled() and not data.stop_button.isEnabled()
+    data.check()
+    qtbot.waitUntil(data.isComplete, timeout=60_000)
+    assert "300 usable" in data.report.toPlainText()
+    data.check()
+    wizard.reject()  # closing the wizard stops a check still running
+    qtbot.waitUntil(lambda: data.result != "checking", timeout=30_000)
 
 
 def test_start_page_refuses_a_taken_name_and_a_read_only_runs_folder(window, qtbot):
