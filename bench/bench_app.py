@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results import save_results  # noqa: E402
+
 LAUNCH_PROBE = """
 import sys, time
 from PySide6.QtCore import QTimer
@@ -96,6 +98,13 @@ def launch_seconds(home: str, runs: int = 3) -> float:
     return statistics.median(times)
 
 
+def import_torch_seconds() -> float:
+    """A bare `python -c "import torch"`: the reference the start-up figures are measured against."""
+    started = time.time()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.time() - started
+
+
 def first_image_seconds(runs: int = 3) -> dict:
     """Launch to the first demo image on screen on a fresh data folder (the form's default backend, auto), and
     launch to the engine ready on the next start of that folder (a later start), against a bare
@@ -114,9 +123,7 @@ def first_image_seconds(runs: int = 3) -> dict:
         first.append(run(env, "image"))
         time.sleep(5)  # the first start measures the other backend in the background; let it settle
         later.append(run(env, "ready"))
-        started = time.time()
-        subprocess.run([sys.executable, "-c", "import torch"], check=True)
-        torch_import.append(time.time() - started)
+        torch_import.append(import_torch_seconds())
     return {"first_image_s": statistics.median(first), "later_start_engine_ready_s": statistics.median(later),
             "import_torch_s": statistics.median(torch_import)}
 
@@ -131,9 +138,7 @@ def cli_generate_seconds(runs: int = 3) -> dict:
         subprocess.run([sys.executable, "-m", "lumina_studio", "generate", "a red circle on the left, white background",
                         "--out", str(Path(home) / "out")], check=True, capture_output=True, env=env, timeout=300)
         generate.append(time.time() - started)
-        started = time.time()
-        subprocess.run([sys.executable, "-c", "import torch"], check=True)
-        torch_import.append(time.time() - started)
+        torch_import.append(import_torch_seconds())
     median, torch_s = statistics.median(generate), statistics.median(torch_import)
     return {"generate_s": median, "import_torch_s": torch_s, "ratio": round(median / torch_s, 2)}
 
@@ -451,9 +456,7 @@ def main() -> None:
         "caption": caption_panel(home),
         "train": train_tab(tempfile.mkdtemp(prefix="lumina-app-bench-")),
     }
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_app.json").write_text(json.dumps(result, indent=2))
+    save_results("bench_app", result)
     print(json.dumps(result, indent=2))
 
 

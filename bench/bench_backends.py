@@ -29,6 +29,7 @@ from core.engine import Engine  # noqa: E402
 from core.models.sources import resolve_source  # noqa: E402
 from core.models.scaffold import build_model_folder  # noqa: E402
 from core.request import GenerationRequest  # noqa: E402
+from results import save_results  # noqa: E402
 
 
 def main() -> None:
@@ -83,9 +84,7 @@ def main() -> None:
         "torch_vs_onnx_max_abs": backend_gap,
         "runs": rows,
     }
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_backends.json").write_text(json.dumps(result, indent=2))
+    save_results("bench_backends", result)
     print(json.dumps(result, indent=2))
     print(f"\n{'run':<22}{'ms/step':>9}{'vs torch':>10}{'evals':>7}{'joint':>7}{'PSNR dB':>9}")
     for name, row in rows.items():

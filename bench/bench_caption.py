@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.captioning.job import CaptionRun, CaptionSettings  # noqa: E402
+from results import save_results  # noqa: E402
 
 
 class NoModel:
@@ -56,9 +57,7 @@ def main() -> int:
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}, Python {platform.python_version()}",
                "listing": listing(args.images), "demo_images_per_second": throughput(OUT)}
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_caption.json").write_text(json.dumps(results, indent=2))
+    save_results("bench_caption", results)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -24,6 +24,7 @@ from bench_generate import cpu_name  # noqa: E402
 
 from core.models.registry import DEMO_FOLDER  # noqa: E402
 from trainer.demo import measure_alignment  # noqa: E402
+from results import save_results  # noqa: E402
 
 
 def main() -> None:
@@ -47,9 +48,7 @@ def main() -> None:
             "pair_drop_points": 100 * (plain["pair"]["all"] - cached["pair"]["all"]),
         },
     }
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_demo.json").write_text(json.dumps(result, indent=2))
+    save_results("bench_demo", result)
     print(f"{'settings':<12}{'s/image':>9}{'joint passes':>14}{'single: all':>13}{'pairs: all':>12}")
     for label, report in reports.items():
         print(f"{label:<12}{report['seconds_per_image']:>9.3f}{report['transformer_evaluations']:>14.1f}"

@@ -27,6 +27,7 @@ from core.engine import Engine  # noqa: E402
 from core.models.sources import resolve_source  # noqa: E402
 from core.models.scaffold import ScaffoldSpec, build_model_folder  # noqa: E402
 from core.request import GenerationRequest  # noqa: E402
+from results import save_results  # noqa: E402
 
 SPEC = ScaffoldSpec(
     hidden_size=384, num_layers=8, num_refiner_layers=2, num_attention_heads=8, num_kv_heads=4,
@@ -110,9 +111,7 @@ def main() -> None:
         "seconds": {"diffusers_Lumina2Pipeline": reference, "ours_separate_cfg": separate, "ours_batched_cfg": batched},
         "speedup_vs_diffusers": {"separate_cfg": reference / separate, "batched_cfg": reference / batched},
     }
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_generate.json").write_text(json.dumps(result, indent=2))
+    save_results("bench_generate", result)
     print(json.dumps(result, indent=2))
     print(f"\n{'run':<32}{'seconds':>10}{'vs diffusers':>14}")
     for name, seconds in result["seconds"].items():

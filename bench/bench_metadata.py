@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.metadata import parse_a1111  # noqa: E402
+from results import save_results  # noqa: E402
 
 SIZES = (1 << 10, 16 << 10, 100 << 10, 1 << 20)
 SHAPES = {
@@ -62,9 +63,7 @@ def main() -> None:
             old = f"{row['old_parser_s']:.4f}" if row["old_parser_s"] is not None else "-"
             print(f"{shape:28s} {len(text):>9,} B  parse {row['parse_s']:.4f} s  json.loads {row['json_loads_s']:.4f} s"
                   f"  old parser {old} s")
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_metadata.json").write_text(json.dumps(rows, indent=2))
+    save_results("bench_metadata", rows)
 
 
 if __name__ == "__main__":

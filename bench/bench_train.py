@@ -37,6 +37,7 @@ from trainer.batches import StageData  # noqa: E402
 from trainer.features import FeatureCache  # noqa: E402
 from trainer.objective import flow_matching_loss, noisy_inputs  # noqa: E402
 from trainer.run_folder import RunFolder  # noqa: E402
+from results import save_results  # noqa: E402
 
 COLOURS = [(220, 30, 30), (30, 60, 220), (30, 170, 60), (240, 220, 40)]
 
@@ -114,9 +115,7 @@ def main() -> None:
         "steps_per_second": {"plain_loop": plain, "trainer_like_for_like": like, "trainer_defaults": defaults},
         "vs_plain_loop": {"trainer_like_for_like": like / plain, "trainer_defaults": defaults / plain},
     }
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "bench_train.json").write_text(json.dumps(result, indent=2))
+    save_results("bench_train", result)
     print(json.dumps(result, indent=2))
     print(f"\n{'run':<28}{'steps/s':>10}{'vs plain':>10}")
     for name, value in result["steps_per_second"].items():

@@ -17,7 +17,6 @@ Writes $OUT/gpu_backends.json (or bench/out/) and prints a table last.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from core.sampling.guidance import DiffusersGuidance  # noqa: E402
 from core.sampling.sampler import sample  # noqa: E402
 from core.sampling.schedule import diffusers_grid  # noqa: E402
 from core.sampling.solvers import Euler  # noqa: E402
+from results import OUT, save_results  # noqa: E402
 
 SMALL = dict(hidden_size=384, num_layers=8, num_attention_heads=8, num_kv_heads=4, multiple_of=64, cap_feat_dim=384,
              axes_dim_rope=(16, 16, 16))
@@ -187,9 +187,7 @@ def main() -> None:
                    "dtype": str(dtype), "tflop_per_pass": flops_per_pass / 1e12},
         "results": results,
     }
-    out = Path(os.environ.get("OUT", Path(__file__).parent / "out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_backends.json").write_text(json.dumps(summary, indent=2))
+    save_results("gpu_backends", summary, Path(os.environ["OUT"]) if os.environ.get("OUT") else OUT)
     print(f"\n{summary['device']}, {summary['config']['params'] / 1e9:.2f}B params, {size}x{size}, {args.steps} steps, "
           f"{flops_per_pass / 1e12:.3g} TFLOP/pass")
     print(f"{'variant':<18}{'ms/step':>9}{'vs diffusers':>14}{'TFLOP/s':>9}{'joint/passes':>14}{'peak GiB':>10}")

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import save_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -98,9 +100,7 @@ def main() -> int:
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device == "cuda" else None,
                 "batch_after_oom_retries": captioner.batch_limit}
             print(size, results["batches"][size], flush=True)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "gpu_caption.json").write_text(json.dumps(results, indent=2))
+    save_results("gpu_caption", results)
     print(json.dumps(results, indent=2))
     return 0
 
