@@ -30,6 +30,16 @@ def wait(app, condition, timeout=300.0):
             raise TimeoutError
 
 
+def shoot(app, widget, name: str, seconds: float = 1.5) -> None:
+    """NAME-light.png and NAME-dark.png of `widget`."""
+    from app.main_window import apply_theme
+
+    for theme in ("light", "dark"):
+        apply_theme(app, theme)
+        settle(app, seconds)
+        widget.grab().save(str(HERE / f"{name}-{theme}.png"))
+
+
 def settle(app, seconds=1.5):
     """Let thumbnails decode and the window repaint."""
     end = time.time() + seconds
@@ -40,7 +50,7 @@ def settle(app, seconds=1.5):
 
 def caption_shots(app):
     """The Caption tab on a folder of scenes the demo captioner has just captioned, a few reviewed."""
-    from app.main_window import MainWindow, apply_theme
+    from app.main_window import MainWindow
     from core.scenes.world import write_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="lumina-shots-scenes-")) / "shapes"
@@ -65,10 +75,7 @@ def caption_shots(app):
     panel.move(1)
     panel.set_status("needs fixing")
     panel.move(1)
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app)
-        window.grab().save(str(HERE / f"caption-{theme}.png"))
+    shoot(app, window, "caption")
     panel.client.stop()
     window.client.stop()
     window.close()
@@ -91,7 +98,7 @@ def scripted_gpus(*gpus: tuple[str, int]):
 
 def train_shots(app):
     """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model."""
-    from app.main_window import MainWindow, apply_theme, settings_store
+    from app.main_window import MainWindow, settings_store
     from app.train_wizard import TrainWizard
     from core.scenes.world import write_dataset
 
@@ -107,26 +114,17 @@ def train_shots(app):
     for _ in range(3):
         wait(app, wizard.currentPage().isComplete, 60)
         wizard.next()
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app, 0.5)
-        wizard.grab().save(str(HERE / f"train-wizard-{theme}.png"))
+    shoot(app, wizard, "train-wizard", 0.5)
     wait(app, wizard.currentPage().isComplete, 60)
     wizard.next()
     hardware = wizard.currentPage()
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app, 0.5)
-        wizard.grab().save(str(HERE / f"train-hardware-{theme}.png"))
+    shoot(app, wizard, "train-hardware", 0.5)
     hardware.device.setCurrentIndex(hardware.device.findData("cpu"))  # this machine trains on its CPU
     for _ in range(2):
         wait(app, wizard.currentPage().isComplete, 60)
         wizard.next()
     wait(app, wizard.currentPage().isComplete, 300)
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app, 0.5)
-        wizard.grab().save(str(HERE / f"train-review-{theme}.png"))
+    shoot(app, wizard, "train-review", 0.5)
     wizard.accept()
     run_folder, _ = wizard.launched
     panel = window.train
@@ -137,10 +135,7 @@ def train_shots(app):
     panel.measure_alignment()
     wait(app, lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, 900)
     panel.refresh_runs()
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app)
-        window.grab().save(str(HERE / f"train-{theme}.png"))
+    shoot(app, window, "train")
     window.client.stop()
     window.close()
 
@@ -186,10 +181,7 @@ def main():
     window.show()
     wait(app, lambda: "rebuilt from its files" in window.notice.text() and bool(window.client.info))
     window.tabs.setCurrentWidget(window.gallery)
-    for theme in ("light", "dark"):
-        apply_theme(app, theme)
-        settle(app)
-        window.grab().save(str(HERE / f"recovered-{theme}.png"))
+    shoot(app, window, "recovered")
     window.client.stop()
     window.close()
     caption_shots(app)
