@@ -109,11 +109,10 @@ class StartPage(_Page):
         self.name = QLineEdit()
         self.folder = QLabel()
         self.folder.setWordWrap(True)
-        for radio in (self.from_preset, self.from_earlier, self.resume):
-            radio.toggled.connect(self._load)
-        self.preset.currentIndexChanged.connect(lambda: self.from_preset.setChecked(True) or self._load())
-        self.earlier.currentIndexChanged.connect(lambda: self.from_earlier.setChecked(True) or self._load())
-        self.resumable.currentIndexChanged.connect(lambda: self.resume.setChecked(True) or self._load())
+        for radio, choices in ((self.from_preset, self.preset), (self.from_earlier, self.earlier),
+                               (self.resume, self.resumable)):
+            radio.toggled.connect(lambda on: on and self._load())  # the radio turned off loads nothing
+            choices.currentIndexChanged.connect(lambda _, radio=radio: self._choose(radio))
         self.name.textChanged.connect(self._named)
         form = QFormLayout(self)
         form.addRow(self.from_preset, self.preset)
@@ -123,6 +122,13 @@ class StartPage(_Page):
         form.addRow("", self.folder)
         form.addRow(self.problem)
         self._load()
+
+    def _choose(self, radio: QRadioButton) -> None:
+        """A choice in a radio's list selects that radio; it loads once, through the radio or here."""
+        if radio.isChecked():
+            self._load()
+        else:
+            radio.setChecked(True)
 
     def _load(self) -> None:
         resuming = self.resume.isChecked()
