@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from pathlib import Path
+
+from core.storage import connect_shared
 
 STATE_FILE = ".lumina-captions.sqlite"
 REVIEW_STATUSES = ("unreviewed", "approved", "needs fixing", "rejected")
@@ -39,8 +40,7 @@ class CaptionState:
     def __init__(self, folder: Path):
         self.folder = folder
         self.path = folder / STATE_FILE
-        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = connect_shared(self.path, check_same_thread=False)
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:

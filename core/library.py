@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import LuminaError, MetadataError
 from .metadata import read_settings
-from .storage import read_json, write_atomic, write_json_atomic, write_text_atomic
+from .storage import connect_shared, read_json, write_atomic, write_json_atomic, write_text_atomic
 
 # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
 SCHEMA_VERSION = 3
@@ -118,10 +118,9 @@ class Library:
 
     def _connect(self) -> sqlite3.Connection:
         # WAL and a busy timeout: the app and a command-line run can add images at the same time.
-        db = sqlite3.connect(str(self.folder / INDEX), timeout=30)
+        db = connect_shared(self.folder / INDEX)
         try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 error = sqlite3.DatabaseError(f"database disk image is malformed ({check})")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -74,6 +76,23 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None],
         return place(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def connect_shared(path: Path, timeout: float = 30.0, **options) -> sqlite3.Connection:
+    """A SQLite file that several processes use at once (the app, command-line runs, one process per GPU):
+    WAL and a busy timeout. Switching a new file to WAL answers "database is locked" at once, without the
+    busy wait, while another process is switching it too, so that step is retried until `timeout`."""
+    db = sqlite3.connect(path, timeout=timeout, **options)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except sqlite3.Error as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(0.02)
 
 
 def folder_writable(folder: Path) -> bool:

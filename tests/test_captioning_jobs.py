@@ -4,6 +4,7 @@ OpenAI-compatible backend against a server on 127.0.0.1, read-only and full disk
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -272,6 +273,29 @@ def test_several_processes_through_accelerate_share_the_images(tmp_path, server)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("5 captioned") == 2  # one summary per process, each its half
     assert len(list(folder.glob("*.txt"))) == 10 and len(server.script.requests) == 10
+
+
+def _open_state_at_once(folder: str, barrier) -> None:
+    barrier.wait()
+    state = CaptionState(Path(folder))
+    state.begin_run({"process": os.getpid()})
+    state.close()
+
+
+def test_processes_opening_a_new_state_file_at_once(tmp_path):
+    # One process per GPU opens the folder's state file at the same moment; switching a new file to WAL
+    # answered "database is locked" at once to about one process in thirteen (the CI caught it).
+    context = multiprocessing.get_context("fork")
+    for round_ in range(15):
+        folder = tmp_path / f"set{round_}"
+        folder.mkdir()
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_state_at_once, args=(str(folder), barrier)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0] * 4, f"round {round_}"
 
 
 def test_export_captions_from_the_command_line(tmp_path):
