@@ -26,12 +26,12 @@ from PySide6.QtWidgets import (
 
 from core.errors import LuminaError
 from core.gpus import GPU, nvidia_gpus
-from core.models.nextdit_config import folder_config
+from core.models.layouts import header_tensors, known_architecture
 from core.models.registry import available_models, find_model
 from core.storage import human_size, runs_dir
 from trainer.config import ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import MemoryEstimate, stage_estimates
+from trainer.memory import MemoryEstimate, ram_size, stage_estimates
 
 from .background import run_in_background
 from .train_runs import RunFolder, can_resume, launch, resume, scan_runs, train_command
@@ -341,8 +341,7 @@ class ModelPage(_Page):
         name = self.owner.config.get("base_model", "")
         try:
             source = find_model(name)
-            if not source.is_single_file:  # a single file's tensors are checked by the review page's check
-                folder_config(Path(source.dit))
+            known_architecture(source)  # a pickled file (None here) is checked by the review page's check
         except LuminaError as exc:
             self.info.setText("")
             return [str(exc)]
@@ -450,7 +449,7 @@ class HardwarePage(_Page):
         form = QFormLayout(self)
         form.addRow("Device", self.device)
         form.addRow("GPUs", gpu_list)
-        form.addRow("Memory per GPU", self.estimate)
+        form.addRow("Memory needed", self.estimate)
         form.addRow(self.problem)
 
     def initializePage(self) -> None:  # noqa: N802
@@ -488,37 +487,43 @@ class HardwarePage(_Page):
         return found + over
 
     def _show_estimate(self, device: str, chosen: list[GPU]) -> list[str]:
-        """Each stage's memory against the smallest chosen GPU (red when over); the problems that makes."""
+        """Each stage's memory against the smallest chosen GPU, or the computer's memory on the CPU (red when
+        over); the problems that makes."""
         estimates = wizard_estimates(self.owner.config, device, max(1, len(chosen)))
         if estimates is None:
             self.estimate.setText("The Review page's check estimates memory for this model.")
             return []
-        smallest = min(chosen, key=lambda gpu: gpu.memory) if chosen else None
+        if chosen:
+            smallest = min(chosen, key=lambda gpu: gpu.memory)
+            limit, holder = smallest.memory, f"GPU {smallest.index}"
+            where = f"per process, against GPU {smallest.index} ({human_size(limit)}), the smallest chosen"
+            fix = "or choose more GPUs (FSDP splits the model across them)"
+        else:
+            limit, holder = ram_size(), "this computer"
+            where = f"against this computer's memory ({human_size(limit)})"
+            fix = "or train on a GPU"
         lines, over = [], []
         for estimate in estimates:
             line = f"{html.escape(estimate.stage)}: about {human_size(estimate.total)}"
-            if smallest is not None and estimate.total > smallest.memory:
-                line = f"<span style='color:#c83c3c'>{line} — more than GPU {smallest.index} has</span>"
-                over.append(f"Stage '{estimate.stage}' needs about {human_size(estimate.total)} per GPU, but GPU "
-                            f"{smallest.index} has {human_size(smallest.memory)}: lower its micro-batch on the "
-                            "Stages page, or choose more GPUs (FSDP splits the model across them).")
+            if estimate.total > limit:
+                line = f"<span style='color:#c83c3c'>{line} — more than {holder} has</span>"
+                over.append(f"Stage '{estimate.stage}' needs about {human_size(estimate.total)}"
+                            f"{' per GPU' if chosen else ''}, but {holder} has {human_size(limit)}: lower its "
+                            f"micro-batch on the Stages page, {fix}.")
             lines.append(line)
-        where = f"against GPU {smallest.index} ({human_size(smallest.memory)}), the smallest chosen" if smallest \
-            else "in the computer's memory"
-        self.estimate.setText("<br>".join(lines) + f"<br><small>per process, {where}</small>")
+        self.estimate.setText("<br>".join(lines) + f"<br><small>{where}</small>")
         return over
 
 
 def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEstimate] | None:
-    """The trainer's memory estimate per stage for a diffusers-folder base model, without torch (its
-    config.json and safetensors header); None for a single-file checkpoint or a config still wrong."""
+    """The trainer's memory estimate per stage, without torch (the model's config.json or safetensors
+    header); None for a pickled single file (only torch lists its tensors) or a config still wrong."""
     try:
         run = parse_config(config, "the wizard's config")
-        source = find_model(run.base_model)
-        if source.is_single_file:
-            return None
-        model = folder_config(Path(source.dit))
+        model = known_architecture(find_model(run.base_model))
     except (LuminaError, OSError, TypeError, ValueError):
+        return None
+    if model is None:
         return None
     precision = "bf16" if device == "cuda" and run.precision in ("auto", "bf16") else "no"
     return stage_estimates(model, model_bytes(config) // 4, run, processes, device, precision)
@@ -573,18 +578,20 @@ class SamplesPage(_Page):
 
 
 def model_bytes(config: dict) -> int:
-    """The base model's DiT weights in fp32 (as the trainer keeps them), from the safetensors headers."""
+    """The base model's DiT weights in fp32 (as the trainer keeps them), from the safetensors headers (an
+    all-in-one file's text encoder and VAE left out); a pickled file's size."""
     from math import prod
 
     from core.models.sources import safetensors_header
 
     try:
         source = find_model(config.get("base_model", ""))
-        files = [source.dit] if source.is_single_file else sorted(Path(source.dit).glob("*.safetensors"))
-        if files and all(f.suffix == ".safetensors" for f in files):
-            return 4 * sum(prod(entry["shape"]) for f in files for name, entry in safetensors_header(f).items()
-                           if name != "__metadata__")
-        return sum(f.stat().st_size for f in files)
+        if source.is_single_file:
+            if source.dit.suffix.lower() != ".safetensors":
+                return source.dit.stat().st_size
+            return 4 * sum(t.numel() for t in header_tensors(source.dit).values())
+        files = sorted(Path(source.dit).glob("*.safetensors"))
+        return 4 * sum(prod(entry["shape"]) for f in files for entry in safetensors_header(f).values())
     except (LuminaError, OSError, KeyError, TypeError):
         return 0
 

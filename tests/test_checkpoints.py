@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from core.engine import Engine
 from core.errors import ModelLoadError
-from core.models.checkpoints import derive_config, original_layout, to_diffusers_layout
+from core.models.checkpoints import original_layout
+from core.models.layouts import derive_config, header_tensors, known_architecture, to_diffusers_layout
 from core.models.loader import load_dit
 from core.models.sources import resolve_source
 from core.models.nextdit import NextDiTConfig
@@ -66,6 +67,10 @@ def test_single_file_gives_the_same_image_as_the_folder(tiny_model, folder_pixel
     source = resolve_source(path, components=tiny_model)
     assert source.is_single_file
     assert np.abs(generate(source) - folder_pixels).max() == 0.0
+    if path.suffix == ".safetensors":  # the header alone (no weights read, no torch) gives the same DiT
+        shapes = {name: tensor.shape for name, tensor in header_tensors(path).items()}
+        assert shapes == {name: tuple(tensor.shape) for name, tensor in folder_state(tiny_model).items()}
+        assert known_architecture(source) == derive_config(folder_state(tiny_model))
 
 
 def test_single_file_finds_components_beside_it(tiny_model, tmp_path):
@@ -156,3 +161,17 @@ def test_wrong_text_encoder(tiny_model, tmp_path):
     (folder / "text_encoder" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="Gemma-2"):
         Engine(resolve_source(folder), device="cpu").load()
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({"cap_embedder.0.weight": (4, 4)}, "incomplete"),
+    ({"cap_embedder.0.weight": (4, 4), "x_embedder.weight": (8,)}, "shapes"),
+    ({"time_caption_embed.caption_embedder.0.weight": (4,), "x_embedder.weight": (8,),
+      "layers.0.attn.norm_q.weight": (), "layers.0.attn.to_q.weight": (8, 8), "layers.0.attn.to_k.weight": (8, 8),
+      "layers.0.feed_forward.linear_1.weight": (8, 8), "norm_out.linear_2.weight": (8, 8)}, "shapes"),
+])
+def test_a_header_that_is_no_dit_is_one_clear_message(tmp_path, tensors, message):
+    path = tmp_path / "odd.safetensors"
+    save_file({name: torch.zeros(shape) for name, shape in tensors.items()}, str(path))
+    with pytest.raises(ModelLoadError, match=message):
+        derive_config(header_tensors(path))

@@ -142,7 +142,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     from core.storage import write_json_atomic
 
     from .datasets import check_datasets
-    from .memory import check_fit, gpu_memory, parameter_count, stage_estimates
+    from .memory import check_fit, check_ram, gpu_memory, parameter_count, ram_size, stage_estimates
 
     source = find_model(config.base_model, config.components or None)
     topology = choose_topology(config, args)
@@ -161,8 +161,11 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
           f"mixed precision {precision}", file=sys.stderr)
     for estimate in estimates:
         print("memory: " + estimate.describe(), file=sys.stderr)
-    gpu_sizes = gpu_memory()[:topology.processes_per_machine] if topology.device == "cuda" else []
-    for warning in check_fit(estimates, gpu_sizes):
+    if topology.device == "cuda":
+        warnings = check_fit(estimates, gpu_memory()[:topology.processes_per_machine])
+    else:
+        warnings = check_ram(estimates, topology.processes_per_machine, ram_size())
+    for warning in warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if run is None:
         print("The config and datasets are fine; nothing was trained (--check).", file=sys.stderr)

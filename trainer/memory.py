@@ -8,7 +8,8 @@ and 3 FFN-width tensors per token (attention through SDPA keeps no L x L matrix)
 good to about 20%: allocator slack and CUDA context come on top (+1.5 GB is added for them).
 
 Torch is imported only to count a built model's parameters and ask CUDA for its GPUs: the Train tab's
-wizard estimates from a model's config.json and safetensors header, without torch.
+wizard estimates from a model's config.json and safetensors header, without torch. On the CPU the estimate
+(no CUDA overhead) is held against the computer's memory, shared by the processes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = ", ".join(f"{name} {human_size(getattr(self, name))}"
                           for name in ("weights", "gradients", "optimizer", "ema", "activations"))
-        return f"stage '{self.stage}': about {human_size(self.total)} per GPU ({parts})"
+        return f"stage '{self.stage}': about {human_size(self.total)} per process ({parts})"
 
 
 def parameter_count(config: NextDiTConfig) -> int:
@@ -91,6 +92,23 @@ def gpu_memory() -> list[int]:
     if not torch.cuda.is_available():
         return []
     return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+
+
+def ram_size() -> int:
+    """This computer's memory in bytes, which CPU training processes share."""
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def check_ram(estimates: list[MemoryEstimate], processes: int, ram: int) -> list[str]:
+    """Warnings for stages whose CPU processes (each holding the whole model) need more than the memory."""
+    return [
+        f"stage '{e.stage}' needs about {human_size(e.total * processes)} of memory ({processes} process(es)) "
+        f"but this computer has {human_size(ram)}: lower micro_batch_size, keep activation_checkpointing on, "
+        "or train on GPUs."
+        for e in estimates if e.total * processes > ram
+    ]
 
 
 def check_fit(estimates: list[MemoryEstimate], gpu_sizes: list[int]) -> list[str]:

@@ -1,7 +1,5 @@
-"""Single-file DiT checkpoints: read them, recognise their key layout, convert to diffusers names,
-and derive the architecture from the tensors themselves (so small models load too).
-
-The layouts themselves (diffusers, original, ComfyUI) are recognised in layouts.py.
+"""Reading weights: single-file DiT checkpoints (.safetensors, weights-only .pth) and component folders,
+and writing a DiT back in the authors' layout. The layouts and their conversion are in layouts.py.
 """
 
 from __future__ import annotations
@@ -12,35 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .layouts import COMFY_PREFIX, detect_layout
-from .nextdit import NextDiTConfig
-
-# Whole-name renames of the original layout; block-internal renames are in _BLOCK_RENAMES.
-_TOP_RENAMES = {
-    "cap_embedder.": "time_caption_embed.caption_embedder.",
-    "t_embedder.mlp.0.": "time_caption_embed.timestep_embedder.linear_1.",
-    "t_embedder.mlp.2.": "time_caption_embed.timestep_embedder.linear_2.",
-    "final_layer.adaLN_modulation.1.": "norm_out.linear_1.",
-    "final_layer.linear.": "norm_out.linear_2.",
-}
-_BLOCK_RENAMES = {
-    "attention.out.": "attn.to_out.0.",
-    "attention.q_norm.": "attn.norm_q.",
-    "attention.k_norm.": "attn.norm_k.",
-    "feed_forward.w1.": "feed_forward.linear_1.",
-    "feed_forward.w2.": "feed_forward.linear_2.",
-    "feed_forward.w3.": "feed_forward.linear_3.",
-    "adaLN_modulation.1.": "norm1.linear.",
-    "attention_norm2.": "norm2.",
-}
-_BLOCK_KEY = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
-
-
-def _rename_prefix(key: str, renames: dict[str, str]) -> str:
-    for old, new in renames.items():
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
+from .layouts import BLOCK_KEY, BLOCK_RENAMES, TOP_RENAMES, detect_layout, rename_prefix
 
 
 def assign_folder_weights(module: torch.nn.Module, folder: Path, what: str, dtype: torch.dtype,
@@ -103,105 +73,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def to_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename (and split fused qkv) so the keys match diffusers' Lumina2Transformer2DModel."""
-    layout = detect_layout(state)
-    if layout == "diffusers":
-        return dict(state)
-    if layout == "comfyui":
-        # All-in-one files also carry text encoder and VAE weights; only the DiT is taken from here.
-        state = {k[len(COMFY_PREFIX) :]: v for k, v in state.items() if k.startswith(COMFY_PREFIX)}
-    modulated_blocks = {
-        m.group(1) + "." + m.group(2)
-        for k in state
-        if (m := _BLOCK_KEY.match(k)) and m.group(3).startswith("adaLN_modulation.")
-    }
-    hidden = state["x_embedder.weight"].shape[0]
-    converted: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        if key == "norm_final.weight":  # present in the original, unused by the model
-            continue
-        match = _BLOCK_KEY.match(key)
-        if not match:
-            converted[_rename_prefix(key, _TOP_RENAMES)] = tensor
-            continue
-        block = match.group(1) + "." + match.group(2)
-        rest = match.group(3)
-        if rest == "attention.qkv.weight":
-            kv = (tensor.shape[0] - hidden) // 2
-            q, k, v = torch.split(tensor, [hidden, kv, kv], dim=0)
-            converted[f"{block}.attn.to_q.weight"] = q
-            converted[f"{block}.attn.to_k.weight"] = k
-            converted[f"{block}.attn.to_v.weight"] = v
-            continue
-        if rest.startswith("attention_norm1."):
-            target = "norm1.norm." if block in modulated_blocks else "norm1."
-            rest = target + rest[len("attention_norm1.") :]
-        else:
-            rest = _rename_prefix(rest, _BLOCK_RENAMES)
-        converted[f"{block}.{rest}"] = tensor
-    return converted
-
-
-def _count_blocks(state: dict, prefix: str) -> int:
-    indices = {int(m.group(2)) for k in state if (m := _BLOCK_KEY.match(k)) and m.group(1) == prefix}
-    return max(indices) + 1 if indices else 0
-
-
-def derive_config(state: dict[str, torch.Tensor], patch_size: int = 2) -> NextDiTConfig:
-    """Read the architecture off diffusers-layout tensors."""
-    try:
-        hidden, patch_in = state["x_embedder.weight"].shape
-        head_dim = state["layers.0.attn.norm_q.weight"].shape[0]
-        heads = state["layers.0.attn.to_q.weight"].shape[0] // head_dim
-        kv_heads = state["layers.0.attn.to_k.weight"].shape[0] // head_dim
-        inner = state["layers.0.feed_forward.linear_1.weight"].shape[0]
-        cap_feat_dim = state["time_caption_embed.caption_embedder.0.weight"].shape[0]
-        out_features = state["norm_out.linear_2.weight"].shape[0]
-    except KeyError as exc:
-        raise ModelLoadError(f"The checkpoint is incomplete: tensor {exc} is missing.") from None
-    area = patch_size * patch_size
-    if patch_in % area or out_features % area:
-        raise ModelLoadError(f"Patch embedding width {patch_in} does not fit patch size {patch_size}.")
-    if head_dim % 6:
-        raise ModelLoadError(
-            f"Head width {head_dim} cannot be split into three even RoPE axes; "
-            "load this model from a diffusers folder whose config.json names axes_dim_rope."
-        )
-    if inner == 256 * ((4 * hidden + 255) // 256):
-        multiple_of, multiplier = 256, None
-    else:  # any other width: a multiplier that lands exactly on it
-        multiple_of, multiplier = 1, (inner + 0.5) / (4 * hidden)
-    axis = head_dim // 3
-    return NextDiTConfig(
-        patch_size=patch_size,
-        in_channels=patch_in // area,
-        out_channels=out_features // area,
-        hidden_size=hidden,
-        num_layers=_count_blocks(state, "layers"),
-        num_refiner_layers=_count_blocks(state, "noise_refiner"),
-        num_attention_heads=heads,
-        num_kv_heads=kv_heads,
-        multiple_of=multiple_of,
-        ffn_dim_multiplier=multiplier,
-        axes_dim_rope=(axis, axis, axis),
-        cap_feat_dim=cap_feat_dim,
-    )
-
-
 def original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of `to_diffusers_layout` for diffusers-layout tensors: the authors' key names.
 
     Used to write checkpoints that the authors' code and ComfyUI read (and by the tests).
     """
-    inverse_top = {new: old for old, new in _TOP_RENAMES.items()}
-    inverse_block = {new: old for old, new in _BLOCK_RENAMES.items()}
+    inverse_top = {new: old for old, new in TOP_RENAMES.items()}
+    inverse_block = {new: old for old, new in BLOCK_RENAMES.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        match = _BLOCK_KEY.match(key)
+        match = BLOCK_KEY.match(key)
         if not match:
-            out[_rename_prefix(key, inverse_top)] = tensor
+            out[rename_prefix(key, inverse_top)] = tensor
             continue
         block, rest = match.group(1) + "." + match.group(2), match.group(3)
         part = re.match(r"attn\.to_([qkv])\.weight$", rest)
@@ -211,7 +95,7 @@ def original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if rest.startswith("norm1.norm.") or (rest.startswith("norm1.") and not rest.startswith("norm1.linear.")):
             rest = "attention_norm1." + rest.split(".")[-1]
         else:
-            rest = _rename_prefix(rest, inverse_block)
+            rest = rename_prefix(rest, inverse_block)
         out[f"{block}.{rest}"] = tensor
     for block, parts in qkv.items():
         out[f"{block}.attention.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)

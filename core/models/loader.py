@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .checkpoints import derive_config, read_state_dict, to_diffusers_layout
+from .checkpoints import read_state_dict
+from .layouts import derive_config, known_architecture, to_diffusers_layout
 from .nextdit import NextDiT, NextDiTConfig
 from .nextdit_config import folder_config
 from .gemma2 import Gemma2Encoder, load_gemma2_encoder
@@ -24,9 +25,7 @@ DEFAULT_SHIFT = 6.0
 
 def dit_config(source: ModelSource) -> NextDiTConfig:
     """The DiT's architecture without building it: a folder's config, or what a single file's tensors say."""
-    if source.is_single_file:
-        return derive_config(to_diffusers_layout(read_state_dict(source.dit)))
-    return folder_config(source.dit)
+    return known_architecture(source) or derive_config(to_diffusers_layout(read_state_dict(source.dit)))
 
 
 def load_dit(source: ModelSource, dtype: torch.dtype, device: torch.device) -> NextDiT:

@@ -136,6 +136,12 @@ def train_shots(app):
     wait(app, lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, 900)
     panel.refresh_runs()
     shoot(app, window, "train")
+    again = TrainWizard(settings_store(), dataset=folder, parent=window)  # the start page, with a run behind it
+    again.show()
+    again.currentPage().from_earlier.setChecked(True)
+    wait(app, again.currentPage().isComplete, 60)
+    shoot(app, again, "train-start", 0.5)
+    again.reject()
     window.client.stop()
     window.close()
 

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PySide6.QtWidgets import QMessageBox
+from safetensors.torch import save_file
 
 from app.train_wizard import STAGE_FIELDS
 from core.models.registry import demo_source
@@ -221,7 +223,34 @@ def test_hardware_page_ticks_gpus_and_refuses_a_stage_over_memory(window, qtbot,
     hardware.device.setCurrentIndex(hardware.device.findData("cpu"))
     qtbot.waitUntil(hardware.isComplete)
     assert wizard.gpu_args() == [] and not hardware.gpu_boxes[0].isEnabled()
+    assert "against this computer's memory" in hardware.estimate.text()
+    monkeypatch.setattr("app.train_wizard.ram_size", lambda: 64 * 2**20)  # a computer with 64 MiB
+    hardware.device.setCurrentIndex(hardware.device.findData("cuda"))
+    hardware.device.setCurrentIndex(hardware.device.findData("cpu"))
+    refused(hardware, qtbot, "this computer has 64 MiB")
     wizard.reject()
+
+
+def test_hardware_page_estimates_a_single_file_base_model(window, qtbot, tmp_path, tiny_model):
+    from core.models.checkpoints import original_layout, read_state_dict
+    from core.models.registry import add_model
+
+    # the tiny model's DiT as an all-in-one ComfyUI file: its text encoder's tensors are not the DiT's memory
+    state = read_state_dict(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors")
+    state = {"model.diffusion_model." + name: tensor for name, tensor in original_layout(state).items()}
+    state["text_encoders.gemma2_2b.embed.weight"] = torch.zeros(4096, 1024)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(tmp_path / "lumina_2.safetensors"))
+    add_model(tmp_path / "lumina_2.safetensors", name="all-in-one", components=tiny_model)
+    shown = {}
+    for model in ("tiny", "all-in-one"):  # the home fixture registers the folder as "tiny"
+        wizard = wizard_for(window, scenes(tmp_path / "scenes", 8))
+        advance(wizard, qtbot, 2)
+        page = wizard.currentPage()
+        page.model.setCurrentIndex(page.model.findData(model))
+        advance(wizard, qtbot, 2)
+        shown[model] = wizard.currentPage().estimate.text()
+        wizard.reject()
+    assert "about" in shown["tiny"] and shown["all-in-one"] == shown["tiny"]
 
 
 def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, monkeypatch):

@@ -167,3 +167,19 @@ def test_memory_estimate_of_the_released_model_matches_the_recipe():
     assert eight.weights == one.weights // 8 and eight.activations == one.activations
     run.activation_checkpointing = False
     assert estimate_stage(NextDiTConfig(), params, run, stage, 1, False, 2).activations > 4 * one.activations
+
+
+def test_cpu_training_is_held_against_the_computers_memory():
+    from core.models.nextdit import NextDiTConfig
+    from trainer.config import parse_config
+    from trainer.memory import check_ram, ram_size, stage_estimates
+
+    run = parse_config({"version": 1, "base_model": "m", "datasets": [{"path": "d"}],
+                        "stages": [{"name": "hi", "resolution": 1024, "steps": 1, "batch_size": 8,
+                                    "micro_batch_size": 8}]})
+    released = stage_estimates(NextDiTConfig(), parameter_count(NextDiTConfig()), run, 1, "cpu", "no")
+    assert released[0].overhead == 0 and released[0].total > 52e9  # no CUDA context; fp32 activations
+    assert check_ram(released, 1, 64 * 2**30) and check_ram(released, 1, 128 * 2**30) == []
+    [warning] = check_ram(released, 2, 128 * 2**30)  # two processes each hold the whole model
+    assert "2 process(es)" in warning and "128 GiB" in warning
+    assert ram_size() > 2**30
