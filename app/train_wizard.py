@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import shlex
 import shutil
 import threading
@@ -106,6 +107,11 @@ class StartPage(_Page):
         self.from_earlier = QRadioButton("New run with an earlier run's settings")
         self.resume = QRadioButton("Resume a stopped or interrupted run")
         (self.from_earlier if wizard.template is not None else self.from_preset).setChecked(True)
+        for radio, choices, none in ((self.from_earlier, self.earlier, "no earlier run yet"),
+                                     (self.resume, self.resumable, "no stopped or interrupted run")):
+            choices.setPlaceholderText(none)
+            radio.setEnabled(choices.count() > 0)
+            choices.setEnabled(choices.count() > 0)
         self.name = QLineEdit()
         self.folder = QLabel()
         self.folder.setWordWrap(True)
@@ -139,7 +145,7 @@ class StartPage(_Page):
         source = (self.preset if self.from_preset.isChecked() else self.earlier).currentData()
         if not resuming and source:
             self.owner.load(Path(source))
-            self.name.setText(f"{self.owner.config.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M')}")
+            self.name.setText(fresh_run_name(self.owner.config.get("name", "run")))
         self._describe_folder()
         self.changed()
 
@@ -176,6 +182,15 @@ class StartPage(_Page):
             return [f"Cannot write in {existing} (read-only or not yours): the runs folder {folder} must be "
                     "writable. Set LUMINA_STUDIO_HOME to a folder you can write in."]
         return []
+
+
+def fresh_run_name(name: str) -> str:
+    """`name`-date-time, free in the runs folder; an earlier run's own date and time are replaced, not kept."""
+    base = re.sub(r"-\d{8}-\d{4}(-\d+)?$", "", name) or "run"
+    stamped = f"{base}-{time.strftime('%Y%m%d-%H%M')}"
+    taken = runs_dir()
+    return next((candidate for candidate in (stamped, *(f"{stamped}-{n}" for n in range(2, 100)))
+                 if not (taken / candidate).exists()), stamped)
 
 
 class DataPage(_Page):

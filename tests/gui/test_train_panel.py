@@ -149,6 +149,27 @@ def test_the_dataset_check_can_be_stopped_and_run_again(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: data.result != "checking", timeout=30_000)
 
 
+def test_start_page_offers_only_what_there_is_and_names_runs_afresh(window, qtbot):
+    wizard = wizard_for(window, None)
+    start = wizard.currentPage()  # nothing trained yet: only "from a preset", and the others say why
+    assert not start.from_earlier.isEnabled() and start.earlier.placeholderText() == "no earlier run yet"
+    assert not start.resume.isEnabled() and start.resumable.placeholderText() == "no stopped or interrupted run"
+    assert start.name.text().startswith("demo-scenes-64-") and start.isComplete()
+    wizard.reject()
+    earlier = fake_run("demo-scenes-64-20261130-0912", "finished", None, checkpoint=True)
+    earlier.config.write_text(earlier.config.read_text().replace('name = "x"', f'name = "{earlier.path.name}"'))
+    minutes = [time.strftime("%Y%m%d-%H%M", time.localtime(time.time() + ahead)) for ahead in (0, 60)]
+    for minute in minutes:  # runs already launched under this minute's (and the next one's) default name
+        (runs_dir() / f"demo-scenes-64-{minute}").mkdir()
+    wizard = wizard_for(window, None)
+    start = wizard.currentPage()
+    start.from_earlier.setChecked(True)
+    assert start.earlier.currentData() == str(earlier.config)
+    # the earlier run's own date is replaced, not kept, and a taken name gets a number
+    assert start.name.text() in {f"demo-scenes-64-{minute}-2" for minute in minutes}, start.name.text()
+    wizard.reject()
+
+
 def test_start_page_refuses_a_taken_name_and_a_read_only_runs_folder(window, qtbot):
     fake_run("taken", "stopped", None, checkpoint=False)
     wizard = wizard_for(window, None)
