@@ -27,7 +27,7 @@ from .background import run_in_background
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
 from .caption_list import CaptionListModel
-from .image_loader import ImageLoader
+from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .job_queue import JobQueueView
 from .worker_client import WorkerClient
@@ -195,6 +195,7 @@ class CaptionPanel(QWidget):
         self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.list.setUniformItemSizes(True)
         self.list.setIconSize(self.model.placeholder.size())
+        self.list.setItemDelegate(TrueColourThumbnails(self.list))
         self.image_view = ImageView("Open a folder of images to caption and review them.")
         self.editor = CaptionEditor()
         self.image_label = QLabel()

@@ -22,7 +22,7 @@ from core.errors import LuminaError
 from core.library import Entry, Library
 from core.request import FIELD_LABELS, request_fields
 
-from .image_loader import ImageLoader
+from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 
 THUMBNAIL = 160
@@ -226,6 +226,7 @@ class GalleryPanel(QWidget):
         self.grid.setLayoutMode(QListView.Batched)  # lay out a big listing in slices, between events
         self.grid.setBatchSize(300)
         self.grid.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
+        self.grid.setItemDelegate(TrueColourThumbnails(self.grid))
         self.grid.setGridSize(QSize(THUMBNAIL + 24, THUMBNAIL + 40))
         self.grid.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.grid.setModel(self.model)

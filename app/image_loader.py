@@ -1,12 +1,14 @@
 """Images decoded off the GUI thread: a thread pool runs QImageReader at the size wanted, the GUI thread only
-turns finished QImages into pixmaps (cached). The Gallery and the Caption panel share it."""
+turns finished QImages into pixmaps (cached). The Gallery and the Caption panel share it, and the delegate
+that shows thumbnails in their true colours."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
-from PySide6.QtGui import QImage, QImageReader, QPixmap
+from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem
 
 
 class _Loaded(QObject):
@@ -62,3 +64,18 @@ class ImageLoader(QObject):
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
         self.loaded.emit(path, size)
+
+
+class TrueColourThumbnails(QStyledItemDelegate):
+    """Draws a selected item's thumbnail as it is: Qt's default tints it with the selection colour, which
+    misleads anyone judging an image's colours (a black background shows navy). The selection still shows
+    around it."""
+
+    def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt naming)
+        super().initStyleOption(option, index)
+        if option.features & QStyleOptionViewItem.HasDecoration and not option.icon.isNull():
+            size = option.decorationSize
+            pixmap = option.icon.pixmap(size)
+            icon = QIcon(pixmap)
+            icon.addPixmap(pixmap, QIcon.Selected)
+            option.icon = icon

@@ -58,20 +58,36 @@ class JobQueueView(QGroupBox):
         self.model.modelAboutToBeReset.connect(self._remember_selection)
         self.model.modelReset.connect(lambda: self.select(self._selected))
         buttons = QHBoxLayout()
-        for label, slot, tip in (
-            ("Up", lambda: self._move_selected(-1), "Run this job earlier"),
-            ("Down", lambda: self._move_selected(1), "Run this job later"),
-            ("Cancel", self.cancel_selected, "Cancel the selected job"),
-            ("Cancel waiting", client.cancel_pending, "Cancel every waiting job; the running one goes on"),
-            (f"Stop ({stop_key})" if stop_key else "Stop", client.stop_current, "Stop the running job"),
+        self.buttons = {}
+        for key, label, slot, tip in (
+            ("up", "Up", lambda: self._move_selected(-1), "Run this job earlier"),
+            ("down", "Down", lambda: self._move_selected(1), "Run this job later"),
+            ("cancel", "Cancel", self.cancel_selected, "Cancel the selected job"),
+            ("cancel waiting", "Cancel waiting", client.cancel_pending,
+             "Cancel every waiting job; the running one goes on"),
+            ("stop", f"Stop ({stop_key})" if stop_key else "Stop", client.stop_current, "Stop the running job"),
         ):
             button = QPushButton(label)
             button.setToolTip(tip)
             button.clicked.connect(slot)
             buttons.addWidget(button)
+            self.buttons[key] = button
+        self.model.modelReset.connect(self._enable_buttons)
+        self.list.selectionModel().currentChanged.connect(self._enable_buttons)
+        self._enable_buttons()
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
         layout.addLayout(buttons)
+
+    def _enable_buttons(self) -> None:
+        """Each button only when it has something to act on (an empty queue offers none)."""
+        selected, waiting = self.selected_job(), self.model.waiting_ids()
+        place = waiting.index(selected) if selected in waiting else None
+        self.buttons["up"].setEnabled(place is not None and place > 0)
+        self.buttons["down"].setEnabled(place is not None and place < len(waiting) - 1)
+        self.buttons["cancel"].setEnabled(selected is not None)
+        self.buttons["cancel waiting"].setEnabled(bool(waiting))
+        self.buttons["stop"].setEnabled(any(running for _, running in self.model.rows))
 
     def selected_job(self) -> int | None:
         index = self.list.currentIndex()

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from core.storage import runs_dir
 
-from .image_loader import ImageLoader
+from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .background import run_in_background
 from .loss_plot import SERIES, LossPlot, PlotPoints
@@ -114,7 +114,7 @@ class TrainPanel(QWidget):
         left_layout.addLayout(list_buttons)
         left_layout.addWidget(self.runs, 1)
 
-        self.headline = QLabel("Select a run, or start one with New run….")
+        self.headline = QLabel("Select a run, or start one with New run…")
         self.headline.setWordWrap(True)
         self.headline.setTextFormat(Qt.RichText)
         self.stop_button = QPushButton("Stop")
@@ -156,6 +156,7 @@ class TrainPanel(QWidget):
         self.samples = QListWidget()
         self.samples.setViewMode(QListWidget.IconMode)
         self.samples.setIconSize(QSize(SAMPLE_SIZE, SAMPLE_SIZE))
+        self.samples.setItemDelegate(TrueColourThumbnails(self.samples))
         self.samples.setFlow(QListWidget.LeftToRight)
         self.samples.setWrapping(False)
         self.samples.setFixedHeight(SAMPLE_SIZE + 48)

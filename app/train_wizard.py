@@ -408,8 +408,8 @@ class StagesPage(_Page):
                 try:
                     stage[name] = kind(text)
                 except ValueError:
-                    self.bad_cells.append(f"stages[{row}].{name}: '{text}' is not a {kind.__name__} number"
-                                          if kind is not str else f"stages[{row}].{name}: cannot be read")
+                    wanted = "a whole number" if kind is int else "a number"
+                    self.bad_cells.append(f"{self._cell(row, name)}: '{text}' is not {wanted}")
                     stage[name] = text
             stages.append(stage)
         self.owner.config["stages"] = stages
@@ -429,11 +429,19 @@ class StagesPage(_Page):
             stages.pop(row)
         self._fill(stages)
 
+    def _cell(self, row: int, name: str) -> str:
+        """How the table names a cell: 'Stage 2, Resolution' (the config says stages[1].resolution)."""
+        label = dict(zip((field for field, _ in STAGE_FIELDS), STAGE_LABELS)).get(name, name)
+        return f"Stage {row + 1}, {label}"
+
     def problems(self) -> list[str]:
         found = list(getattr(self, "bad_cells", []))
         if not self.owner.config.get("stages"):
             found.append("Add at least one stage.")
-        return found + (super().problems() if not found else [])
+        if found:
+            return found
+        return [re.sub(r"^stages\[(\d+)\]\.(\w+)", lambda m: self._cell(int(m[1]), m[2]), line)
+                for line in super().problems()]
 
 
 class HardwarePage(_Page):

@@ -32,10 +32,15 @@ def test_ctrl_enter_previews_and_the_gallery(window, qtbot):
 
 
 def test_queue_three_and_cancel_the_middle_one(window, qtbot):
+    buttons = window.generate.queue.buttons
+    assert not any(button.isEnabled() for button in buttons.values())  # an empty queue offers nothing
     for prompt in ("first job", "second job", "third job"):
         generate(window, qtbot, prompt)
     middle = window.client.worker.pending[-2]
     window.generate.queue.select(middle.id)
+    # the first waiting job: it can go down, not up; the running one can be stopped
+    assert {key for key, button in buttons.items() if button.isEnabled()} == {"down", "cancel", "cancel waiting",
+                                                                               "stop"}
     window.generate.queue.cancel_selected()
     wait_idle(window, qtbot)
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)

@@ -208,3 +208,22 @@ def test_a_killed_app_keeps_what_was_typed(tmp_path):
                             text=True)
     assert result.returncode == -9, result.stderr[-2000:]
     assert read_captions(folder / "scene-00000.png")[-1].endswith("typed just before the crash")
+
+
+def test_a_selected_thumbnail_keeps_its_colours(window, panel, qtbot, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "black"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (15, 15, 15)).save(folder / "night.png")
+    panel.open_folder(folder)
+    index = panel.model.index(0)
+    panel.list.setCurrentIndex(index)
+    qtbot.waitUntil(lambda: panel.model.loader.get(str(folder / "night.png"), panel.list.iconSize().width())
+                    is not None)
+    panel.list.viewport().update()
+    rect = panel.list.visualRect(index)
+    # Qt's default tints a selected item's picture with the selection colour (black showed navy)
+    picture = panel.list.viewport().grab().toImage().pixelColor(rect.left() + 12, rect.center().y())
+    assert panel.list.selectionModel().isSelected(index)
+    assert (picture.red(), picture.green(), picture.blue()) == (15, 15, 15)

@@ -101,9 +101,10 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     def set_cell(row, field, text):
         stages.table.item(row, column[field]).setText(text)
 
-    for field, text, message in (("steps", "0", "stages[0].steps"), ("batch_size", "12", "not a multiple"),
-                                 ("lr", "nan", "stages[0].lr"), ("lr", "-1", "stages[0].lr"),
-                                 ("steps", "ten", "not a int number")):
+    # the trainer's own rules, each named by the table's row and column
+    for field, text, message in (("steps", "0", "Stage 1, Steps"), ("batch_size", "12", "not a multiple"),
+                                 ("lr", "nan", "Stage 1, Learning rate"), ("lr", "-1", "Stage 1, Learning rate"),
+                                 ("steps", "ten", "Stage 1, Steps: 'ten' is not a whole number")):
         original = stages.table.item(0, column[field]).text()
         set_cell(0, field, text)
         refused(stages, qtbot, message)
@@ -111,7 +112,7 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     stages._add()
     last = stages.table.rowCount() - 1
     set_cell(last, "resolution", "32")  # smaller than the stage before
-    refused(stages, qtbot, f"stages[{last}].resolution")
+    refused(stages, qtbot, f"Stage {last + 1}, Resolution")
     stages.table.selectRow(last)
     stages._remove()
     advance(wizard, qtbot, 1)
