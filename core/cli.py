@@ -23,7 +23,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description="Lumina-Image 2.0 on your own machine.")
+    parser = OneLineParser(prog=PROG, description="Lumina-Image 2.0 on your own machine. Run `lumina-studio` "
+                           "without a command to open the app.")
     commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
     gen = commands.add_parser("generate", help="make images from a prompt")
@@ -117,17 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="measure prompt alignment on prompts from the scene world")
     evaluate.add_argument("--model", default="demo", help="a model path or registered name (default: demo)")
     evaluate.add_argument("--count", type=int, default=200, help="prompts (about 40%% with two shapes)")
-    evaluate.add_argument("--seed", type=int, default=1000)
-    evaluate.add_argument("--steps", type=int)
-    evaluate.add_argument("--guidance", type=float, default=4.0)
-    evaluate.add_argument("--cache", default="off")
+    evaluate.add_argument("--seed", type=int, default=1000,
+                          help="the first scene's seed; the default's prompts are held out of the demo's training")
+    evaluate.add_argument("--steps", type=int, help="sampling steps (default: the model's own)")
+    evaluate.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    evaluate.add_argument("--cache", default="off", help="step cache, as for generate")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--out", help="also save the generated images here")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    models = commands.add_parser("models", help="list, add or remove models")
-    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=OneLineParser)
-    model_commands.add_parser("list", help="list registered models")
+    models = commands.add_parser("models", help="list (the default), add or remove models")
+    model_commands = models.add_subparsers(dest="models_command", parser_class=OneLineParser)
+    model_commands.add_parser("list", help="list the models: the built-in demo, then the ones added")
     add = model_commands.add_parser("add", help="register a diffusers folder or a single-file DiT")
     add.add_argument("path")
     add.add_argument("--name")
@@ -249,15 +251,15 @@ def run_export(args) -> int:
 
 
 def run_models(args) -> int:
-    from .models.registry import add_model, list_models, remove_model
+    from .models.registry import add_model, available_models, list_models, remove_model
     from .storage import human_size
 
-    if args.models_command == "list":
-        entries = list_models()
-        if not entries:
-            print("No models registered. Add one with: lumina-studio models add PATH")
-        for entry in entries:
-            print(f"{entry['name']}\t{entry['kind']}\t{human_size(entry.get('size_bytes', 0))}\t{entry['path']}")
+    if args.models_command in (None, "list"):
+        for entry in available_models():
+            size = human_size(entry["size_bytes"]) if "size_bytes" in entry else "-"
+            print(f"{entry['name']}\t{entry['kind']}\t{size}\t{entry['path']}")
+        if not list_models():
+            print("No models added yet. Add one with: lumina-studio models add PATH", file=sys.stderr)
     elif args.models_command == "add":
         entry = add_model(args.path, args.name, args.components)
         print(f"Added '{entry['name']}' ({entry['kind']}, {human_size(entry['size_bytes'])} of DiT weights).")

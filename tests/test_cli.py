@@ -127,10 +127,12 @@ def test_unwritable_output_folder(capsys, tiny_model, tmp_path):
 
 
 def test_models_commands(capsys, tiny_model):
+    code, out, err = run_cli(capsys, "models")  # a bare `models` lists them, the built-in demo first
+    assert code == 0 and out.startswith("demo\tbuilt-in\t-\t") and "No models added yet" in err
     code, out, _ = run_cli(capsys, "models", "add", str(tiny_model), "--name", "tiny")
     assert code == 0 and "Added 'tiny'" in out
-    code, out, _ = run_cli(capsys, "models", "list")
-    assert out.startswith("tiny\tdiffusers")
+    code, out, err = run_cli(capsys, "models", "list")
+    assert out.splitlines()[1].startswith("tiny\tdiffusers") and not err
     code, out, err = run_cli(capsys, "generate", "a cat", "--model", "tiny", *SMALL, "--json")
     assert code == 0, err
 
