@@ -41,9 +41,9 @@ PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train
 DEFAULT_PRESET = "demo-scenes-64.toml"
 STAGE_FIELDS = (("name", str), ("resolution", int), ("steps", int), ("batch_size", int), ("micro_batch_size", int),
                 ("lr", float), ("warmup_steps", int), ("lr_schedule", str), ("caption_dropout", float),
-                ("sample_every", int), ("checkpoint_every", int))
+                ("sample_every", int), ("checkpoint_every", int), ("datasets", list))
 STAGE_LABELS = ("Name", "Resolution", "Steps", "Batch", "Micro-batch", "Learning rate", "Warm-up", "Schedule",
-                "Caption dropout", "Sample every", "Checkpoint every")
+                "Caption dropout", "Sample every", "Checkpoint every", "Datasets (blank: all)")
 CHECKPOINT_COPIES = 5  # one checkpoint holds the weights, two AdamW moments, the EMA and the exported model
 
 
@@ -184,6 +184,21 @@ class StartPage(_Page):
         return []
 
 
+def name_datasets(config: dict) -> None:
+    """Every dataset gets a name (its folder's or file's stem, numbered when taken) for the stages to pick it by;
+    a stage's names that no dataset has any more are dropped (an empty list trains on all of them)."""
+    taken = set()
+    for dataset in config.get("datasets", []):
+        base = dataset.get("name") or Path(str(dataset.get("path", ""))).stem or "data"
+        name = next(candidate for candidate in (base, *(f"{base}-{n}" for n in range(2, 10_000)))
+                    if candidate not in taken)
+        dataset["name"] = name
+        taken.add(name)
+    for stage in config.get("stages", []):
+        if isinstance(stage.get("datasets"), list):
+            stage["datasets"] = [name for name in stage["datasets"] if name in taken]
+
+
 def fresh_run_name(name: str) -> str:
     """`name`-date-time, free in the runs folder; an earlier run's own date and time are replaced, not kept."""
     base = re.sub(r"-\d{8}-\d{4}(-\d+)?$", "", name) or "run"
@@ -238,9 +253,9 @@ class DataPage(_Page):
 
     def _sync(self) -> None:
         old = {d["path"]: d for d in self.owner.config.get("datasets", [])}
-        template = next(iter(old.values()), {"min_side": 32})
-        self.owner.config["datasets"] = [old.get(p, {k: v for k, v in template.items() if k != "path"} | {"path": p})
-                                         for p in self.paths()]
+        template = {k: v for k, v in next(iter(old.values()), {"min_side": 32}).items() if k not in ("path", "name")}
+        self.owner.config["datasets"] = [old.get(p, template | {"path": p}) for p in self.paths()]
+        name_datasets(self.owner.config)
         self.check()
 
     def _add_folder(self) -> None:
@@ -389,22 +404,29 @@ class StagesPage(_Page):
         self._fill(self.owner.config.get("stages", []))
 
     def _fill(self, stages: list[dict]) -> None:
+        self.owner.config["stages"] = [dict(stage) for stage in stages]
         self.table.blockSignals(True)
         self.table.setRowCount(len(stages))
         for row, stage in enumerate(stages):
             for column, (name, _) in enumerate(STAGE_FIELDS):
                 default = {"lr_schedule": "constant", "warmup_steps": 0, "caption_dropout": 0.1, "sample_every": 0,
                            "checkpoint_every": 0}.get(name, "")
-                self.table.setItem(row, column, QTableWidgetItem(str(stage.get(name, default))))
+                value = stage.get(name, default)
+                text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+                self.table.setItem(row, column, QTableWidgetItem(text))
         self.table.blockSignals(False)
         self._read()
 
     def _read(self) -> None:
         stages, self.bad_cells = [], []
+        shown = self.owner.config.get("stages", [])  # the rows as last filled: what the table has no column for
         for row in range(self.table.rowCount()):
-            stage = {}
+            stage = dict(shown[row]) if row < len(shown) else {}  # (a stage's system prompt) is kept
             for column, (name, kind) in enumerate(STAGE_FIELDS):
                 text = (self.table.item(row, column).text() if self.table.item(row, column) else "").strip()
+                if kind is list:  # dataset names, comma-separated
+                    stage[name] = [part.strip() for part in text.split(",") if part.strip()]
+                    continue
                 try:
                     stage[name] = kind(text)
                 except ValueError:
@@ -722,8 +744,10 @@ class TrainWizard(QWizard):
 
     def load(self, path: Path) -> None:
         config = tomllib.loads(path.read_text(encoding="utf-8"))
-        if self.dataset is not None:
-            config["datasets"] = [{**(config.get("datasets") or [{}])[0], "path": str(self.dataset)}]
+        if self.dataset is not None:  # the folder handed over replaces the preset's datasets, with the first's settings
+            first = {k: v for k, v in (config.get("datasets") or [{}])[0].items() if k != "name"}
+            config["datasets"] = [first | {"path": str(self.dataset)}]
+        name_datasets(config)
         self.config = config
 
     def gpu_args(self) -> list[str]:

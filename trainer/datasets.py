@@ -37,6 +37,9 @@ class DatasetReport:
     no_caption: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # "path: why"
     too_small: list[str] = field(default_factory=list)
+    # Used, but worth a look: images of one name with another extension read one caption file, and an image
+    # listed twice (a .jsonl) trains twice as often.
+    same_name: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -62,6 +65,7 @@ def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[l
         raise ConfigError(str(exc)) from None
     report.no_caption, report.unreadable = listing.no_caption, listing.unreadable
     pairs = listing.pairs
+    report.same_name = same_names([image for image, _ in pairs])
     prompt_name = listing.default_prompt if config.system_prompt == "auto" else config.system_prompt
     system_prompt = system_prompt_text(prompt_name)
 
@@ -85,6 +89,15 @@ def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[l
         items.extend(Item(image_path, captions, system_prompt, name, width, height) for _ in range(config.repeats))
     report.items = len(items) // config.repeats
     return items, report
+
+
+def same_names(images: list[Path]) -> list[str]:
+    """The groups of images that share a name but for the extension (so one caption file), or one path
+    listed more than once; one line per group."""
+    groups: dict[Path, list[Path]] = {}
+    for image in images:
+        groups.setdefault(Path(image).with_suffix(""), []).append(Path(image))
+    return [", ".join(str(image) for image in group) for group in groups.values() if len(group) > 1]
 
 
 def stage_items(stage: StageConfig, items: list[Item]) -> list[Item]:
@@ -138,7 +151,8 @@ def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, 
         lines.append(f"dataset '{report.name}' ({report.format}, {report.path}): {report.items} usable, "
                      f"{report.skipped} skipped")
         for label, entries in (("without a caption", report.no_caption), ("unreadable", report.unreadable),
-                               ("too small", report.too_small)):
+                               ("too small", report.too_small),
+                               ("sharing a name (all used: one caption file between them, or listed twice)", report.same_name)):
             if entries:
                 lines.append(f"  {len(entries)} {label}:")
                 lines.extend(f"    {entry}" for entry in entries[:shown])

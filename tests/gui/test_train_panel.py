@@ -18,7 +18,7 @@ import torch
 from PySide6.QtWidgets import QMessageBox
 from safetensors.torch import save_file
 
-from app.train_wizard import STAGE_FIELDS
+from app.train_wizard import STAGE_FIELDS, name_datasets
 from core.models.registry import demo_source
 from core.scenes.world import write_dataset
 from fake_gpus import fake_nvidia_smi
@@ -132,6 +132,36 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     assert "free in" in samples.disk.text()
     wizard.reject()
     assert not (runs_dir() / "good-name").exists()  # a cancelled wizard leaves no folder
+
+
+def test_stages_name_their_datasets_and_keep_what_the_table_does_not_show(window, qtbot, tmp_path):
+    from app.train_wizard import PRESETS
+
+    # the authors' preset trains its last stage on a dataset named "hq"; the folder handed over (as "Train on
+    # this dataset" does) replaces its datasets, so every stage trains on that folder
+    wizard = wizard_for(window, scenes(tmp_path / "scenes", 8))
+    start = wizard.currentPage()
+    start.preset.setCurrentIndex(start.preset.findData(str(PRESETS / "authors-256-1024-hq.toml")))
+    advance(wizard, qtbot, 2)
+    model = wizard.currentPage()
+    model.model.setCurrentIndex(model.model.findData("demo"))
+    advance(wizard, qtbot, 1)
+    stages = wizard.currentPage()
+    column = [name for name, _ in STAGE_FIELDS].index("datasets")
+    assert [stages.table.item(row, column).text() for row in range(3)] == ["", "", ""]
+    assert wizard.config["datasets"][0]["name"] == "scenes"
+    stages.table.item(2, column).setText("hq")
+    refused(stages, qtbot, "Stage 3, Datasets (blank: all): no dataset is named 'hq'")
+    stages.table.item(2, column).setText("scenes")
+    stages.table.item(2, 0).setText("polish")
+    qtbot.waitUntil(lambda: "no dataset is named" not in stages.problem.text())
+    last = wizard.config["stages"][2]  # an edited row keeps what the table has no column for
+    assert last["name"] == "polish" and last["datasets"] == ["scenes"] and last["system_prompt"] == "dataset"
+    wizard.reject()
+    config = {"datasets": [{"path": "/a/photos"}, {"path": "/b/photos"}], "stages": [{"datasets": ["photos-2", "gone"]}]}
+    name_datasets(config)  # two folders of one name, as the datasets page adds them
+    assert [d["name"] for d in config["datasets"]] == ["photos", "photos-2"]
+    assert config["stages"][0]["datasets"] == ["photos-2"]
 
 
 def test_the_dataset_check_can_be_stopped_and_run_again(window, qtbot, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,19 @@ def test_folder_dataset_reports_and_skips_bad_items(tmp_path):
     assert "40x200 (min_side is 64)" in report.too_small[0]
     text = format_report([report], {"low": bucket_histogram(items, 256)})
     assert "2 usable, 4 skipped" in text and "2 without a caption" in text and "stage 'low' buckets:" in text
+    assert report.same_name == [] and "sharing a name" not in text
+
+
+def test_images_sharing_one_caption_file_are_reported(tmp_path):
+    folder = tmp_path / "data"
+    save_image(folder / "cat.png").with_suffix(".txt").write_text("a red box")
+    save_image(folder / "cat.jpg")  # reads cat.txt too: one caption for two pictures
+    save_image(folder / "dog.png").with_suffix(".txt").write_text("another")
+    items, report = read_dataset(DatasetConfig(path=str(folder)), 0)
+    assert report.items == 3 and report.skipped == 0  # both are used, and said so
+    [group] = report.same_name
+    assert sorted(Path(part).name for part in group.split(", ")) == ["cat.jpg", "cat.png"]
+    assert "1 sharing a name" in format_report([report], {})
 
 
 def test_truncated_images_are_unreadable_before_the_run_starts(tmp_path):
