@@ -419,9 +419,9 @@ class StagesPage(_Page):
 
     def _read(self) -> None:
         stages, self.bad_cells = [], []
-        shown = self.owner.config.get("stages", [])  # the rows as last filled: what the table has no column for
+        shown = self.owner.config.get("stages", [])  # the rows as last filled
         for row in range(self.table.rowCount()):
-            stage = dict(shown[row]) if row < len(shown) else {}  # (a stage's system prompt) is kept
+            stage = dict(shown[row]) if row < len(shown) else {}  # keeps what has no column (its system prompt)
             for column, (name, kind) in enumerate(STAGE_FIELDS):
                 text = (self.table.item(row, column).text() if self.table.item(row, column) else "").strip()
                 if kind is list:  # dataset names, comma-separated

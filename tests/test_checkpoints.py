@@ -166,6 +166,7 @@ def test_wrong_text_encoder(tiny_model, tmp_path):
 @pytest.mark.parametrize("tensors, message", [
     ({"cap_embedder.0.weight": (4, 4)}, "incomplete"),
     ({"cap_embedder.0.weight": (4, 4), "x_embedder.weight": (8,)}, "shapes"),
+    ({"cap_embedder.0.weight": (4, 4), "x_embedder.weight": (8, 16), "layers.0.attention.qkv.weight": ()}, "shapes"),
     ({"time_caption_embed.caption_embedder.0.weight": (4,), "x_embedder.weight": (8,),
       "layers.0.attn.norm_q.weight": (), "layers.0.attn.to_q.weight": (8, 8), "layers.0.attn.to_k.weight": (8, 8),
       "layers.0.feed_forward.linear_1.weight": (8, 8), "norm_out.linear_2.weight": (8, 8)}, "shapes"),

@@ -181,7 +181,10 @@ def header_tensors(file: Path) -> dict[str, HeaderTensor]:
         tensors = {name: HeaderTensor(entry["shape"]) for name, entry in safetensors_header(file).items()}
     except (KeyError, TypeError, ValueError):
         raise ModelLoadError(f"{file} is not a readable .safetensors file (a tensor entry has no shape).") from None
-    return to_diffusers_layout(tensors)
+    try:
+        return to_diffusers_layout(tensors)
+    except IndexError:  # a fused qkv of no rank
+        raise ModelLoadError(f"{file}: its tensors do not have the shapes of a Lumina-Image 2.0 DiT.") from None
 
 
 def known_architecture(source: ModelSource) -> NextDiTConfig | None:
