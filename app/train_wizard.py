@@ -145,7 +145,8 @@ class StartPage(_Page):
         source = (self.preset if self.from_preset.isChecked() else self.earlier).currentData()
         if not resuming and source:
             self.owner.load(Path(source))
-            self.name.setText(fresh_run_name(self.owner.config.get("name", "run")))
+            self.owner.config["name"] = fresh_run_name(self.owner.config.get("name", "run"))
+            self.name.setText(self.owner.config["name"])  # set in the config first: the same text emits nothing
         self._describe_folder()
         self.changed()
 

@@ -198,6 +198,8 @@ def test_start_page_offers_only_what_there_is_and_names_runs_afresh(window, qtbo
     assert start.earlier.currentData() == str(earlier.config)
     # the earlier run's own date is replaced, not kept, and a taken name gets a number
     assert start.name.text() in {f"demo-scenes-64-{minute}-2" for minute in minutes}, start.name.text()
+    # the same name as the preset gave (no textChanged) still replaces the earlier run's, which is taken
+    assert wizard.config["name"] == start.name.text() and start.isComplete()
     wizard.reject()
 
 
