@@ -416,6 +416,7 @@ class StagesPage(_Page):
                 text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
                 self.table.setItem(row, column, QTableWidgetItem(text))
         self.table.blockSignals(False)
+        self.table.resizeColumnsToContents()  # every column in view, the Datasets one too
         self._read()
 
     def _read(self) -> None:
