@@ -292,8 +292,12 @@ class GeneratePanel(QWidget):
         return list(dict.fromkeys(w for w in prompt_words(self.prompt.toPlainText()) if w not in known))
 
     def _on_started(self, job_id: int) -> None:
-        self.parameters.setText(f"Generating job #{job_id}…")
+        job = next((job for job, _ in self.client.jobs() if job.id == job_id), None)
         self.progress.setValue(0)
+        if job is not None and "request" not in job.payload:  # the backend measurement: no image, no preview
+            self.progress.setFormat(f"Job #{job_id}: {job.label}…")
+            return
+        self.parameters.setText(f"Generating job #{job_id}…")
         self.progress.setFormat(f"Job #{job_id}: starting…")
 
     def _on_progress(self, event) -> None:

@@ -152,6 +152,7 @@ class MainWindow(QMainWindow):
         self.client.crashed.connect(lambda message: self.show_banner(message + self._log_hint(), True))
         self.client.result.connect(self._result)
         self.client.finished.connect(self._job_finished)
+        self.client.queue_changed.connect(self._measurement_makes_way)
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -214,6 +215,14 @@ class MainWindow(QMainWindow):
         elif job_id == self._measure_job and self._switch_when_idle and not self.client.busy:
             self._switch_when_idle = False
             self.start_engine()
+
+    def _measurement_makes_way(self) -> None:
+        """The backend measurement never holds up a person's image (exporting a large model's graphs takes
+        minutes): a job that arrives while it runs stops it, and it is tried again when the queue is empty."""
+        jobs = self.client.jobs()
+        if self._measure_job is not None and len(jobs) > 1 and jobs[0][1] and jobs[0][0].id == self._measure_job:
+            job, self._measure_job, self._measure_wanted = self._measure_job, None, True
+            self.client.cancel(job)
 
     def _use_settings(self, settings: dict) -> None:
         self.generate.apply_values(settings)

@@ -24,7 +24,7 @@ from .backends.denoiser import StagedDenoiser
 from .backends.onnx_backend import OrtStages
 from .backends.torch_backend import TorchStages
 from .devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
-from .errors import DeviceError, ModelLoadError, RequestError
+from .errors import Cancelled, DeviceError, ModelLoadError, RequestError
 from .metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
 from .models import loader
 from .models.nextdit import NextDiTConfig
@@ -155,13 +155,21 @@ class Engine:
     def _choice_key(self) -> str:
         return choice.choice_key(self.hash, self.device, dtype_name(self.dtype))
 
-    def measure_backends(self) -> str:
-        """Time both backends here for this model (exporting ONNX graphs if needed); remember the faster."""
+    def measure_backends(self, should_stop: Callable[[], bool] = lambda: False) -> str:
+        """Time both backends here for this model (exporting ONNX graphs if needed); remember the faster.
+        `should_stop()` is asked between the parts (and between exported graphs): Cancelled when it says so."""
+
+        def check() -> None:
+            if should_stop():
+                raise Cancelled("The backend measurement was stopped.")
+
         key = self._choice_key()
         dit = loader.load_dit(self.source, self.dtype, self.device)
+        check()
         timings = {"torch": choice.seconds_per_pass(TorchStages(dit), dit.config, self.device)}
         del dit
-        folder = self._onnx_graphs()
+        check()
+        folder = self._onnx_graphs(before_each_graph=check)
         config = self._onnx_config(folder)
         timings["onnx"] = choice.seconds_per_pass(OrtStages(folder, config, self.device), config, self.device)
         self.backend_measured = True
@@ -171,13 +179,19 @@ class Engine:
     def _onnx_config(folder: Path) -> NextDiTConfig:
         return NextDiTConfig.from_dict(json.loads((folder / "manifest.json").read_text())["config"])
 
-    def _onnx_graphs(self) -> Path:
+    def _onnx_graphs(self, before_each_graph: Callable[[], None] = lambda: None) -> Path:
         """The exported graphs for this model and precision, exported now if not cached yet."""
         precision = dtype_name(self.dtype)
         folder = onnx_export.cache_folder(self.hash, precision)
         if not onnx_export.is_complete(folder):
             dit = loader.load_dit(self.source, self.dtype, torch.device("cpu"))
-            onnx_export.export_graphs(dit, folder, precision, progress=self.on_export)
+
+            def progress(done: int, name: str | None) -> None:
+                before_each_graph()  # raising here leaves no partial export (it is written to a temp folder)
+                if self.on_export is not None:
+                    self.on_export(done, name)
+
+            onnx_export.export_graphs(dit, folder, precision, progress=progress)
             del dit
         return folder
 

@@ -48,7 +48,7 @@ class GenerationService(Service):
         from .request import GenerationRequest
 
         if job.payload.get("kind") == "measure_backends":
-            report.emit(EventType.RESULT, backend_choice=self.engine.measure_backends())
+            report.emit(EventType.RESULT, backend_choice=self.engine.measure_backends(report.should_stop))
             return
 
         request = GenerationRequest(**job.payload["request"])

@@ -110,3 +110,16 @@ def test_the_apps_auto_backend_starts_on_torch_at_once_and_measures_on_request(t
     again = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
     again.load()
     assert again.backend == best and again.backend_measured
+
+
+def test_a_stopped_measurement_leaves_no_export_behind(tiny_model, data_home):
+    from core.errors import Cancelled
+
+    engine = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
+    engine.load()
+    asked = []
+    with pytest.raises(Cancelled):  # stopped at the first graph's export, once PyTorch was timed
+        engine.measure_backends(lambda: asked.append(1) or len(asked) > 2)
+    assert len(asked) == 3 and not engine.backend_measured
+    cache = data_home / "cache" / "onnx"
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # neither a partial export nor its temp folder

@@ -265,3 +265,31 @@ def test_the_demo_model_warns_about_words_it_does_not_know(qtbot, data_home):
     win.generate.prompt.setPlainText("a red circle on the left, white background")
     qtbot.waitUntil(lambda: "does not know" not in win.generate.tokens.text()
                     and "tokens" in win.generate.tokens.text(), timeout=10_000)
+
+
+def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
+    import json
+
+    from app.main_window import MainWindow, settings_store
+    from app_helpers import SMALL
+
+    settings_store().setValue("form", json.dumps({**SMALL, "backend": "auto"}))  # auto, never measured here
+    win = MainWindow(device="cpu")
+    qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
+    qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
+    seen = []
+    win.client.started.connect(lambda job: seen.append(("started", job)))
+    win.client.finished.connect(lambda job, outcome, _: seen.append((outcome, job)))
+    win.client.result.connect(lambda event: seen.append(("measured", event.job))
+                              if "backend_choice" in event.data else None)
+    generate(win, qtbot, "first")
+    qtbot.waitUntil(lambda: win._measure_job is not None, timeout=120_000)  # it follows the first image
+    measurement = win._measure_job
+    qtbot.waitUntil(lambda: ("started", measurement) in seen, timeout=30_000)
+    generate(win, qtbot, "second")  # a person's image while it exports and times the graphs
+    second = win.client.jobs()[-1][0].id
+    qtbot.waitUntil(lambda: ("done", second) in seen, timeout=120_000)
+    assert ("cancelled", measurement) in seen and seen.index(("cancelled", measurement)) < seen.index(("done", second))
+    qtbot.waitUntil(lambda: any(kind == "measured" for kind, _ in seen), timeout=300_000)  # then again, idle
+    measured = next(i for i, (kind, _) in enumerate(seen) if kind == "measured")
+    assert measured > seen.index(("done", second))
