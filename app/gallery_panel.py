@@ -249,6 +249,10 @@ class GalleryPanel(QWidget):
             actions.addWidget(button)
             buttons[label] = button
         self.star_button = buttons["★ Star"]
+        self.action_buttons = list(buttons.values())  # each acts on the selection: off while there is none
+        for button in self.action_buttons:
+            button.setEnabled(False)
+        self.model.modelReset.connect(self._show_details)  # a reset drops the selection without a signal
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.addWidget(self.detail_image, 1)
@@ -370,6 +374,8 @@ class GalleryPanel(QWidget):
         entries = self.selected()
         starred = bool(entries) and all(e.favourite for e in entries)
         self.star_button.setText("☆ Unstar" if starred else "★ Star")
+        for button in self.action_buttons:
+            button.setEnabled(bool(entries))
         if not entries:
             self.detail_image.clear_image()
             self.details.clear()

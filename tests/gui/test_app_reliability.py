@@ -46,10 +46,13 @@ def test_deleting_images_whose_file_is_gone_and_undo(window, qtbot):
     messages = []
     window.gallery.status.connect(messages.append)
     window.gallery.model.entries[1].path.unlink()
+    assert not any(button.isEnabled() for button in window.gallery.action_buttons)  # nothing selected yet
     window.gallery.select_all()
+    assert all(button.isEnabled() for button in window.gallery.action_buttons)
     window.gallery.delete_selected()
     assert "Moved 2 image(s)" in messages[-1] and "no longer on disk" in messages[-1]
     assert window.gallery.model.rowCount() == 0
+    assert not any(button.isEnabled() for button in window.gallery.action_buttons)
     window.gallery.undo_delete()
     assert "Restored 2 image(s)" in messages[-1]
     assert sorted(e.prompt for e in window.gallery.model.entries) == ["one", "three"]
