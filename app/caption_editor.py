@@ -16,6 +16,8 @@ from core.caption_state import HAND
 from core.prompts import MAX_TOKENS
 
 COMMIT_MS = 400
+NO_CAPTION = "No caption yet. Type one (each line is an alternative caption), or caption the image with a model."
+NO_IMAGE = "The captions of the image you select appear here."
 
 
 class _Text(QPlainTextEdit):
@@ -36,8 +38,7 @@ class CaptionEditor(QWidget):
         self._sources: dict[str, dict] = {}
         self._count = None
         self.text = _Text()
-        self.text.setPlaceholderText("No caption yet. Type one (each line is an alternative caption), or caption "
-                                     "the image with a model.")
+        self.text.setPlaceholderText(NO_IMAGE)
         self.text.setWordWrapMode(QTextOption.WrapAtWordBoundaryOrAnywhere)
         self.info = QLabel()
         self.info.setWordWrap(True)
@@ -65,6 +66,7 @@ class CaptionEditor(QWidget):
         self.text.setPlainText("\n".join(captions))
         self.text.blockSignals(False)
         self.text.setReadOnly(not writable or image is None)
+        self.text.setPlaceholderText(NO_CAPTION if image is not None else NO_IMAGE)
         self._describe()
 
     def lines(self) -> list[str]:
