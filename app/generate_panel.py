@@ -19,7 +19,7 @@ from core.prompts import SYSTEM_PROMPTS
 from core.request import COMPAT_NAMES, MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
 from core.models.registry import DEMO_NAME
-from core.scenes.world import known_words, prompt_words
+from core.scenes.world import vocabulary_warning
 from core.sizes import trained_sizes
 from core.storage import library_dir
 
@@ -275,21 +275,19 @@ class GeneratePanel(QWidget):
         if answer["request"] != self._token_request or "count" not in answer:
             return
         count, limit = answer["count"], answer["limit"]
-        unknown = self._unknown_to_demo()
+        unknown = self._vocabulary_warning()
         if count > limit:
             self.tokens.setText(f"{count} / {limit} tokens — the end of the prompt will be cut off")
         elif unknown:
-            self.tokens.setText(f"{count} / {limit} tokens. The demo model knows only its world's words (colours, "
-                                f"shapes, places, backgrounds); it does not know: {', '.join(unknown[:8])}")
+            self.tokens.setText(f"{count} / {limit} tokens. {unknown}")
         else:
             self.tokens.setText(f"{count} / {limit} tokens (system prompt included)")
         self.tokens.setStyleSheet("color: #c0392b;" if count > limit or unknown else "")
 
-    def _unknown_to_demo(self) -> list[str]:
+    def _vocabulary_warning(self) -> str:
         if self.client.info.get("model", {}).get("name") != DEMO_NAME:
-            return []
-        known = known_words()
-        return list(dict.fromkeys(w for w in prompt_words(self.prompt.toPlainText()) if w not in known))
+            return ""
+        return vocabulary_warning(self.prompt.toPlainText())
 
     def _on_started(self, job_id: int) -> None:
         job = next((job for job, _ in self.client.jobs() if job.id == job_id), None)

@@ -28,7 +28,8 @@ from PySide6.QtWidgets import (
 from core.errors import LuminaError
 from core.gpus import GPU, nvidia_gpus
 from core.models.layouts import header_tensors, known_architecture
-from core.models.registry import available_models, find_model
+from core.models.registry import DEMO_NAME, available_models, find_model
+from core.scenes.world import vocabulary_warning
 from core.storage import human_size, runs_dir
 from trainer.config import ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
@@ -588,10 +589,13 @@ class SamplesPage(_Page):
         self.keep.setRange(1, 100)
         self.disk = QLabel()
         self.disk.setWordWrap(True)
+        self.words = QLabel()  # the demo's vocabulary: a sample of words it never saw shows nothing of them
+        self.words.setWordWrap(True)
         self.prompts.textChanged.connect(self._read)
         self.keep.valueChanged.connect(self._read)
         form = QFormLayout(self)
         form.addRow("Sample prompts", self.prompts)
+        form.addRow("", self.words)
         form.addRow("Checkpoints to keep", self.keep)
         form.addRow("", self.disk)
         form.addRow(self.problem)
@@ -615,6 +619,9 @@ class SamplesPage(_Page):
         if sampling and not self.owner.config.get("samples", {}).get("prompts"):
             found.append("A stage samples every few steps, but there is no sample prompt: add one, or set the "
                          "stages' 'Sample every' to 0.")
+        demo = self.owner.config.get("base_model") == DEMO_NAME
+        self.words.setText(vocabulary_warning(" ".join(self.owner.config.get("samples", {}).get("prompts", [])))
+                           if demo else "")
         need, free = disk_needed(self.owner.config), disk_free()
         self.disk.setText(f"Disk: about {human_size(need)} for {self.keep.value()} checkpoint(s); "
                           f"{human_size(free)} free in {runs_dir()}.")

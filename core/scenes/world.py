@@ -178,6 +178,16 @@ def prompt_words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
+def vocabulary_warning(text: str) -> str:
+    """What to tell a person whose prompt for the demo model has words it was never shown ("" if none)."""
+    known = known_words()
+    unknown = list(dict.fromkeys(word for word in prompt_words(text) if word not in known))
+    if not unknown:
+        return ""
+    return ("The demo model knows only its world's words (colours, shapes, places, backgrounds); it does not "
+            f"know: {', '.join(unknown[:8])}")
+
+
 def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_progress=None) -> int:
     """Draw `count` scenes into `folder` as PNGs with `.txt` captions beside them; returns the count."""
     from pathlib import Path

@@ -127,8 +127,11 @@ def test_each_wizard_page_refuses_its_bad_inputs(window, qtbot, tmp_path):
     samples = wizard.currentPage()
     samples.prompts.setPlainText("")
     refused(samples, qtbot, "there is no sample prompt")
-    samples.prompts.setPlainText("a red circle on the left")
+    samples.prompts.setPlainText("a lighthouse at dusk")  # allowed, but the demo model draws nothing of it
     qtbot.waitUntil(samples.isComplete)
+    assert "does not know: lighthouse, dusk" in samples.words.text()
+    samples.prompts.setPlainText("a red circle on the left")
+    qtbot.waitUntil(lambda: samples.isComplete() and samples.words.text() == "")
     assert "free in" in samples.disk.text()
     wizard.reject()
     assert not (runs_dir() / "good-name").exists()  # a cancelled wizard leaves no folder
