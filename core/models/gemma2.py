@@ -86,6 +86,9 @@ class Gemma2Settings:
 
 
 class RMSNorm(nn.Module):
+    """Gemma's RMS norm: the weight is stored as an offset from 1 (zero-initialised, scaled by 1 + weight),
+    unlike the DiT's norm in nextdit.py, which scales by the weight itself."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
