@@ -403,6 +403,10 @@ class StagesPage(_Page):
         layout.addWidget(self.problem)
 
     def initializePage(self) -> None:  # noqa: N802
+        names = ", ".join(d.get("name", "") for d in self.owner.config.get("datasets", []))
+        column = [name for name, _ in STAGE_FIELDS].index("datasets")
+        self.table.horizontalHeaderItem(column).setToolTip(
+            f"The datasets this stage trains on, by name, comma-separated ({names}); blank: all of them")
         self._fill(self.owner.config.get("stages", []))
 
     def _fill(self, stages: list[dict]) -> None:

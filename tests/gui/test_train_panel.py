@@ -153,6 +153,7 @@ def test_stages_name_their_datasets_and_keep_what_the_table_does_not_show(window
     column = [name for name, _ in STAGE_FIELDS].index("datasets")
     assert [stages.table.item(row, column).text() for row in range(3)] == ["", "", ""]
     assert wizard.config["datasets"][0]["name"] == "scenes"
+    assert "(scenes)" in stages.table.horizontalHeaderItem(column).toolTip()  # the names to choose from
     stages.table.item(2, column).setText("hq")
     refused(stages, qtbot, "Stage 3, Datasets (blank: all): no dataset is named 'hq'")
     stages.table.item(2, column).setText("scenes")
