@@ -187,7 +187,8 @@ class Engine:
             dit = loader.load_dit(self.source, self.dtype, torch.device("cpu"))
 
             def progress(done: int, name: str | None) -> None:
-                before_each_graph()  # raising here leaves no partial export (it is written to a temp folder)
+                if name is not None:  # raising here leaves no partial export (it is written to a temp folder)
+                    before_each_graph()
                 if self.on_export is not None:
                     self.on_export(done, name)
 
