@@ -9,6 +9,7 @@ estimate) before Launch is allowed, so the config launched is one `lumina-studio
 from __future__ import annotations
 
 import html
+import itertools
 import os
 import re
 import shlex
@@ -45,6 +46,7 @@ STAGE_FIELDS = (("name", str), ("resolution", int), ("steps", int), ("batch_size
                 ("sample_every", int), ("checkpoint_every", int), ("datasets", list))
 STAGE_LABELS = ("Name", "Resolution", "Steps", "Batch", "Micro-batch", "Learning rate", "Warm-up", "Schedule",
                 "Caption dropout", "Sample every", "Checkpoint every", "Datasets (blank: all)")
+STAGE_LABEL = dict(zip((name for name, _ in STAGE_FIELDS), STAGE_LABELS))
 CHECKPOINT_COPIES = 5  # one checkpoint holds the weights, two AdamW moments, the EMA and the exported model
 
 
@@ -186,28 +188,29 @@ class StartPage(_Page):
         return []
 
 
+def first_free(base: str, taken) -> str:
+    """`base`, else `base-2`, `base-3`, …: the first name `taken(name)` says is free."""
+    return next(name for name in itertools.chain([base], (f"{base}-{n}" for n in itertools.count(2)))
+                if not taken(name))
+
+
 def name_datasets(config: dict) -> None:
     """Every dataset gets a name (its folder's or file's stem, numbered when taken) for the stages to pick it by;
     a stage's names that no dataset has any more are dropped (an empty list trains on all of them)."""
-    taken = set()
+    names = set()
     for dataset in config.get("datasets", []):
         base = dataset.get("name") or Path(str(dataset.get("path", ""))).stem or "data"
-        name = next(candidate for candidate in (base, *(f"{base}-{n}" for n in range(2, 10_000)))
-                    if candidate not in taken)
-        dataset["name"] = name
-        taken.add(name)
+        dataset["name"] = first_free(base, names.__contains__)
+        names.add(dataset["name"])
     for stage in config.get("stages", []):
         if isinstance(stage.get("datasets"), list):
-            stage["datasets"] = [name for name in stage["datasets"] if name in taken]
+            stage["datasets"] = [name for name in stage["datasets"] if name in names]
 
 
 def fresh_run_name(name: str) -> str:
     """`name`-date-time, free in the runs folder; an earlier run's own date and time are replaced, not kept."""
     base = re.sub(r"-\d{8}-\d{4}(-\d+)?$", "", name) or "run"
-    stamped = f"{base}-{time.strftime('%Y%m%d-%H%M')}"
-    taken = runs_dir()
-    return next((candidate for candidate in (stamped, *(f"{stamped}-{n}" for n in range(2, 100)))
-                 if not (taken / candidate).exists()), stamped)
+    return first_free(f"{base}-{time.strftime('%Y%m%d-%H%M')}", lambda candidate: (runs_dir() / candidate).exists())
 
 
 class DataPage(_Page):
@@ -404,7 +407,7 @@ class StagesPage(_Page):
 
     def initializePage(self) -> None:  # noqa: N802
         names = ", ".join(d.get("name", "") for d in self.owner.config.get("datasets", []))
-        column = [name for name, _ in STAGE_FIELDS].index("datasets")
+        column = list(STAGE_LABEL).index("datasets")
         self.table.horizontalHeaderItem(column).setToolTip(
             f"The datasets this stage trains on, by name, comma-separated ({names}); blank: all of them")
         self._fill(self.owner.config.get("stages", []))
@@ -460,8 +463,7 @@ class StagesPage(_Page):
 
     def _cell(self, row: int, name: str) -> str:
         """How the table names a cell: 'Stage 2, Resolution' (the config says stages[1].resolution)."""
-        label = dict(zip((field for field, _ in STAGE_FIELDS), STAGE_LABELS)).get(name, name)
-        return f"Stage {row + 1}, {label}"
+        return f"Stage {row + 1}, {STAGE_LABEL.get(name, name)}"
 
     def problems(self) -> list[str]:
         found = list(getattr(self, "bad_cells", []))

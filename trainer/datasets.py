@@ -150,9 +150,9 @@ def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, 
     for report in reports:
         lines.append(f"dataset '{report.name}' ({report.format}, {report.path}): {report.items} usable, "
                      f"{report.skipped} skipped")
+        shared = "sharing a name (all used: one caption file between them, or listed twice)"
         for label, entries in (("without a caption", report.no_caption), ("unreadable", report.unreadable),
-                               ("too small", report.too_small),
-                               ("sharing a name (all used: one caption file between them, or listed twice)", report.same_name)):
+                               ("too small", report.too_small), (shared, report.same_name)):
             if entries:
                 lines.append(f"  {len(entries)} {label}:")
                 lines.extend(f"    {entry}" for entry in entries[:shown])
