@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QTextOption
-from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 from core.caption_state import HAND
 from core.prompts import MAX_TOKENS
+
+from .plain_text import escape, plain_label
 
 COMMIT_MS = 400
 NO_CAPTION = "No caption yet. Type one (each line is an alternative caption), or caption the image with a model."
@@ -30,6 +32,7 @@ class _Text(QPlainTextEdit):
 
 class CaptionEditor(QWidget):
     committed = Signal(str, list)  # image, its caption lines
+    convert = Signal(str)  # image: convert its caption file to UTF-8 (it is held read-only until then)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -49,23 +52,37 @@ class CaptionEditor(QWidget):
         self._timer.timeout.connect(self.commit)
         self.text.textChanged.connect(self._typed)
         self.text.left.connect(self.commit)
+        self.held = plain_label()  # why the captions shown cannot be edited (not UTF-8, too long)
+        self.held.setWordWrap(True)
+        self.held.hide()
+        self.convert_button = QPushButton("Convert to UTF-8 and edit")
+        self.convert_button.setToolTip("Rewrite the caption file as UTF-8 with the text shown above")
+        self.convert_button.clicked.connect(lambda: self.image and self.convert.emit(self.image))
+        self.convert_button.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.held)
+        layout.addWidget(self.convert_button)
         layout.addWidget(self.text, 1)
         layout.addWidget(self.info)
 
     def set_counter(self, count) -> None:
         self._count = count
 
-    def show_captions(self, image: str | None, captions: list[str], sources: list[dict], writable: bool) -> None:
-        """Show an image's captions (committing what was typed for the previous one first)."""
+    def show_captions(self, image: str | None, captions: list[str], sources: list[dict], writable: bool,
+                      held: str = "", convertible: bool = False) -> None:
+        """Show an image's captions (committing what was typed for the previous one first). `held`: why they
+        are shown read-only (the file is left as it is); `convertible`: offer to convert it to UTF-8."""
         self.commit()
         self.image, self._saved = image, list(captions)
         self._sources = {s["text"]: s for s in sources}
         self.text.blockSignals(True)
         self.text.setPlainText("\n".join(captions))
         self.text.blockSignals(False)
-        self.text.setReadOnly(not writable or image is None)
+        self.text.setReadOnly(not writable or image is None or bool(held))
+        self.held.setText(held)
+        self.held.setVisible(bool(held))
+        self.convert_button.setVisible(bool(held) and convertible and writable)
         self.text.setPlaceholderText(NO_CAPTION if image is not None else NO_IMAGE)
         self._describe()
 
@@ -73,7 +90,7 @@ class CaptionEditor(QWidget):
         return [" ".join(line.split()) for line in self.text.toPlainText().splitlines() if line.strip()]
 
     def pending(self) -> bool:
-        return self.image is not None and self.lines() != self._saved
+        return self.image is not None and not self.text.isReadOnly() and self.lines() != self._saved
 
     def commit(self) -> None:
         self._timer.stop()
@@ -90,7 +107,7 @@ class CaptionEditor(QWidget):
         rows = []
         for number, line in enumerate(self.lines(), start=1):
             source = self._sources.get(line)
-            origin = (f"{source['style']} · {source['source']}" if source and source["source"] != HAND
+            origin = (escape(f"{source['style']} · {source['source']}") if source and source["source"] != HAND
                       else "edited by hand")
             tokens = self._count(line) if self._count else None
             if tokens is None:

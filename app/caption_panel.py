@@ -8,6 +8,7 @@ shared queue widget. Every change is written at once and can be undone.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QThreadPool, QTimer, Signal
@@ -18,12 +19,14 @@ from PySide6.QtWidgets import (
 )
 
 from core.caption_review import CaptionDataset, Filter, ReviewError
-from core.caption_state import REVIEW_STATUSES
+from core.caption_state import REVIEW_STATUSES, damaged_state_message
 from core.captioning.service import SERVICE, CaptionerOptions
 from core.captioning.styles import STYLES
+from core.datasets import split_captions
 from core.errors import LuminaError
 
 from .background import run_in_background
+from .plain_text import escape
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
 from .caption_list import CaptionListModel
@@ -34,6 +37,7 @@ from .worker_client import WorkerClient
 
 LARGE = 1024
 RECENT = 8
+EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000  # a longer caption file is shown in part, read-only
 SERVER = "server"
 # (keys, what it does): the panel's help and its menu list these
 SHORTCUTS = (
@@ -263,6 +267,7 @@ class CaptionPanel(QWidget):
         self._filter_timer.timeout.connect(self.apply_filter)
         self.list.selectionModel().currentChanged.connect(lambda current, _: self.show_image(current.data(Qt.UserRole)))
         self.editor.committed.connect(self.edit_captions)
+        self.editor.convert.connect(self.convert_caption_file)
         self.status_buttons["approved"].clicked.connect(self.approve_and_next)
         self.status_buttons["needs fixing"].clicked.connect(lambda: self.set_status("needs fixing"))
         self.status_buttons["rejected"].clicked.connect(lambda: self.set_status("rejected"))
@@ -323,7 +328,7 @@ class CaptionPanel(QWidget):
             return
         try:
             dataset = CaptionDataset(folder, counter=self.counter)
-        except (LuminaError, OSError) as exc:
+        except (LuminaError, OSError, sqlite3.Error) as exc:
             self.show_notice(f"{folder} cannot be opened: {exc}", error=True)
             return
         if self.dataset is not None:
@@ -333,6 +338,8 @@ class CaptionPanel(QWidget):
         self._fill_recent()
         self.undo_stack.clear()
         self.show_dataset(dataset)
+        if dataset.state is not None and dataset.state.recovered is not None:
+            self.show_notice(damaged_state_message(dataset.state.recovered), error=True)
         run_in_background(lambda: dataset.load_all(lambda: self._closing or dataset is not self.dataset),
                           lambda _: self._captions_loaded(dataset),
                           lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
@@ -439,9 +446,8 @@ class CaptionPanel(QWidget):
             self.image_view.clear_image()
             self.image_label.setText("")
             return
-        sources = self.dataset.sources(image)
-        self.editor.show_captions(image, [s["text"] for s in sources], sources, self.dataset.writable)
-        self.image_label.setText(f"<b>{image}</b> · {self.dataset.status_of(image)}")
+        self._show_captions(image)
+        self.image_label.setText(f"<b>{escape(image)}</b> · {self.dataset.status_of(image)}")
         pixmap = self.loader.get(str(self.dataset.path(image)), LARGE)
         if pixmap is not None:
             self._show_large(pixmap)
@@ -501,10 +507,38 @@ class CaptionPanel(QWidget):
     def _changed(self, image: str, from_editor: bool = False) -> None:
         self.model.refresh(image)
         if image == self.current:
-            self.image_label.setText(f"<b>{image}</b> · {self.dataset.status_of(image)}")
+            self.image_label.setText(f"<b>{escape(image)}</b> · {self.dataset.status_of(image)}")
             if not from_editor:  # the editor already shows what it committed
-                sources = self.dataset.sources(image)
-                self.editor.show_captions(image, [s["text"] for s in sources], sources, self.dataset.writable)
+                self._show_captions(image)
+
+    def _show_captions(self, image: str) -> None:
+        """The image's captions in the editor; a caption file that is not UTF-8, or longer than the editor
+        holds, is shown read-only and left as it is."""
+        dataset = self.dataset
+        sources = dataset.sources(image)
+        texts = [s["text"] for s in sources]
+        held, convertible = "", False
+        if image in dataset.legacy_text:
+            texts, sources = split_captions(dataset.legacy_text[image]), []
+            held, convertible = ("This caption file is not UTF-8 text. It is shown as decoded from Windows-1252 and "
+                                 "left as it is; convert it to edit it."), True
+        elif image in dataset.unreadable:
+            held = f"This caption file cannot be read ({dataset.unreadable[image]}); it is left as it is."
+        if len(texts) > EDITOR_LINES or sum(map(len, texts)) > EDITOR_CHARACTERS:
+            held = (f"This caption file has {len(texts):,} lines ({sum(map(len, texts)):,} characters): too long to "
+                    f"edit here. The first {EDITOR_LINES} are shown; the file is left as it is.") + \
+                   (" " + held if held else "")
+            texts, convertible = [t[:EDITOR_CHARACTERS // EDITOR_LINES] for t in texts[:EDITOR_LINES]], False
+        self.editor.show_captions(image, texts, sources, dataset.writable, held, convertible)
+
+    def convert_caption_file(self, image: str) -> None:
+        try:
+            self.dataset.convert_to_utf8(image)
+        except (LuminaError, OSError) as exc:
+            self.show_notice(f"Not converted: {exc}", error=True)
+            return
+        self.status.emit(f"Converted the caption file of {image} to UTF-8.")
+        self._changed(image)
 
     def undo(self) -> None:
         self.editor.commit()

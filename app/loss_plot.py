@@ -109,8 +109,11 @@ class LossPlot(QWidget):
             return
         shown = np.log10(values) if self.log_scale else values
         lowest, highest = float(shown[keep].min()), float(shown[keep].max())
-        if highest - lowest < 1e-12:
-            lowest, highest = lowest - 0.5, highest + 0.5
+        if not highest - lowest > 1e-9 * max(1.0, abs(highest)):  # one value (1e30 + 0.5 is still 1e30)
+            pad = max(0.5, abs(highest) * 0.05)
+            lowest, highest = lowest - pad, highest + pad
+        if not math.isfinite(highest - lowest):  # values near the float limit: draw flat rather than fail
+            lowest, highest = -1.0, 1.0
         first, last = float(steps[0]), float(max(steps[-1], steps[0] + 1))
 
         def x_of(step):

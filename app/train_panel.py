@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
 
 from core.storage import runs_dir
 
+from .plain_text import escape
+
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .background import run_in_background
@@ -225,10 +227,13 @@ class TrainPanel(QWidget):
             step = f"{summary.step}/{summary.total}" if summary.total else str(summary.step or "")
             loss = f"{summary.loss:.4f}" if isinstance(summary.loss, (int, float)) else ""
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
-            for column, text in enumerate((summary.name, summary.state, summary.stage, step, loss, started,
+            state = f"{summary.state} (damaged files)" if summary.problems else summary.state
+            for column, text in enumerate((summary.name, state, summary.stage, step, loss, started,
                                            duration(summary.duration))):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, str(summary.path))
+                if summary.problems:
+                    item.setToolTip("\n".join(summary.problems))
                 self.runs.setItem(row, column, item)
             if selected is not None and summary.path == selected:
                 self.runs.selectRow(row)
@@ -384,13 +389,13 @@ class TrainPanel(QWidget):
         summary = summarise(self.run.path, launcher_running=started is not None and started.poll() is None)
         status = self.run.status()
         state = summary.state
-        parts = [f"<b>{self.run.path.name}</b> · {state}"]
+        parts = [f"<b>{escape(self.run.path.name)}</b> · {state}"]
         step = self._last_step
         if summary.total:
             parts.append(f"step {summary.step}/{summary.total} ({summary.step / summary.total:.0%})")
         if summary.stage:
             self._stages = self._stages or self._read_stages()  # a run just launched writes its config soon
-            parts.append(stage_progress(self._stages, summary.stage, summary.step))
+            parts.append(escape(stage_progress(self._stages, summary.stage, summary.step)))
         if self._catching_up:
             parts.append("reading its log…")
         if step and state == "running":
@@ -404,7 +409,9 @@ class TrainPanel(QWidget):
             text += "<br>Its processes are gone (killed, crashed or the machine restarted). Resume continues " \
                     "from the newest complete checkpoint."
         if message:
-            text += f"<br>{message}"
+            text += f"<br>{escape(message)}"
+        if summary.problems:
+            text += "<br>Damaged run files (their values are ignored): " + escape("; ".join(summary.problems))
         asked = self._stop_asked_s()
         if asked is not None and state in ACTIVE:
             text += f"<br>Stop asked {duration(asked)} ago: the run saves a checkpoint and exits." + \

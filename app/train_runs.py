@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.run_folder import EventTail, RunFolder, tail
+from trainer.run_folder import EventTail, RunFolder, clean_event, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_LOG = "launcher.log"  # what `lumina-studio train` printed: its one-line error when it never started
@@ -29,6 +29,7 @@ class RunSummary:
     loss: float | None
     started: float
     duration: float
+    problems: list[str]  # what is wrong with the run folder's files (the run is still listed)
 
 
 def summarise(folder: Path, launcher_running: bool = False) -> RunSummary:
@@ -43,9 +44,9 @@ def summarise(folder: Path, launcher_running: bool = False) -> RunSummary:
     started = status.get("started") or _mtime(run.config) or _mtime(folder)
     last = last_step(run) if "loss" not in status else {}
     end = status.get("time", started) if state not in ("running", "preparing", "stopping") else time.time()
-    return RunSummary(folder, folder.name, state, str(status.get("stage", last.get("stage", ""))),
-                      int(status.get("step", 0) or 0), int(status.get("total_steps", 0) or 0),
-                      status.get("loss", last.get("loss")), started, max(0.0, end - started))
+    return RunSummary(folder, folder.name, state, status.get("stage", last.get("stage", "")), status.get("step", 0),
+                      status.get("total_steps", 0), status.get("loss", last.get("loss")), started,
+                      max(0.0, end - started), run.problems())
 
 
 def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
@@ -60,10 +61,10 @@ def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
         return {}
     for line in reversed(lines):
         try:
-            record = json.loads(line)
+            record = clean_event(json.loads(line))
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("event") == "step":
+        if record is not None and record["event"] == "step":
             return record
     return {}
 
@@ -118,22 +119,22 @@ def resume(run_dir: Path) -> subprocess.Popen:
 
 def kill(run_dir: Path, started: subprocess.Popen | None = None) -> bool:
     """End a run's processes now (its newest complete checkpoint stays); True when there was one to end.
-    `started`: the launcher this app started, for a run that has not yet written its launcher.json."""
-    info = RunFolder(run_dir).launcher()
-    ended = False
-    groups = [info.get("group"), info.get("pid")]
+    Only process groups proven to be this run's are signalled (RunFolder.process_groups); `started` is the
+    launcher this app started (its own child, so its pid cannot be a stranger's while it is not reaped)."""
+    run = RunFolder(run_dir)
+    groups = run.process_groups()
     if started is not None and started.poll() is None:
         groups.append(started.pid)  # started in a session of its own: its pid is its group
-    for group in groups:
-        if group:
-            try:
-                os.killpg(int(group), signal.SIGKILL)
-                ended = True
-            except OSError:
-                pass
-    if info.get("pid") and not ended:  # started from a terminal: the launcher leads no group of its own
+    ended = False
+    for group in dict.fromkeys(groups):
         try:
-            os.kill(int(info["pid"]), signal.SIGKILL)
+            os.killpg(group, signal.SIGKILL)
+            ended = True
+        except OSError:
+            pass
+    if run.alive():  # the launcher itself (proven by its start time), which leads no group when run from a terminal
+        try:
+            os.kill(run.launcher()["pid"], signal.SIGKILL)
             ended = True
         except OSError:
             pass

@@ -8,6 +8,7 @@ Captions are read lazily (one `.txt` when an image is shown) or all at once in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .caption_state import HAND, REVIEW_STATUSES, CaptionState
-from .datasets import list_images, read_captions, write_captions
+from .datasets import decode_legacy, list_images, read_captions, sidecar, split_captions, write_captions
 from .errors import LuminaError
 from .storage import folder_writable, write_json_atomic, write_text_atomic
 
@@ -69,6 +70,7 @@ class CaptionDataset:
         self.status = self.state.statuses() if self.state else {}
         self._captions: dict[str, list[str]] = {}
         self.unreadable: dict[str, str] = {}  # image -> why its caption cannot be read
+        self.legacy_text: dict[str, str] = {}  # image -> its caption file decoded as Windows-1252 / Latin-1 (not UTF-8)
         self.broken: dict[str, str] = {}  # image -> why the image itself cannot be read (found by load_all)
         self._lengths: dict[str, int] = {}  # caption text -> tokens (counted once; load_all counts them all)
 
@@ -85,10 +87,28 @@ class CaptionDataset:
         if image not in self._captions:
             try:
                 self._captions[image] = read_captions(self.path(image))
-            except (OSError, UnicodeDecodeError) as exc:
-                self.unreadable[image] = str(exc)
+            except UnicodeDecodeError:
+                self.unreadable[image] = "not UTF-8 text"
+                with contextlib.suppress(OSError):
+                    self.legacy_text[image] = decode_legacy(sidecar(self.path(image)).read_bytes())
+                self._captions[image] = []
+            except OSError as exc:
+                self.unreadable[image] = exc.strerror or str(exc)
                 self._captions[image] = []
         return self._captions[image]
+
+    def convert_to_utf8(self, image: str) -> None:
+        """Rewrite a caption file that is not UTF-8 as UTF-8, with the text it shows decoded (its one way to
+        become editable: it is never overwritten otherwise)."""
+        if image not in self.legacy_text:
+            raise ReviewError(f"{image}'s caption file is not one to convert.")
+        if not self.writable:
+            raise ReviewError(f"{self.folder} is read-only: captions cannot be changed here.")
+        lines = split_captions(self.legacy_text[image])
+        write_captions(self.path(image), lines)
+        self._captions[image] = lines  # set before the marks go: a background read must not read it again
+        self.unreadable.pop(image, None)
+        self.legacy_text.pop(image, None)
 
     def load_all(self, should_stop=lambda: False) -> None:
         """Read every caption, count its tokens and check every image's header (a background task: 50,000
@@ -117,6 +137,9 @@ class CaptionDataset:
     def set_captions(self, image: str, captions: list[str]) -> None:
         if not self.writable:
             raise ReviewError(f"{self.folder} is read-only: captions cannot be changed here.")
+        if image in self.unreadable:
+            raise ReviewError(f"{sidecar(self.path(image)).name} cannot be read ({self.unreadable[image]}), so it "
+                              "is left as it is.")
         lines = [" ".join(c.split()) for c in captions if c.strip()]
         write_captions(self.path(image), lines)
         self._captions[image] = lines

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 
-from core.storage import connect_shared
+from core.storage import connect_shared, is_damaged, move_aside_damaged
 
 STATE_FILE = ".lumina-captions.sqlite"
 REVIEW_STATUSES = ("unreviewed", "approved", "needs fixing", "rejected")
@@ -29,6 +30,14 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS done (run TEXT NOT NULL, image TEXT NOT NULL, PRIMARY KEY (run, image));
 CREATE TABLE IF NOT EXISTS reviews (image TEXT PRIMARY KEY, status TEXT NOT NULL, updated REAL NOT NULL);
 """
+_COLUMNS = {"captions": ("image", "text", "source", "style", "settings", "tokens", "created", "run"),
+            "runs": ("key", "settings", "started", "finished"), "done": ("run", "image"),
+            "reviews": ("image", "status", "updated")}
+
+
+def damaged_state_message(aside: Path) -> str:
+    return (f"The folder's caption state file was damaged and was set aside as {aside.name}. The captions (the "
+            ".txt files) are untouched; review marks and where each caption came from start afresh.")
 
 
 def run_key(settings: dict) -> str:
@@ -37,11 +46,34 @@ def run_key(settings: dict) -> str:
 
 
 class CaptionState:
+    """After opening, `recovered` names the damaged state file that was set aside (None when there was
+    none): the captions are untouched, only provenance and review marks start fresh."""
+
     def __init__(self, folder: Path):
         self.folder = folder
         self.path = folder / STATE_FILE
-        self.db = connect_shared(self.path, check_same_thread=False)
-        self.db.executescript(_SCHEMA)
+        self.recovered: Path | None = None
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not (is_damaged(exc) or "no such column" in str(exc) or "malformed" in str(exc)):
+                raise
+            self.recovered = move_aside_damaged(self.path)
+            self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = connect_shared(self.path, check_same_thread=False)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+            db.executescript(_SCHEMA)
+            for table, columns in _COLUMNS.items():  # a file of another layout is as unusable as a damaged one
+                db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -107,4 +139,6 @@ class CaptionState:
                             (self.relative(image), status, time.time()))
 
     def statuses(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT image, status FROM reviews"))
+        """Each image's review status; a status this version does not know counts as unreviewed."""
+        return {image: status for image, status in self.db.execute("SELECT image, status FROM reviews")
+                if status in REVIEW_STATUSES and isinstance(image, str)}

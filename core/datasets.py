@@ -96,6 +96,14 @@ def read_captions(image: Path) -> list[str]:
         return []
 
 
+def decode_legacy(data: bytes) -> str:
+    """A caption file that is not UTF-8, as its writer most likely meant it (Windows-1252, else Latin-1)."""
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def write_captions(image: Path, captions: list[str]) -> None:
     """Write the image's `.txt` atomically (temp file, fsync, rename: a crash leaves the old captions or the
     new ones). One caption per line; a caption's own line breaks become spaces. Errors are raised."""

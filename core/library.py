@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import LuminaError, MetadataError
 from .metadata import read_settings
-from .storage import connect_shared, read_json, write_atomic, write_json_atomic, write_text_atomic
+from .storage import connect_shared, is_damaged, move_aside_damaged, read_json, write_atomic, write_json_atomic, write_text_atomic
 
 # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
 SCHEMA_VERSION = 3
@@ -60,9 +60,6 @@ DROP_SCHEMA = "DROP TRIGGER IF EXISTS images_ai; DROP TRIGGER IF EXISTS images_a
 INDEX = "library.sqlite"
 TRASH = ".trash"
 FAVOURITES = ".favourites.json"  # the favourites outside SQLite, so a rebuild or a damaged index keeps them
-_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
 @dataclass(frozen=True)
 class Entry:
     id: int
@@ -109,7 +106,7 @@ class Library:
             try:
                 self.db = self._connect()
             except sqlite3.DatabaseError as exc:
-                if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT_CODES:
+                if not is_damaged(exc):
                     raise
                 self.recovered = self._move_aside()
                 self.db = self._connect()
@@ -141,13 +138,8 @@ class Library:
 
     def _move_aside(self) -> Path:
         """Keep the damaged index under a new name (nothing is deleted) and start an empty one."""
-        aside = self.folder / f"{INDEX}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        for suffix in ("", "-wal", "-shm"):
-            source = self.folder / (INDEX + suffix)
-            if source.exists():
-                os.replace(source, aside.with_name(aside.name + suffix))
         self.needs_rebuild = True
-        return aside
+        return move_aside_damaged(self.folder / INDEX)
 
     def close(self) -> None:
         self.db.close()

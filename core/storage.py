@@ -95,6 +95,24 @@ def connect_shared(path: Path, timeout: float = 30.0, **options) -> sqlite3.Conn
             time.sleep(0.02)
 
 
+CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def is_damaged(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error says the file itself is damaged (not that it is busy or unwritable)."""
+    return getattr(exc, "sqlite_errorcode", None) in CORRUPT_CODES
+
+
+def move_aside_damaged(path: Path) -> Path:
+    """Keep a damaged SQLite file (and its -wal, -shm) under a new name, nothing deleted; returns the name."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, aside.with_name(aside.name + suffix))
+    return aside
+
+
 def folder_writable(folder: Path) -> bool:
     """Whether a file can be created in `folder` (a real try: permissions alone miss read-only mounts)."""
     try:

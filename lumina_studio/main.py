@@ -8,8 +8,12 @@ import sys
 
 def run_train(train_args: list[str]) -> int:
     """The trainer's own command line, in a child process: its accelerate processes then outlive nothing of
-    ours, and a Ctrl+C reaches it too (it saves and stops; we keep waiting for it)."""
+    ours, and a Ctrl+C reaches it too (it saves and stops; we keep waiting for it). A SIGTERM (kill, `timeout`,
+    a service manager) is passed on to it, where it is the same stop request, instead of ending only us."""
+    import signal
+
     child = subprocess.Popen([sys.executable, "-m", "trainer", *train_args])
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     while True:
         try:
             return child.wait()

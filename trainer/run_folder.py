@@ -26,10 +26,27 @@ import socket
 import time
 from pathlib import Path
 
-from core.storage import read_json, write_json_atomic
+from core.checked import check_record, integer, list_of, number, one_of, read_record, text
+from core.storage import write_json_atomic
 
 
 ACTIVE_STATES = ("preparing", "running", "stopping")
+STATES = (*ACTIVE_STATES, "stopped", "finished", "failed")
+# What each file of a run folder may hold; a field that fails its check is left out and named in problems().
+STATUS_FIELDS = {"state": one_of(*STATES), "time": number(0), "started": number(0), "step": integer(0),
+                 "total_steps": integer(0), "stage": text(200), "loss": number(finite=False), "eta_s": number(0),
+                 "message": text(5000), "pid": integer(2)}
+LAUNCHER_FIELDS = {"pid": integer(2), "pid_start": number(0), "host": text(300), "started": number(0),
+                   "group": integer(2), "group_start": number(0)}
+PLAN_FIELDS = {"base_model": text(), "components": text(), "device": one_of("cuda", "cpu"),
+               "processes": integer(1, 100_000), "gpu_ids": text(1000), "mixed_precision": one_of("no", "fp16", "bf16"),
+               "accumulation": list_of(integer(1)), "parameters": integer(0)}
+# Every event has a kind and a time; these fields, where present, are checked (others pass as they are).
+EVENT_FIELDS = {"event": text(100), "time": number(0), "step": integer(0), "stage": text(200),
+                "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),
+                "samples_per_s": number(0), "eta_s": number(0), "files": list_of(text(1000)), "path": text(),
+                "checkpoint": text(), "message": text(5000), "resolution": integer(1), "batch_size": integer(1),
+                "items": integer(0)}
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -40,14 +57,35 @@ def tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-def pid_alive(pid: int) -> bool:
+def start_time(pid: int) -> float | None:
+    """When the process `pid` started (None when there is none): with the pid, it names one process for good,
+    where a pid alone may be a stranger's after a restart."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, OverflowError):
+        return None
+
+
+def same_process(pid: int | None, started: float | None) -> bool:
+    """Whether `pid` is still the process that started at `started` (as recorded by this module)."""
+    if not pid or pid < 2 or started is None:
         return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+    now = start_time(pid)
+    return now is not None and abs(now - started) < 1.0
+
+
+def clean_event(record: object) -> dict | None:
+    """An events.jsonl record with its known fields checked (a bad field is dropped); None when it is not an
+    event at all, or a step without a step number or loss."""
+    clean, _ = check_record(record, EVENT_FIELDS, "event")
+    if "event" not in clean:
+        return None
+    if clean["event"] == "step" and not ("step" in clean and "loss" in clean):
+        return None
+    known = {k: v for k, v in record.items() if k not in EVENT_FIELDS}
+    return {**known, **clean}
 
 
 class RunFolder:
@@ -74,21 +112,34 @@ class RunFolder:
             handle.write(json.dumps(record) + "\n")
 
     def read_events(self) -> list[dict]:
-        if not self.events.exists():
-            return []
-        records = []
-        for line in self.events.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:  # a line cut by a crash
-                continue
-        return records
+        return EventTail(self.events).read()
 
     def set_status(self, state: str, **fields) -> None:
         write_json_atomic(self.status_file, {"state": state, "time": round(time.time(), 3), **fields})
 
     def status(self) -> dict:
-        return read_json(self.status_file, {"state": "unknown"})
+        """status.json's checked fields; "state" is "unknown" when it is missing or not a known state."""
+        return {"state": "unknown", **read_record(self.status_file, STATUS_FIELDS)[0]}
+
+    def read_plan(self) -> dict:
+        """plan.json's checked fields ({} when it has none); plan_problems() says what was wrong."""
+        return read_record(self.plan, PLAN_FIELDS)[0]
+
+    def problems(self) -> list[str]:
+        """What is wrong with the files the app reads back (status, launcher, plan, config): the run is listed
+        with them, never left out."""
+        found = []
+        for path, fields in ((self.status_file, STATUS_FIELDS), (self.launcher_file, LAUNCHER_FIELDS),
+                             (self.plan, PLAN_FIELDS)):
+            found += read_record(path, fields)[1]
+        try:
+            import tomllib
+
+            if self.config.exists():
+                tomllib.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+            found.append(f"config.toml cannot be read ({type(exc).__name__})")
+        return found
 
     def stop_requested(self) -> bool:
         return self.stop_flag.exists()
@@ -115,8 +166,8 @@ class RunFolder:
     def launched(self):
         """While the body runs, launcher.json names this process: a reader can tell a live run from one
         whose processes are gone (killed, crashed, the machine restarted)."""
-        write_json_atomic(self.launcher_file, {"pid": os.getpid(), "host": socket.gethostname(),
-                                               "started": round(time.time(), 3)})
+        write_json_atomic(self.launcher_file, {"pid": os.getpid(), "pid_start": start_time(os.getpid()),
+                                               "host": socket.gethostname(), "started": round(time.time(), 3)})
         try:
             yield
         except Exception as exc:  # a failure before the training processes report their own
@@ -127,21 +178,35 @@ class RunFolder:
             self.launcher_file.unlink(missing_ok=True)
 
     def note_processes(self, group: int) -> None:
-        """The training processes' process group (they run in a session of their own)."""
-        info = read_json(self.launcher_file, {})
+        """The training processes' process group (they run in a session of their own: its leader's pid)."""
+        info = self.launcher()
         if info:
-            write_json_atomic(self.launcher_file, {**info, "group": group})
+            write_json_atomic(self.launcher_file, {**info, "group": group, "group_start": start_time(group)})
 
     def launcher(self) -> dict:
-        return read_json(self.launcher_file, {})
+        """launcher.json's checked fields ({} when there is none or it is unusable)."""
+        return read_record(self.launcher_file, LAUNCHER_FIELDS)[0]
 
     def alive(self) -> bool:
+        """Whether the launcher that wrote launcher.json still runs: the same pid with the same start time
+        (a pid alone may belong to another process by now)."""
         info = self.launcher()
-        if not info.get("pid"):
+        if "pid" not in info:
             return False
         if info.get("host") != socket.gethostname():
             return True  # another machine's run: it cannot be checked from here, so it is not called dead
-        return pid_alive(int(info["pid"]))
+        return same_process(info["pid"], info.get("pid_start"))
+
+    def process_groups(self) -> list[int]:
+        """The training processes' group when this run can be proven to own it (for Kill): its leader alive
+        with the recorded start time, leading its group, running trainer.loop on this folder. Nothing else is
+        ever signalled as a group."""
+        info = self.launcher()
+        group = info.get("group")
+        if info.get("host") == socket.gethostname() and same_process(group, info.get("group_start")) \
+                and _leads_group(group) and f"trainer.loop {self.path}" in _command_line(group):
+            return [group]
+        return []
 
     def state(self) -> str:
         """What a person should be told: the status, except that a run whose processes are gone is
@@ -157,9 +222,26 @@ class RunFolder:
         return state
 
 
+def _leads_group(pid: int) -> bool:
+    try:
+        return pid > 1 and os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _command_line(pid: int) -> str:
+    import psutil
+
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
+
+
 class EventTail:
     """Reads events.jsonl as it grows, from where it stopped: a half-written last line waits for its end,
-    a line that is not JSON is skipped, and every record is returned (the caller ignores kinds it does not know)."""
+    a line that is not JSON (or not an event) is skipped, each record's known fields are checked
+    (clean_event), and every record is returned (the caller ignores kinds it does not know)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -182,9 +264,9 @@ class EventTail:
         records = []
         for line in lines:
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = clean_event(json.loads(line))
+            except ValueError:  # not JSON, not UTF-8, or a line cut by a crash
                 continue
-            if isinstance(record, dict):
+            if record is not None:
                 records.append(record)
         return records

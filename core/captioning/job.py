@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..caption_state import STATE_FILE, CaptionState
+from ..caption_state import STATE_FILE, CaptionState, damaged_state_message
 from ..datasets import list_images, read_captions, sidecar, write_captions
 from ..errors import LuminaError
 from ..images import ImageProblem, open_rgb
@@ -78,13 +78,14 @@ class Summary:
     over_limit: int = 0  # captions longer than the Lumina model reads
     seconds: float = 0.0
     stopped: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
         text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
         if self.over_limit:
             text += f"; {self.over_limit} captions are longer than the model's {MAX_TOKENS}-token limit"
-        return text
+        return "\n".join([text, *self.warnings])
 
 
 def check_folder(folder: Path) -> None:
@@ -156,6 +157,8 @@ class CaptionRun:
             key, done = state.begin_run(self.identity())
             todo, skipped = self.plan(done, share)
             summary = Summary(skipped=skipped)
+            if state.recovered is not None:
+                summary.warnings.append(damaged_state_message(state.recovered))
             size = self.settings.batch
             for start in range(0, len(todo), size):
                 if should_stop():

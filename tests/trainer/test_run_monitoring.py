@@ -52,13 +52,108 @@ def test_the_event_tail_reads_whole_lines_only_and_from_where_it_stopped(tmp_pat
     tail = EventTail(path)
     assert tail.read() == []
     with path.open("w") as handle:
-        handle.write('{"event": "step", "step": 1}\n{"event": "future-kind", "x": 1}\n{"event": "st')
+        handle.write('{"event": "step", "step": 1, "loss": 1}\n{"event": "future-kind", "x": 1}\n{"event": "st')
     assert [r["event"] for r in tail.read()] == ["step", "future-kind"]
     with path.open("a") as handle:
-        handle.write('ep", "step": 2}\nnot json\n{"event": "step", "step": 3}\n')
+        handle.write('ep", "step": 2, "loss": 1}\nnot json\n{"event": "step", "step": 3, "loss": 1}\n')
     assert [r.get("step") for r in tail.read()] == [2, 3]
     assert tail.read() == []
-    path.write_text('{"event": "step", "step": 1}\n')  # a restarted run writes it again from the start
+    path.write_text('{"event": "step", "step": 1, "loss": 1}\n')  # a restarted run writes it again from the start
     assert [r["step"] for r in tail.read()] == [1]
     os.remove(path)
     assert tail.read() == []
+
+
+BAD_STATUSES = [{"state": "running", "step": "abc"}, {"state": "finished", "time": "yesterday"}, {"state": {}},
+                ["a", "list"], {"state": "running", "loss": "low", "total_steps": -3, "stage": 7, "started": []}]
+
+
+def test_a_run_folder_with_wrong_types_is_listed_with_what_is_wrong(tmp_path):
+    from app.train_runs import scan_runs
+
+    runs = tmp_path / "runs"
+    for number, status in enumerate(BAD_STATUSES):
+        run = RunFolder(runs / f"bad-{number}")
+        run.path.mkdir(parents=True)
+        run.config.write_text("name = 'x'\n")
+        run.status_file.write_text(json.dumps(status))
+    good = RunFolder(runs / "good")
+    good.path.mkdir()
+    good.config.write_text("name = 'x'\n")
+    good.set_status("stopped", step=4, total_steps=10, loss=0.5)
+    odd = RunFolder(runs / "odd-files")
+    odd.path.mkdir()
+    odd.config.write_bytes(b"\xff\xfe not toml")
+    odd.plan.write_text('{"processes": "two", "accumulation": [1, "x"]}')
+    odd.launcher_file.write_text('{"pid": "me", "group": 1}')
+    odd.events.write_bytes(b'\xff\xfe\n{"event": "step", "step": "a", "loss": 1}\n{"event": 5}\n'
+                           b'{"event": "step", "step": 2, "loss": 0.5, "lr": "fast"}\n')
+
+    found = {summary.name: summary for summary in scan_runs(runs)}
+    assert set(found) == {"good", "odd-files", *(f"bad-{n}" for n in range(len(BAD_STATUSES)))}
+    assert found["good"].problems == [] and (found["good"].step, found["good"].loss) == (4, 0.5)
+    assert "status.json: 'step' is not a whole number" in found["bad-0"].problems
+    assert "status.json: 'time' is not a finite number" in found["bad-1"].problems
+    assert found["bad-2"].state == "unknown" and found["bad-3"].problems == ["status.json is not a JSON object"]
+    assert len(found["bad-4"].problems) == 4 and found["bad-4"].step == 0
+    odd_problems = " ".join(found["odd-files"].problems)
+    for expected in ("config.toml cannot be read", "plan.json: 'processes'", "launcher.json: 'pid'",
+                     "launcher.json: 'group' is out of range"):
+        assert expected in odd_problems
+    assert [(r["event"], r["step"], "lr" in r) for r in odd.read_events()] == [("step", 2, False)]
+    assert RunFolder(runs / "odd-files").read_plan() == {}
+
+
+def live_stranger() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+
+
+def test_kill_signals_only_a_group_proven_to_be_the_runs(tmp_path, monkeypatch):
+    from app import train_runs
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.set_status("running", step=3)
+    signalled = []
+    monkeypatch.setattr(train_runs.os, "killpg", lambda group, sig: signalled.append(group))
+    monkeypatch.setattr(train_runs.os, "kill", lambda pid, sig: signalled.append(-pid))
+
+    run.launcher_file.write_text(json.dumps({"pid": os.getpid(), "group": 1, "host": os.uname().nodename}))
+    assert run.process_groups() == [] and not run.alive()  # no start time: nothing proves it is this run's
+    assert run.state() == "interrupted"
+    assert not train_runs.kill(run.path) and signalled == []
+
+    stranger = live_stranger()  # a stale launcher.json whose pid (and group) now belong to another process
+    try:
+        run.launcher_file.write_text(json.dumps({"pid": stranger.pid, "pid_start": 1000.0, "group": stranger.pid,
+                                                 "group_start": 1000.0, "host": os.uname().nodename}))
+        assert run.state() == "interrupted" and not run.alive()
+        assert not train_runs.kill(run.path) and signalled == []
+        # the right start time, but the stranger does not run trainer.loop on this folder
+        from trainer.run_folder import start_time
+
+        run.launcher_file.write_text(json.dumps({"pid": 999_999_999, "group": stranger.pid,
+                                                 "group_start": start_time(stranger.pid),
+                                                 "host": os.uname().nodename}))
+        assert run.process_groups() == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_kill_ends_the_training_group_it_can_prove(tmp_path):
+    from app import train_runs
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.set_status("running", step=3)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "trainer.loop",
+                                str(run.path)], start_new_session=True)
+    try:
+        with run.launched():
+            run.note_processes(trainer.pid)
+            assert run.state() == "running" and run.process_groups() == [trainer.pid]
+            assert train_runs.kill(run.path)
+            assert trainer.wait(timeout=10) == -9
+    finally:
+        trainer.kill()

@@ -1,0 +1,153 @@
+"""Files that are damaged, odd or hostile never crash a panel, lose data or take over the window: each panel
+is built on its own (no engine) and fed what a broken disk, another program or an attacker leaves behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import pytest
+from PySide6.QtGui import Qt  # QtGui.Qt also has mightBeRichText
+
+from core.caption_state import STATE_FILE
+from core.datasets import read_captions, sidecar
+from core.scenes.world import write_dataset
+from core.storage import runs_dir
+from trainer.run_folder import RunFolder
+
+HOSTILE = "<img src='/etc/passwd'><h1>TAKEOVER</h1>"
+
+
+@pytest.fixture
+def caption_panel(qtbot):
+    from app.caption_panel import CaptionPanel
+    from app.main_window import settings_store
+
+    panel = CaptionPanel(settings_store(), "cpu")
+    qtbot.addWidget(panel)
+    panel.show()
+    return panel
+
+
+def shows_markup(label) -> bool:
+    """Whether a label would draw `HOSTILE` as markup (an image, a heading) rather than as written."""
+    text = label.text()
+    rich = label.textFormat() == Qt.RichText or (label.textFormat() == Qt.AutoText and Qt.mightBeRichText(text))
+    return rich and "<h1>" in text
+
+
+def test_a_damaged_state_file_is_set_aside_and_the_captions_kept(caption_panel, tmp_path):
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 3, seed=2)
+    kept = {p.name: p.read_text() for p in folder.glob("*.txt")}
+    (folder / STATE_FILE).write_bytes(b"SQLite format 3\x00" + b"\x13" * 5000)
+    caption_panel.open_folder(folder)
+    assert caption_panel.dataset is not None and caption_panel.model.rowCount() == 3
+    assert "was damaged and was set aside" in caption_panel.notice.text()
+    assert list(folder.glob(f"{STATE_FILE}.damaged-*"))
+    assert {p.name: p.read_text() for p in folder.glob("*.txt")} == kept
+
+
+def test_an_unknown_review_status_counts_as_unreviewed(caption_panel, tmp_path, qtbot):
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 2, seed=2)
+    caption_panel.open_folder(folder)
+    caption_panel.dataset.close()
+    with sqlite3.connect(folder / STATE_FILE) as db:
+        db.execute("INSERT INTO reviews VALUES ('scene-00000.png', 'from the future', 0)")
+    caption_panel.open_folder(folder)
+    index = caption_panel.model.index(0, 0)
+    assert caption_panel.dataset.status_of("scene-00000.png") == "unreviewed"
+    for role in (Qt.DisplayRole, Qt.ForegroundRole, Qt.ToolTipRole):
+        caption_panel.model.data(index, role)
+    caption_panel.list.viewport().repaint()
+
+
+def test_a_caption_file_that_is_not_utf8_is_held_until_converted(caption_panel, tmp_path, qtbot):
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 2, seed=2)
+    latin = sidecar(folder / "scene-00000.png")
+    latin.write_bytes("a café near the señor's house\n".encode("latin-1"))
+    caption_panel.open_folder(folder)
+    caption_panel.select_row(0)
+    editor = caption_panel.editor
+    assert editor.text.toPlainText() == "a café near the señor's house"
+    assert editor.text.isReadOnly() and "not UTF-8" in editor.held.text() and editor.convert_button.isVisible()
+    caption_panel.edit_captions("scene-00000.png", ["x"])  # an edit that got through anyway is refused
+    assert "left as it is" in caption_panel.notice.text()
+    assert latin.read_bytes() == "a café near the señor's house\n".encode("latin-1")
+    editor.convert_button.click()
+    assert latin.read_text(encoding="utf-8") == "a café near the señor's house\n"
+    assert not editor.text.isReadOnly() and not editor.convert_button.isVisible()
+
+
+def test_a_huge_caption_file_is_shown_in_part_and_left_alone(caption_panel, tmp_path):
+    from app.caption_panel import EDITOR_LINES
+
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 2, seed=2)
+    big = sidecar(folder / "scene-00000.png")
+    big.write_text("".join(f"caption number {n}\n" for n in range(10_000)))
+    before = big.read_bytes()
+    caption_panel.open_folder(folder)
+    caption_panel.select_row(0)
+    editor = caption_panel.editor
+    assert len(editor.lines()) == EDITOR_LINES and editor.text.isReadOnly()
+    assert "10,000 lines" in editor.held.text()
+    caption_panel.select_row(1)
+    assert big.read_bytes() == before
+
+
+def test_text_from_files_is_never_drawn_as_markup_in_the_caption_panel(caption_panel, tmp_path):
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 1, seed=2)
+    image = folder / "scene-00000.png"
+    hostile_image = folder / f"{HOSTILE.replace('/', '_')}.png"
+    image.rename(hostile_image)
+    sidecar(image).rename(sidecar(hostile_image))
+    caption_panel.open_folder(folder)
+    state = caption_panel.dataset.state
+    state.record("run", hostile_image, [{"text": read_captions(hostile_image)[0], "source": HOSTILE, "style": HOSTILE}])
+    caption_panel.show_image(hostile_image.name)
+    assert "TAKEOVER" in caption_panel.image_label.text() and not shows_markup(caption_panel.image_label)
+    assert "TAKEOVER" in caption_panel.editor.info.text() and "<h1>" not in caption_panel.editor.info.text()
+
+
+def test_damaged_run_folders_are_listed_with_what_is_wrong(qtbot):
+    from app.main_window import settings_store
+    from app.train_panel import TrainPanel
+
+    for name, status in (("bad", {"state": {}, "step": "abc", "time": "yesterday"}), ("list", ["x"]),
+                         (HOSTILE.replace("/", "_"), {"state": "failed", "message": HOSTILE})):
+        run = RunFolder(runs_dir() / name)
+        run.path.mkdir(parents=True)
+        run.config.write_text("name = 'x'\n")
+        run.status_file.write_text(json.dumps(status))
+    good = RunFolder(runs_dir() / "good")
+    good.path.mkdir()
+    good.config.write_text("name = 'x'\n")
+    good.set_status("stopped", step=2)
+    panel = TrainPanel(settings_store())
+    qtbot.addWidget(panel)
+    panel.show()
+    names = {panel.runs.item(row, 0).text(): panel.runs.item(row, 1).text() for row in range(panel.runs.rowCount())}
+    assert len(names) == 4 and names["bad"] == "unknown (damaged files)" and names["good"] == "stopped"
+    for row in range(panel.runs.rowCount()):
+        panel.runs.selectRow(row)
+        assert not shows_markup(panel.headline)
+    panel.select_run(runs_dir() / "bad")
+    assert "status.json: 'step' is not a whole number" in panel.headline.text()
+
+
+def test_a_plot_of_constant_huge_losses_draws(qtbot):
+    from app.loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(400, 200)
+    for step, loss in enumerate([1e30] * 5 + [1.7e308] * 3 + [math.inf]):
+        plot.add_step({"event": "step", "step": step, "loss": loss})
+    plot.grab()  # paints: a ZeroDivisionError here was a blank plot and a logged traceback per paint
+    plot.set_log_scale(True)
+    plot.grab()
