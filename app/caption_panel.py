@@ -15,7 +15,7 @@ from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QThreadPool, QTim
 from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView,
-    QMessageBox, QProgressBar, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget,
+    QProgressBar, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget,
 )
 
 from core.caption_review import CaptionDataset, Filter, ReviewError
@@ -26,6 +26,7 @@ from core.datasets import split_captions
 from core.errors import LuminaError
 
 from .background import run_in_background
+from . import plain_text
 from .plain_text import escape
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
@@ -589,8 +590,10 @@ class CaptionPanel(QWidget):
         if not dialog.exec():
             return
         fmt, target, approved = dialog.choice()
+        replace = fmt == "jsonl" and target.is_file() and plain_text.ask(
+            self, "Replace the file", f"{target} exists already. Replace it with this export?")
         dataset = self.dataset
-        run_in_background(lambda: dataset.export(fmt, target, approved),
+        run_in_background(lambda: dataset.export(fmt, target, approved, replace),
                           lambda counts: self.status.emit(f"Exported {counts['images']} images, {counts['captions']} "
                                                           f"captions to {target}"),
                           lambda exc: self.show_notice(f"Export failed: {exc}", error=True))
@@ -623,7 +626,7 @@ class CaptionPanel(QWidget):
         try:
             model_type(Path(chosen))
         except LuminaError as exc:
-            QMessageBox.warning(self, "Not a captioning model", str(exc))
+            plain_text.message(self, "Not a captioning model", str(exc))
             return
         self.settings.setValue("captioners", [chosen] + [f for f in self._captioner_folders() if f != chosen])
         self.settings.setValue("captioner", chosen)
@@ -662,10 +665,8 @@ class CaptionPanel(QWidget):
             return
         if mode == "overwrite":
             count = len(images) if images is not None else len(self.dataset.images)
-            answer = QMessageBox.question(self, "Overwrite captions",
-                                          f"Replace the captions of {count} images, hand edits included?",
-                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-            if answer != QMessageBox.Yes:
+            if not plain_text.ask(self, "Overwrite captions",
+                                  f"Replace the captions of {count} images, hand edits included?"):
                 return
         self.submit(styles, mode, images, f"{', '.join(styles)} for {self._describe_scope(scope, images)}")
 
@@ -695,10 +696,8 @@ class CaptionPanel(QWidget):
             return
         self.editor.commit()
         if self.dataset.hand_edited(image):
-            answer = QMessageBox.question(self, "Caption again",
-                                          f"{image} has captions you edited by hand. Replace them with new ones?",
-                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-            if answer != QMessageBox.Yes:
+            if not plain_text.ask(self, "Caption again",
+                                  f"{image} has captions you edited by hand. Replace them with new ones?"):
                 return
         styles = [name for name, box in self.styles.items() if box.isChecked()] or ["detailed"]
         self.submit(styles, "overwrite", [image], f"{', '.join(styles)} for {image}")

@@ -15,13 +15,14 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QCursor, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
-    QLabel, QLineEdit, QListView, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
+    QLabel, QLineEdit, QListView, QProgressDialog, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
 )
 
-from core.errors import LuminaError
+from core.errors import Cancelled, LuminaError
 from core.library import Entry, Library
 from core.request import FIELD_LABELS, request_fields
 
+from .background import run_in_background
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 
@@ -123,6 +124,7 @@ class ExportDialog(QDialog):
         self.path = QLineEdit()
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
+        self._confirmed = ""  # a .zip the save dialog asked to replace
         self.strip = QCheckBox("Remove prompts and settings from the files (privacy)")
         row = QHBoxLayout()
         row.addWidget(self.path, 1)
@@ -141,8 +143,13 @@ class ExportDialog(QDialog):
             chosen = QFileDialog.getExistingDirectory(self, "Export to folder")
         else:
             chosen = QFileDialog.getSaveFileName(self, "Export as zip", "images.zip", "Zip archives (*.zip)")[0]
+            self._confirmed = chosen
         if chosen:
             self.path.setText(chosen)
+
+    def replace_asked(self) -> bool:
+        """Whether the save dialog already asked to replace the chosen .zip (it asks itself)."""
+        return self._confirmed == self.target()
 
     def target(self) -> str:
         text = self.path.text().strip()
@@ -160,6 +167,7 @@ class GalleryPanel(QWidget):
         super().__init__(parent)
         self.library = library
         self.undo_stack: list[list[int]] = []
+        self.exporting: QProgressDialog | None = None  # while an export runs
         self._shown_up_to = 0  # the newest image id the grid has taken in
         self._held: list[int] = []  # new images waiting for the pointer to leave the grid
         self._hold_timer = QTimer(self, interval=300, timeout=self._release_held)
@@ -439,14 +447,34 @@ class GalleryPanel(QWidget):
             return
         dialog = ExportDialog(len(entries), self)
         if dialog.exec() == QDialog.Accepted and dialog.target():
-            self.export_selection(dialog.target(), dialog.strip.isChecked())
+            self.export_selection(dialog.target(), dialog.strip.isChecked(), replace=dialog.replace_asked())
 
-    def export_selection(self, target: str, strip_metadata: bool) -> None:
+    def export_selection(self, target: str, strip_metadata: bool, replace: bool = False) -> None:
+        """Export in the background with a progress dialog and Cancel (nothing is left behind when cancelled).
+        `replace`: an existing .zip may be replaced (the save dialog asked)."""
+        ids = [e.id for e in self.selected()]
         try:
-            out = self.library.export([e.id for e in self.selected()], target, strip_metadata)
-            self.status.emit(f"Exported to {out}")
+            steps = self.library.export_steps(ids, target, strip_metadata, replace)  # checks the target first
         except LuminaError as exc:
             self.status.emit(str(exc))
+            return
+        progress = QProgressDialog(f"Exporting {len(ids)} image(s)…", "Cancel", 0, len(ids), self)
+        progress.setWindowTitle("Export")
+        progress.setMinimumDuration(300)
+        progress.setValue(0)
+        self.exporting = progress
+
+        def finished(message: str) -> None:
+            progress.reset()
+            self.exporting = None
+            self.status.emit(message)
+
+        run_in_background(lambda: steps,
+                          lambda out: finished(f"Exported {len(ids)} image(s) to {out}"),
+                          lambda exc: finished("Export cancelled; nothing was written." if isinstance(exc, Cancelled)
+                                               else str(exc) if isinstance(exc, LuminaError) else f"Export failed: {exc}"),
+                          on_progress=lambda step: progress.setValue(step[0]),
+                          should_stop=progress.wasCanceled)
 
     def _use_settings(self) -> None:
         entries = self.selected()

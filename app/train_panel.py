@@ -16,12 +16,13 @@ from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
-    QLabel, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
+    QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from core.storage import runs_dir
 
+from . import plain_text
 from .plain_text import escape
 
 from .image_loader import ImageLoader, TrueColourThumbnails
@@ -487,10 +488,8 @@ class TrainPanel(QWidget):
     def kill_run(self) -> None:
         if self.run is None:
             return
-        answer = QMessageBox.question(self, "Kill the run", f"End {self.run.path.name}'s processes now? Its newest "
-                                      "complete checkpoint stays and it can be resumed from there.",
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        if answer == QMessageBox.Yes:
+        if plain_text.ask(self, "Kill the run", f"End {self.run.path.name}'s processes now? Its newest complete "
+                          "checkpoint stays and it can be resumed from there."):
             kill(self.run.path, self._started.get(str(self.run.path)))
             self.status.emit(f"Killed {self.run.path.name}.")
 
@@ -519,7 +518,7 @@ class TrainPanel(QWidget):
         try:
             entry = add_model(checkpoint / "model", name)
         except LuminaError as exc:
-            QMessageBox.warning(self, "Use this checkpoint", str(exc))
+            plain_text.message(self, "Use this checkpoint", str(exc))
             return
         self.use_model.emit(entry["name"])
         self.status.emit(f"Registered {entry['name']}; Generate uses it now.")
@@ -527,10 +526,8 @@ class TrainPanel(QWidget):
     def delete_run(self) -> None:
         if self.run is None:
             return
-        answer = QMessageBox.question(self, "Delete the run", f"Move {self.run.path.name} (its checkpoints, samples "
-                                      "and logs) to the trash folder of the runs folder?",
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        if answer != QMessageBox.Yes:
+        if not plain_text.ask(self, "Delete the run", f"Move {self.run.path.name} (its checkpoints, samples and "
+                              "logs) to the trash folder of the runs folder?"):
             return
         trash = runs_dir() / ".trash"
         trash.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 from .caption_state import HAND, REVIEW_STATUSES, CaptionState
 from .datasets import decode_legacy, list_images, read_captions, sidecar, split_captions, write_captions
 from .errors import LuminaError
+from .exports import building_folder, check_file_target, check_folder_target
+from .exports import reason as export_reason
 from .storage import folder_writable, write_json_atomic, write_text_atomic
 
 EXPORT_FORMATS = {"txt": "a .txt beside each image (in a new folder, images copied)",
@@ -217,12 +219,18 @@ class CaptionDataset:
 
     # ---- export ---------------------------------------------------------------------------------------
 
-    def export(self, fmt: str, out: Path, approved_only: bool) -> dict:
-        """Write the dataset in `fmt` to `out` (a folder; for jsonl a file); returns the manifest."""
+    def export(self, fmt: str, out: Path, approved_only: bool, replace: bool = False) -> dict:
+        """Write the dataset in `fmt` to `out` (a new or empty folder outside this one; for jsonl a .jsonl
+        file, replaced only when `replace`); returns the manifest. Built aside, renamed into place."""
         import shutil
 
         if fmt not in EXPORT_FORMATS:
             raise ReviewError(f"Unknown export format '{fmt}': use {', '.join(EXPORT_FORMATS)}.")
+        if fmt == "jsonl":
+            check_file_target(out, ".jsonl", replace)
+            check_file_target(out.with_suffix(".manifest.json"), ".json", replace)
+        else:
+            check_folder_target(out, [self.folder])
         chosen = [i for i in self.images if self.captions(i) and (not approved_only or self.status_of(i) == "approved")]
         counts = {"images": len(chosen), "captions": sum(len(self.captions(i)) for i in chosen),
                   "left_out_uncaptioned": sum(1 for i in self.images if not self.captions(i)),
@@ -236,22 +244,22 @@ class CaptionDataset:
                 write_text_atomic(out, "".join(line + "\n" for line in lines))
                 write_json_atomic(out.with_suffix(".manifest.json"), counts)
                 return counts
-            out.mkdir(parents=True, exist_ok=True)
-            records = []
-            for image in chosen:
-                target = out / image
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(self.path(image), target)
-                if fmt == "txt":
-                    write_captions(target, self.captions(image))
-                else:
-                    records.append(json.dumps({"file_name": image, "text": "\n".join(self.captions(image))},
-                                              ensure_ascii=False))
-            if fmt == "imagefolder":
-                write_text_atomic(out / "metadata.jsonl", "".join(r + "\n" for r in records))
-            write_json_atomic(out / "manifest.json", counts)
+            with building_folder(out) as building:
+                records = []
+                for image in chosen:
+                    target = building / image
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(self.path(image), target)
+                    if fmt == "txt":
+                        write_captions(target, self.captions(image))
+                    else:
+                        records.append(json.dumps({"file_name": image, "text": "\n".join(self.captions(image))},
+                                                  ensure_ascii=False))
+                if fmt == "imagefolder":
+                    write_text_atomic(building / "metadata.jsonl", "".join(r + "\n" for r in records))
+                write_json_atomic(building / "manifest.json", counts)
         except OSError as exc:
-            raise ReviewError(f"The export to {out} failed ({exc.strerror or exc}).") from None
+            raise ReviewError(f"The export to {out} failed ({export_reason(exc)}).") from None
         return counts
 
 

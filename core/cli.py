@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_captions.add_argument("--format", required=True, choices=("txt", "imagefolder", "jsonl"),
                                  help="txt: images copied with a .txt each; imagefolder: images + metadata.jsonl; "
                                       "jsonl: the Lumina authors' {path, prompt} file (one item per caption)")
-    export_captions.add_argument("--out", required=True, help="a new folder (txt, imagefolder) or a .jsonl file")
+    export_captions.add_argument("--out", required=True, help="a new or empty folder outside FOLDER (txt, "
+                                 "imagefolder) or a new .jsonl file")
+    export_captions.add_argument("--force", action="store_true", help="replace an existing .jsonl file (jsonl only)")
     export_captions.add_argument("--approved-only", action="store_true",
                                  help="only images approved in the Caption tab's review")
     export_captions.add_argument("--recursive", action="store_true", help="include sub-folders")
@@ -345,7 +347,7 @@ def run_export_captions(args) -> int:
         raise RequestError(f"{folder} is not a folder.")
     dataset = CaptionDataset(folder, recursive=args.recursive)
     try:
-        counts = dataset.export(args.format, Path(args.out).expanduser(), args.approved_only)
+        counts = dataset.export(args.format, Path(args.out).expanduser(), args.approved_only, replace=args.force)
     finally:
         dataset.close()
     print(f"{counts['images']} images, {counts['captions']} captions -> {args.out} ({counts['left_out_uncaptioned']} "

@@ -8,7 +8,6 @@ a damaged index is moved aside and rebuilt). Prompt search uses SQLite FTS5. Del
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -22,7 +21,9 @@ from PIL import Image
 
 from .errors import LuminaError, MetadataError
 from .metadata import read_settings
-from .storage import connect_shared, is_damaged, move_aside_damaged, read_json, write_atomic, write_json_atomic, write_text_atomic
+from .exports import ExportError, building_folder, check_file_target, check_folder_target
+from .exports import reason as export_reason
+from .storage import connect_shared, is_damaged, move_aside_damaged, read_json, write_json_atomic, write_text_atomic
 
 # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
 SCHEMA_VERSION = 3
@@ -318,13 +319,30 @@ class Library:
 
     # ---- export ----------------------------------------------------------------------------------
 
-    def export(self, ids: list[int], target: str | Path, strip_metadata: bool = False) -> Path:
-        """Copy images to a folder, or into a .zip, with a metadata.jsonl manifest (one line per image).
+    def export(self, ids: list[int], target: str | Path, strip_metadata: bool = False, replace: bool = False) -> Path:
+        """Copy images to a new or empty folder, or into a .zip, with a metadata.jsonl manifest; see export_steps."""
+        steps = self.export_steps(ids, target, strip_metadata, replace)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def export_steps(self, ids: list[int], target: str | Path, strip_metadata: bool = False, replace: bool = False):
+        """Export, yielding (images done, total) as it goes (stop iterating to cancel: nothing is left behind);
+        returns the target. A folder target must be new or empty and outside the library; a .zip is replaced
+        only when `replace` (the save dialog asked). Everything is built aside and renamed into place. The
+        checks run at the call (their errors are raised there); the writing runs as the generator is iterated,
+        on any thread.
 
         strip_metadata re-encodes the pixels without any text chunk (the manifest then holds only file
         names and sizes). Names are reduced to safe file names, so nothing can land outside the target.
         """
         target = Path(target)
+        if target.suffix.lower() == ".zip":
+            check_file_target(target, ".zip", replace)
+        else:
+            check_folder_target(target, [self.folder])
         entries = [self.get(i) for i in ids]
         names = _unique_safe_names([e.path.name for e in entries])
         manifest = []
@@ -335,23 +353,31 @@ class Library:
                              "model": entry.model, "settings": entry.settings})
             manifest.append(line)
         manifest_text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in manifest)
-        try:
-            if target.suffix.lower() == ".zip":
-                def write_zip(handle):
-                    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-                        for entry, name in zip(entries, names):
-                            archive.writestr(name, _png_bytes(entry.path, strip_metadata))
-                        archive.writestr("metadata.jsonl", manifest_text)
+        return _write_export(target, [e.path for e in entries], names, manifest_text, strip_metadata)
 
-                write_atomic(target, write_zip)
-            else:
-                for entry, name in zip(entries, names):
-                    write_atomic(target / name, _png_bytes(entry.path, strip_metadata))
-                write_text_atomic(target / "metadata.jsonl", manifest_text)
-        except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise LuminaError(f"Could not export to {target}: {reason}.") from None
-        return target
+
+def _write_export(target: Path, paths: list[Path], names: list[str], manifest_text: str, strip_metadata: bool):
+    """The export's writing half (no database: it may run on another thread), a generator; see export_steps."""
+    partial = target.with_name(f".{target.name}-partial")
+    try:
+        if target.suffix.lower() == ".zip":
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+                for done, (path, name) in enumerate(zip(paths, names)):
+                    archive.writestr(name, _exported_png(path, strip_metadata))
+                    yield done + 1, len(paths)
+                archive.writestr("metadata.jsonl", manifest_text)
+            os.replace(partial, target)
+        else:
+            with building_folder(target) as building:
+                for done, (path, name) in enumerate(zip(paths, names)):
+                    (building / name).write_bytes(_exported_png(path, strip_metadata))
+                    yield done + 1, len(paths)
+                write_text_atomic(building / "metadata.jsonl", manifest_text)
+    except OSError as exc:
+        raise ExportError(f"Could not export to {target}: {export_reason(exc)}.") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 _COLUMN_NAMES = ("name", "prompt", "negative_prompt", "model", "model_hash", "seed", "width", "height", "created", "trashed",
@@ -413,12 +439,17 @@ def _unique_safe_names(names: list[str]) -> list[str]:
     return out
 
 
-def _png_bytes(path: Path, strip_metadata: bool) -> bytes:
-    if not strip_metadata:
-        return path.read_bytes()
+def _exported_png(path: Path, strip_metadata: bool) -> bytes:
+    """An image's bytes as exported; a file gone since it was selected is named (nothing is exported)."""
     import io
 
-    with Image.open(path) as image:
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")  # no pnginfo: every text chunk is dropped
-    return buffer.getvalue()
+    try:
+        if not strip_metadata:
+            return path.read_bytes()
+        with Image.open(path) as image:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG")  # no pnginfo: every text chunk is dropped
+        return buffer.getvalue()
+    except FileNotFoundError:
+        raise ExportError(f"{path.name} vanished during the export (deleted outside the app?); nothing was "
+                          "exported: try again without it.") from None

@@ -69,7 +69,7 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None],
                 handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
+        os.chmod(temp, 0o666 & ~process_umask())
         if place is None:
             os.replace(temp, path)
             return path
@@ -125,7 +125,7 @@ def folder_writable(folder: Path) -> bool:
 
 
 @functools.cache
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask (read once: setting it back and forth is not thread-safe, so not per write)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -314,6 +314,48 @@ def test_export_captions_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_an_export_never_writes_inside_its_source_or_over_a_file(tmp_path):
+    folder = folder_of_colours(tmp_path / "set", 2)
+    write_captions(folder / "img-00.png", ["a red card"])
+    write_captions(folder / "img-01.png", ["a green card"])
+    sub = folder / "sub"
+    sub.mkdir()
+    (sub / "a.png").write_bytes((folder / "img-00.png").read_bytes())
+    write_captions(sub / "a.png", ["mine"])
+    untouched = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def export(*args):
+        return cli("export-captions", folder, *args, home=tmp_path / "h")
+
+    refusals = [(export("--format", "txt", "--out", sub, "--recursive"), "inside the folder being exported"),
+                (export("--format", "txt", "--out", folder), "inside the folder being exported"),
+                (export("--format", "jsonl", "--out", sub / "a.txt"), "does not end in .jsonl"),
+                (export("--format", "jsonl", "--out", sub / "a.txt", "--force"), "does not end in .jsonl"),
+                (export("--format", "imagefolder", "--out", tmp_path), "holds the folder being exported")]
+    for result, message in refusals:
+        assert result.returncode == 1 and message in result.stderr and "PosixPath" not in result.stderr, result.stderr
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "lumina-captions" not in p.name} == \
+        {p: b for p, b in untouched.items() if "lumina-captions" not in p.name}
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "img-00.png").write_bytes(b"someone else's")
+    result = export("--format", "txt", "--out", used)
+    assert result.returncode == 1 and "not empty" in result.stderr
+    assert (used / "img-00.png").read_bytes() == b"someone else's"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export("--format", "txt", "--out", empty).returncode == 0
+    assert read_captions(empty / "img-00.png") == ["a red card"] and not list(tmp_path.glob(".empty-partial-*"))
+
+    (tmp_path / "set.jsonl").write_text("keep me\n")
+    result = export("--format", "jsonl", "--out", tmp_path / "set.jsonl")
+    assert result.returncode == 1 and "--force" in result.stderr
+    assert (tmp_path / "set.jsonl").read_text() == "keep me\n"
+    assert export("--format", "jsonl", "--out", tmp_path / "set.jsonl", "--force").returncode == 0
+    assert "a red card" in (tmp_path / "set.jsonl").read_text()
+
+
 def test_caption_lengths_counted_without_torch_match_transformers():
     from transformers import AutoTokenizer
 

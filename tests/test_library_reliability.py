@@ -162,7 +162,7 @@ def test_written_files_follow_the_umask_and_failed_exports_leave_nothing(library
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(module, "_png_bytes", full)
+    monkeypatch.setattr(module, "_exported_png", full)
     from core.errors import LuminaError
 
     with pytest.raises(LuminaError, match="disk is full"):
@@ -191,3 +191,32 @@ def test_an_index_of_the_previous_layout_is_rebuilt_with_its_favourites(tmp_path
     assert [e.seed for e in lib.search(favourites_only=True)] == [1]
     lib.close()
     assert not Library(folder).needs_rebuild
+
+
+def test_an_export_goes_to_a_new_or_empty_folder_names_a_vanished_file_and_can_be_cancelled(library, tmp_path):
+    from core.errors import LuminaError
+
+    ids = [e.id for e in library.search()]
+    for target, message in ((library.folder / "out", "inside the folder being exported"),
+                            (library.folder, "inside the folder being exported")):
+        with pytest.raises(LuminaError, match=message):
+            library.export(ids, target)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "img0.png").write_bytes(b"mine")
+    with pytest.raises(LuminaError, match="not empty"):
+        library.export(ids, used)
+    assert (used / "img0.png").read_bytes() == b"mine"
+    (tmp_path / "old.zip").write_bytes(b"mine")
+    with pytest.raises(LuminaError, match="exists already"):
+        library.export(ids, tmp_path / "old.zip")
+    assert library.export(ids, tmp_path / "old.zip", replace=True).stat().st_size > 100
+
+    steps = library.export_steps(ids, tmp_path / "cancelled")
+    assert next(steps) == (1, 3)
+    steps.close()  # what Cancel does
+    library.search()[1].path.unlink()  # deleted behind the app's back
+    with pytest.raises(LuminaError, match="vanished during the export"):
+        library.export(ids, tmp_path / "gone")
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("library", "used", "old.zip"))
+    assert leftovers == []

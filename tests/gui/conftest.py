@@ -46,3 +46,17 @@ def window(qtbot, home):
     win.show()
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
     return win
+
+
+@pytest.fixture(autouse=True)
+def plain_dialogs_fail_instead_of_blocking(monkeypatch):
+    """The same for the app's own plain-text message boxes (app.plain_text)."""
+    from app import plain_text
+
+    def unexpected(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"unexpected modal dialog plain_text.{name}: {[a for a in args if isinstance(a, str)]}")
+        return fail
+
+    for name in ("ask", "message"):
+        monkeypatch.setattr(plain_text, name, unexpected(name))

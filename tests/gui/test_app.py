@@ -64,6 +64,7 @@ def test_search_delete_undo_export(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=5_000)
     window.gallery.select_all()
     window.gallery.export_selection(str(tmp_path / "out.zip"), strip_metadata=False)
+    qtbot.waitUntil(lambda: window.gallery.exporting is None, timeout=30_000)  # off the GUI thread
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2
         manifest = [json.loads(line) for line in archive.read("metadata.jsonl").decode().splitlines()]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
 
+from app import plain_text
 from core.datasets import read_captions, write_captions
 from core.scenes.world import write_dataset
 
@@ -92,11 +92,11 @@ def test_regenerate_asks_before_replacing_a_hand_edit(window, panel, qtbot, tmp_
     write_captions(folder / "scene-00000.png", ["typed by a person"])
     panel.open_folder(folder)
     answers = []
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.append(a[2]) or QMessageBox.No)
+    monkeypatch.setattr(plain_text, "ask", lambda *a, **k: answers.append(a[2]) and False)
     panel.regenerate()
     assert "edited by hand" in answers[0] and not panel.client.jobs()
     assert read_captions(folder / "scene-00000.png") == ["typed by a person"]
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    monkeypatch.setattr(plain_text, "ask", lambda *a, **k: True)
     panel.regenerate()
     qtbot.waitUntil(lambda: read_captions(folder / "scene-00000.png") != ["typed by a person"], timeout=120_000)
     qtbot.waitUntil(lambda: panel.editor.lines() == read_captions(folder / "scene-00000.png"))

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from PySide6.QtWidgets import QMessageBox
 from safetensors.torch import save_file
 
+from app import plain_text
 from app.train_wizard import STAGE_FIELDS, name_datasets
 from core.models.registry import demo_source
 from core.scenes.world import write_dataset
 from fake_gpus import fake_nvidia_smi
 from filesystems import mount_tmpfs, unmount_tmpfs
 from core.storage import runs_dir
-from trainer.run_folder import RunFolder
+from trainer.run_folder import RunFolder, start_time
 
 
 def scenes(folder: Path, count: int = 48) -> Path:
@@ -387,7 +387,8 @@ def fake_run(name: str, state: str, launcher_pid: int | None, checkpoint: bool, 
     with run.events.open("a") as handle:
         handle.write('{"event": "step", "step": 8, "lo')  # cut mid-line by a crash
     if launcher_pid is not None:
-        run.launcher_file.write_text(json.dumps({"pid": launcher_pid, "host": os.uname().nodename}))
+        run.launcher_file.write_text(json.dumps({"pid": launcher_pid, "pid_start": start_time(launcher_pid),
+                                                 "host": os.uname().nodename}))
     if checkpoint:
         (run.checkpoints / "step-00000007").mkdir(parents=True)
         (run.checkpoints / "step-00000007" / "COMPLETE").touch()
@@ -432,7 +433,7 @@ def test_kill_is_offered_only_when_a_stop_has_not_ended_the_run(window, qtbot, m
     os.utime(run.stop_flag, (old, old))  # the stop has had 45 s and the process still runs
     panel.refresh_monitor()
     assert panel.kill_button.isEnabled() and "Kill ends it" in panel.headline.text()
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    monkeypatch.setattr(plain_text, "ask", lambda *a, **k: True)
     panel.kill_run()
     assert trainer.wait(10) == -9
     panel.refresh_monitor()
@@ -461,10 +462,10 @@ def test_deleting_a_run_asks_and_moves_it_to_the_trash(window, qtbot, monkeypatc
     panel = window.train
     window.tabs.setCurrentWidget(panel)
     panel.select_run(runs_dir() / "old")
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)
+    monkeypatch.setattr(plain_text, "ask", lambda *a, **k: False)
     panel.delete_run()
     assert (runs_dir() / "old").exists()
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    monkeypatch.setattr(plain_text, "ask", lambda *a, **k: True)
     panel.delete_run()
     assert not (runs_dir() / "old").exists() and list((runs_dir() / ".trash").glob("old-*"))
     assert panel.runs.rowCount() == 0
