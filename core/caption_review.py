@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caption_state import HAND, REVIEW_STATUSES, CaptionState
+from .caption_state import HAND, REVIEW_STATUSES, CaptionState, folder_lock
 from .datasets import decode_legacy, list_images, read_captions, sidecar, split_captions, write_captions
 from .errors import LuminaError
 from .exports import building_folder, check_file_target, check_folder_target
@@ -143,7 +143,8 @@ class CaptionDataset:
             raise ReviewError(f"{sidecar(self.path(image)).name} cannot be read ({self.unreadable[image]}), so it "
                               "is left as it is.")
         lines = [" ".join(c.split()) for c in captions if c.strip()]
-        write_captions(self.path(image), lines)
+        with folder_lock(self.folder):  # a captioning run writes one image at a time under the same lock
+            write_captions(self.path(image), lines)
         self._captions[image] = lines
 
     def status_of(self, image: str) -> str:

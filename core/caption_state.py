@@ -9,15 +9,18 @@ review status. SQLite: every change is one transaction, so a kill at any moment 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 from core.storage import connect_shared, is_damaged, move_aside_damaged
 
 STATE_FILE = ".lumina-captions.sqlite"
+LOCK_FILE = ".lumina-captions.lock"
 REVIEW_STATUSES = ("unreviewed", "approved", "needs fixing", "rejected")
 HAND = "edited by hand"
 _SCHEMA = """
@@ -33,6 +36,37 @@ CREATE TABLE IF NOT EXISTS reviews (image TEXT PRIMARY KEY, status TEXT NOT NULL
 _COLUMNS = {"captions": ("image", "text", "source", "style", "settings", "tokens", "created", "run"),
             "runs": ("key", "settings", "started", "finished"), "done": ("run", "image"),
             "reviews": ("image", "status", "updated")}
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """The folder's caption lock: one writer of a .txt at a time across processes (caption runs, the app),
+    held for one image's read-change-write only, so several runs share a folder without losing lines. The
+    system frees it when its holder dies, whatever killed it."""
+    with open(folder / LOCK_FILE, "a+b") as handle:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def damaged_state_message(aside: Path) -> str:
@@ -90,19 +124,52 @@ class CaptionState:
             row = self.db.execute("SELECT finished FROM runs WHERE key = ?", (key,)).fetchone()
             if row is not None and row[0] is not None:  # that run finished: this is a new one
                 self.db.execute("DELETE FROM done WHERE run = ?", (key,))
+                self.db.execute("DELETE FROM runs WHERE key = ?", (key,))
             self.db.execute("INSERT INTO runs (key, settings, started, finished) VALUES (?, ?, ?, NULL) "
                             "ON CONFLICT(key) DO UPDATE SET finished = NULL",
                             (key, json.dumps(settings, sort_keys=True), time.time()))
         done = {r[0] for r in self.db.execute("SELECT image FROM done WHERE run = ?", (key,))}
         return key, done
 
+    def mark_done(self, run: str, image: Path) -> None:
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO done (run, image) VALUES (?, ?)", (run, self.relative(image)))
+
     def finish_run(self, key: str) -> None:
         with self.db:
             self.db.execute("UPDATE runs SET finished = ? WHERE key = ?", (time.time(), key))
 
     def record(self, run: str, image: Path, written: list[dict]) -> None:
-        """The captions a run wrote for `image` ({"text", "source", "style", "settings", "tokens"})."""
-        name = self.relative(image)
+        """The captions a run wrote for `image` ({"text", "source", "style", "settings", "tokens"}), and that
+        the image is done. Kept for callers that write nothing; a captioning run uses `update_captions`."""
+        self._claim(run, image, written)
+        self.mark_done(run, image)
+
+    def update_captions(self, run: str, image: Path, written: list[dict], change) -> list[str]:
+        """Write a run's new captions of `image` as one step with their record, safe against other writers
+        and against a kill at any moment: under the folder's lock, the captions are recorded as this run's,
+        `change(current lines)` gives the lines to write, the .txt is replaced, then the image is marked done.
+        A run resumed after a kill between the write and the mark finds its lines in the .txt
+        (`written_before`) and does not add them again. Returns the lines written."""
+        from .datasets import read_captions, write_captions
+
+        with folder_lock(self.folder):
+            self._claim(run, image, written)
+            lines = change(read_captions(image))
+            write_captions(image, lines)
+            self.mark_done(run, image)
+        return lines
+
+    def written_before(self, run: str) -> dict[str, set[str]]:
+        """Captions a run recorded for images it did not mark done (it was killed in between): image -> texts."""
+        found: dict[str, set[str]] = {}
+        for image, text in self.db.execute(
+                "SELECT image, text FROM captions WHERE run = ? AND created >= (SELECT started FROM runs WHERE "
+                "key = ?) AND image NOT IN (SELECT image FROM done WHERE run = ?)", (run, run, run)):
+            found.setdefault(image, set()).add(text)
+        return found
+
+    def _claim(self, run: str, image: Path, written: list[dict]) -> None:
         now = time.time()
         with self.db:
             self.db.executemany(
@@ -110,9 +177,8 @@ class CaptionState:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(image, text) DO UPDATE SET source = excluded.source, "
                 "style = excluded.style, settings = excluded.settings, tokens = excluded.tokens, "
                 "created = excluded.created, run = excluded.run",
-                [(name, w["text"], w["source"], w["style"], json.dumps(w.get("settings", {}), sort_keys=True),
-                  w.get("tokens"), now, run) for w in written])
-            self.db.execute("INSERT OR IGNORE INTO done (run, image) VALUES (?, ?)", (run, name))
+                [(self.relative(image), w["text"], w["source"], w["style"],
+                  json.dumps(w.get("settings", {}), sort_keys=True), w.get("tokens"), now, run) for w in written])
 
     # ---- reading -----------------------------------------------------------------------------------------
 

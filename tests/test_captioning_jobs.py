@@ -314,6 +314,43 @@ def test_export_captions_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_two_append_runs_on_one_folder_keep_both_lines(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 16)
+    for image in folder.glob("*.png"):
+        write_captions(image, ["the old line"])
+    server.script.delay = 0.2  # a batch of 8 takes 1.6 s: both runs hold the same images at once
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "home")}
+    runs = [subprocess.Popen([sys.executable, "-m", "core.cli", "caption", str(folder), "--server", server.url,
+                              "--mode", "append", "--concurrency", "1", "--prompt", f"{word} {{name}}"],
+                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for word in ("first", "second")]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    for image in folder.glob("*.png"):
+        lines = read_captions(image)
+        assert len(lines) == 3 and lines[0] == "the old line", lines
+        assert {line.split("'")[1].split()[0] for line in lines[1:]} == {"first", "second"}
+
+
+def test_a_rerun_after_a_kill_between_write_and_record_adds_no_second_line(tmp_path, server):
+    import sqlite3
+
+    from core.caption_state import STATE_FILE
+
+    folder = folder_of_colours(tmp_path / "set", 3)
+    assert run_job(folder, ServerCaptioner(server.url), mode="append", batch=1)[0].captioned == 3
+    with sqlite3.connect(folder / STATE_FILE) as db:  # killed after img-01's .txt was written, before its mark
+        db.execute("DELETE FROM done WHERE image = 'img-01.png'")
+        db.execute("UPDATE runs SET finished = NULL")
+    asked = len(server.script.requests)
+    summary, _ = run_job(folder, ServerCaptioner(server.url), mode="append", batch=1)
+    assert summary.captioned == 0 and len(server.script.requests) == asked
+    assert [len(read_captions(image)) for image in sorted(folder.glob("*.png"))] == [1, 1, 1]
+    # a later run of the same settings is a new run
+    assert run_job(folder, ServerCaptioner(server.url), mode="append", batch=1)[0].captioned == 3
+    assert [len(read_captions(image)) for image in sorted(folder.glob("*.png"))] == [1, 1, 1]  # same text
+
+
 def test_an_export_never_writes_inside_its_source_or_over_a_file(tmp_path):
     folder = folder_of_colours(tmp_path / "set", 2)
     write_captions(folder / "img-00.png", ["a red card"])

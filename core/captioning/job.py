@@ -155,6 +155,7 @@ class CaptionRun:
             raise self._state_error(exc) from None
         try:
             key, done = state.begin_run(self.identity())
+            done |= self._written_before_a_kill(state, key)
             todo, skipped = self.plan(done, share)
             summary = Summary(skipped=skipped)
             if state.recovered is not None:
@@ -165,10 +166,11 @@ class CaptionRun:
                     summary.stopped = True
                     break
                 for outcome in self._batch(todo[start:start + size]):
+                    if not outcome.error:
+                        self._write(state, key, outcome)
                     if outcome.error:
                         summary.failed.append(f"{outcome.image}: {outcome.error}")
                     else:
-                        state.record(key, self.folder / outcome.image, outcome.written)
                         summary.captioned += 1
                         summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
                     if on_result is not None:
@@ -225,18 +227,40 @@ class CaptionRun:
                                          "settings": self.caption_settings(prompt), "tokens": self._tokens(text)})
             ready = [i for i in ready if not outcomes[i].error]
         for index in ready:
-            outcome, written = outcomes[index], lines[index]
-            new = [w["text"] for w in written]
-            kept = [line for line in old[index] if line not in new] if self.settings.mode == "append" else []
-            outcome.captions, outcome.written = kept + new, written
-            try:
-                write_captions(images[index], outcome.captions)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise self._full_disk() from None
-                outcome.captions, outcome.written = [], []
-                outcome.error = f"{sidecar(images[index]).name} cannot be written ({exc.strerror or exc})"
+            outcomes[index].written = lines[index]
         return outcomes
+
+    def _write(self, state: CaptionState, key: str, outcome: ImageOutcome) -> None:
+        """Write an image's new captions: the .txt as it is now (another run or the app may have changed it
+        while the model worked) with the new lines added (append) or in place of the old ones."""
+        image = self.folder / outcome.image
+        new = [w["text"] for w in outcome.written]
+        append = self.settings.mode != "overwrite"  # skip: a caption another writer added meanwhile is kept
+        try:
+            outcome.captions = state.update_captions(
+                key, image, outcome.written, lambda current: [c for c in current if c not in new] + new if append
+                else new)
+        except UnicodeDecodeError:
+            outcome.error = f"its caption file {sidecar(image).name} is not UTF-8 text; it is left as it is"
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._full_disk() from None
+            outcome.error = f"{sidecar(image).name} cannot be written ({exc.strerror or exc})"
+        if outcome.error:
+            outcome.captions, outcome.written = [], []
+
+    def _written_before_a_kill(self, state: CaptionState, key: str) -> set[str]:
+        """Images this run wrote but did not mark done (killed in between): their lines are in the .txt, so
+        they count as done and are not captioned, and added, again."""
+        found = set()
+        for image, texts in state.written_before(key).items():
+            try:
+                if texts & set(read_captions(self.folder / image)):
+                    state.mark_done(key, self.folder / image)
+                    found.add(image)
+            except (OSError, UnicodeDecodeError):
+                continue
+        return found
 
     def _tokens(self, text: str) -> int | None:
         return self.counter(text) if self.counter is not None else None
