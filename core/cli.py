@@ -274,10 +274,12 @@ def run_models(args) -> int:
 def run_scenes(args) -> int:
     from tqdm import tqdm
 
+    from .exports import check_folder_target
     from .scenes.world import write_dataset
 
     if args.count < 1 or not 0 <= args.pairs <= 1:
         raise RequestError("--count must be at least 1 and --pairs between 0 and 1.")
+    check_folder_target(Path(args.folder), [])  # a new or empty folder: an existing dataset is never drawn over
     with tqdm(total=args.count, desc="drawing scenes", unit="img", file=sys.stderr) as bar:
         write_dataset(args.folder, args.count, args.seed, args.pairs, on_progress=lambda n: bar.update(1))
     print(f"{args.count} scenes with captions in {args.folder}")

@@ -213,3 +213,12 @@ def test_images_made_into_the_library_are_indexed(capsys, tiny_model, data_home)
     library = Library(library_dir())
     assert [(e.prompt, e.seed) for e in library.search()] == [("indexed at once", 2**64 - 1)]
     library.close()
+
+
+def test_scenes_never_draws_over_an_existing_folder(capsys, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "scene-00000.png").write_bytes(b"my own picture")
+    code, _, err = run_cli(capsys, "scenes", str(folder), "--count", "2")
+    assert code == 1 and "not empty" in err
+    assert (folder / "scene-00000.png").read_bytes() == b"my own picture"

@@ -1,5 +1,7 @@
 """The registry of models a person added."""
 
+import shutil
+
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -38,7 +40,6 @@ def test_unknown_names_and_the_demo(tiny_model, tmp_path, monkeypatch):
     assert registry.available_models() == []
     monkeypatch.setattr(registry, "DEMO_FOLDER", tiny_model)  # an installed demo: the default model
     assert find_model(None).name == "demo" and find_model("demo").components == tiny_model
-    import shutil
 
     add_model(shutil.copytree(tiny_model, tmp_path / "mine"), name="mine")
     assert [m["name"] for m in registry.available_models()] == ["demo", "mine"]
@@ -105,3 +106,21 @@ def test_one_model_has_one_name(tiny_model, monkeypatch):
         add_model(tiny_model, name="again")
     monkeypatch.setattr(registry, "DEMO_FOLDER", tiny_model)
     assert find_model(str(tiny_model)).name == "demo"  # the demo's folder by path is still "demo"
+
+
+def test_a_taken_name_is_refused_and_checkpoints_are_named_after_their_run_and_step(tiny_model, tmp_path):
+    first = shutil.copytree(tiny_model, tmp_path / "runs" / "cats" / "checkpoints" / "step-00001200" / "model")
+    second = shutil.copytree(tiny_model, tmp_path / "runs" / "cats" / "checkpoints" / "step-00002400" / "model")
+    assert add_model(first)["name"] == "cats step 1200"
+    assert add_model(second)["name"] == "cats step 2400"
+    assert add_model(first)["name"] == "cats step 1200"  # the same model again: its entry is updated
+    with pytest.raises(ModelLoadError, match="registered already"):
+        add_model(shutil.copytree(tiny_model, tmp_path / "other"), name="cats step 1200")
+    assert {m["name"]: m["path"] for m in list_models()}["cats step 1200"] == str(first.resolve())
+
+
+def test_a_damaged_registry_lists_what_it_can(tiny_model, data_home):
+    (data_home / "models.json").write_text('{"models": [{"name": 3}, "x", {"name": "ok", "path": "/x"}]}')
+    assert [m["name"] for m in list_models()] == ["ok"]
+    (data_home / "models.json").write_text('["not", "a", "table"]')
+    assert list_models() == []

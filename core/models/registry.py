@@ -19,8 +19,21 @@ def _registry_path() -> Path:
 
 
 def list_models() -> list[dict]:
-    """The models a person registered."""
-    return read_json(_registry_path(), {"models": []}).get("models", [])
+    """The models a person registered (an entry without a text name and path, in a damaged file, is left out)."""
+    data = read_json(_registry_path(), {})
+    models = data.get("models") if isinstance(data, dict) else None
+    return [m for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)
+            and isinstance(m.get("path"), str)] if isinstance(models, list) else []
+
+
+def default_name(path: Path) -> str:
+    """A registered name for a model added without one: a training checkpoint's model folder (every one is
+    called `model`) is named after its run and step, "RUN step 1200"; anything else after its folder or file."""
+    parts = path.parts
+    if path.name == "model" and len(parts) >= 4 and parts[-3] == "checkpoints" and parts[-2].startswith("step-"):
+        step = parts[-2].removeprefix("step-").lstrip("0") or "0"
+        return f"{parts[-4]} step {step}"
+    return path.stem if path.is_file() else path.name
 
 
 def demo_available() -> bool:
@@ -43,8 +56,9 @@ def demo_source() -> ModelSource:
 
 
 def add_model(path: str | Path, name: str | None = None, components: str | Path | None = None) -> dict:
-    """Validate a source and remember it. Re-adding a name replaces that entry."""
-    source = resolve_source(path, components, name)
+    """Validate a source and remember it. A name already given to another model is refused (re-adding the
+    same model under its name updates its entry)."""
+    source = resolve_source(path, components, name or default_name(Path(path).expanduser().resolve()))
     if source.name == DEMO_NAME:
         raise ModelLoadError("'demo' is reserved for the built-in model; choose another name with --name.")
     resolved = Path(path).expanduser().resolve()
@@ -53,6 +67,10 @@ def add_model(path: str | Path, name: str | None = None, components: str | Path 
     same = [m["name"] for m in list_models() if Path(m["path"]) == resolved and m["name"] != source.name]
     if same:  # one model, one name: the library's model filter would otherwise list it twice
         raise ModelLoadError(f"{resolved} is already registered as '{same[0]}' (remove it first to rename it).")
+    taken = [m["path"] for m in list_models() if m["name"] == source.name and Path(m["path"]) != resolved]
+    if taken:
+        raise ModelLoadError(f"A model named '{source.name}' is registered already ({taken[0]}). Give this one "
+                             "another name (--name), or remove that one first.")
     check_dit_weights(source)
     entry = {
         "name": source.name,
