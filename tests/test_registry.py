@@ -120,6 +120,7 @@ def test_a_taken_name_is_refused_and_checkpoints_are_named_after_their_run_and_s
 
 
 def test_a_damaged_registry_lists_what_it_can(tiny_model, data_home):
+    data_home.mkdir(parents=True, exist_ok=True)
     (data_home / "models.json").write_text('{"models": [{"name": 3}, "x", {"name": "ok", "path": "/x"}]}')
     assert [m["name"] for m in list_models()] == ["ok"]
     (data_home / "models.json").write_text('["not", "a", "table"]')
