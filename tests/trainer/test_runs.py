@@ -161,6 +161,21 @@ def test_stop_file_and_sigterm_save_and_resume_exactly(reference_run, tiny_model
     assert len(resumed) == 2
 
 
+def test_sigterm_to_the_train_command_is_a_stop_request(tiny_model, shapes_dataset, tmp_path):
+    """kill, `timeout` and service managers signal the command itself, not its training processes."""
+    import psutil
+
+    config = write_config(tmp_path, tiny_model, shapes_dataset)
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 2))
+    trainer = worker_pid(run)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert run.status()["state"] == "stopped" and run.latest_checkpoint() is not None
+    assert not run.launcher_file.exists() and not psutil.pid_exists(trainer)
+
+
 def test_resume_after_a_kill_matches_the_uninterrupted_run(reference_run, tiny_model, shapes_dataset, tmp_path):
     config = write_config(tmp_path, tiny_model, shapes_dataset)
     run = RunFolder(tmp_path / "run")
