@@ -117,7 +117,7 @@ class CaptionDataset:
         images take a few seconds). It pauses a moment every few hundred files so the GUI thread gets Python's lock."""
         from PIL import Image
 
-        from .images import problem
+        from .images import open_image, problem
 
         for number, image in enumerate(self.images):
             if should_stop():
@@ -125,7 +125,7 @@ class CaptionDataset:
             for caption in self.captions(image):
                 self.tokens(caption)
             try:
-                with Image.open(self.path(image)) as opened:
+                with open_image(self.path(image)) as opened:
                     opened.size  # noqa: B018 (the header is read: enough to tell an image from a broken file)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 self.broken[image] = problem(exc)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LuminaError
+from .images import check_regular_file
 from .storage import write_text_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -78,7 +79,8 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
             if entry.is_dir(follow_symlinks=False):
                 if recursive and not entry.name.startswith(".") and entry.name not in HIDDEN_FOLDERS:
                     stack.append(Path(entry.path))
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and not entry.name.startswith("."):
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and not entry.name.startswith(".") \
+                    and entry.is_file():  # a FIFO or device named like an image would block whoever opens it
                 found.append(entry.path)
     return [Path(path) for path in sorted(found)]
 
@@ -90,8 +92,10 @@ def sidecar(image: Path) -> Path:
 def read_captions(image: Path) -> list[str]:
     """The image's alternative captions from its `.txt` ([] when there is none); raises OSError or
     UnicodeDecodeError when one exists but cannot be read."""
+    path = sidecar(image)
     try:
-        return split_captions(sidecar(image).read_text(encoding="utf-8"))
+        check_regular_file(path)
+        return split_captions(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
 

@@ -6,6 +6,9 @@ first frame), EXIF rotation, and decompression bombs (refused past `MAX_PIXELS`,
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,10 +36,24 @@ def problem(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def check_regular_file(path: str | Path) -> None:
+    """Raise OSError unless `path` is a regular file: opening a FIFO (or a device) named like an image or a
+    caption blocks for ever, so nothing we read is opened before this check."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, device or socket)", str(path))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Pillow's Image.open, for regular files only (see check_regular_file)."""
+    check_regular_file(path)
+    return Image.open(path)
+
+
 def open_rgb(path: Path) -> Image.Image:
     """The image as RGB (first frame, EXIF-rotated, transparency over white); raises ImageProblem."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageProblem(f"too large to open safely ({width}x{height} pixels)")

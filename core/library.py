@@ -20,9 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import LuminaError, MetadataError
-from .metadata import read_settings
 from .exports import ExportError, building_folder, check_file_target, check_folder_target
 from .exports import reason as export_reason
+from .images import open_image
+from .metadata import read_settings
 from .storage import connect_shared, is_damaged, move_aside_damaged, read_json, write_json_atomic, write_text_atomic
 
 # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
@@ -446,7 +447,7 @@ def _exported_png(path: Path, strip_metadata: bool) -> bytes:
     try:
         if not strip_metadata:
             return path.read_bytes()
-        with Image.open(path) as image:
+        with open_image(path) as image:
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="PNG")  # no pnginfo: every text chunk is dropped
         return buffer.getvalue()

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import MetadataError, OutputError, RequestError
+from .images import open_image
 from .storage import write_atomic
 
 JSON_KEY = "lumina_studio"
@@ -112,7 +113,7 @@ _SETTINGS_KEYS = (JSON_KEY, "parameters", "invokeai_metadata", "prompt")
 def read_png_text(path: Path) -> dict[str, str]:
     """The PNG's text chunks. Pixels are decoded only when no settings chunk precedes them."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             text = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
             if not any(key in text for key in _SETTINGS_KEYS):  # chunks may also follow the pixels
                 image.load()

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.datasets import DatasetError, detect_format, read_dataset_captions
-from core.images import problem
+from core.images import open_image, problem
 from core.prompts import system_prompt_text
 
 from .buckets import bucket_sizes, nearest_bucket
@@ -74,7 +74,7 @@ def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[l
         if should_stop is not None and should_stop():
             raise CheckStopped()
         try:
-            with Image.open(image_path) as image:
+            with open_image(image_path) as image:
                 width, height = image.size
                 # Decoded once here, as the latent encoder will, so a truncated file is reported now, not
                 # after the run has started. JPEGs decode at 1/8 scale: enough to read every byte, far cheaper.

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from core.images import open_image
 from core.models import loader
 from core.models.sources import ModelSource
 from core.prompt_encoder import PromptEncoder
@@ -135,7 +136,11 @@ class FeatureCache:
         entries, failed, unreadable, todo = [], [], set(), defaultdict(list)
         for item in items:
             bucket = nearest_bucket(item.width, item.height, buckets)
-            stat = item.image.stat()
+            try:
+                stat = item.image.stat()
+            except OSError as exc:  # deleted (or moved) since the datasets were checked: skipped, as unreadable ones
+                failed.append(f"{item.image}: {exc.strerror or exc} (gone since the dataset check; skipped)")
+                continue
             relative = f"{folder.name}/{_key(item.image.resolve(), stat.st_mtime_ns, stat.st_size, bucket)}.safetensors"
             entry = {"image": str(item.image), "dataset": item.dataset, "bucket": list(bucket),
                      "latent": relative, "texts": caption_texts(stage, item)}
@@ -150,7 +155,7 @@ class FeatureCache:
                     batch, pixels = [], []
                     for entry in pending[start : start + ENCODE_BATCH]:
                         try:
-                            with Image.open(entry["image"]) as image:
+                            with open_image(entry["image"]) as image:
                                 fitted = fit_to_bucket(image.convert("RGB"), bucket)
                         except (OSError, ValueError) as exc:
                             failed.append(f"{entry['image']}: {exc}")

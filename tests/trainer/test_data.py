@@ -197,3 +197,54 @@ def test_cpu_training_is_held_against_the_computers_memory():
     [warning] = check_ram(released, 2, 128 * 2**30)  # two processes each hold the whole model
     assert "2 process(es)" in warning and "128 GiB" in warning
     assert ram_size() > 2**30
+
+
+def test_an_image_deleted_after_the_check_is_skipped_with_a_warning(tmp_path, tiny_model):
+    import tomli_w
+
+    from core.models.sources import resolve_source
+    from trainer.config import load_config
+    from trainer.datasets import check_datasets
+    from trainer.features import FeatureCache
+
+    folder = tmp_path / "data"
+    for name in ("a", "b", "c"):
+        save_image(folder / f"{name}.png", size=(64, 64)).with_suffix(".txt").write_text(f"picture {name}")
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps({"version": 1, "name": "t", "base_model": str(tiny_model),
+                                   "datasets": [{"path": str(folder), "min_side": 32}],
+                                   "samples": {"prompts": ["a"], "steps": 2},
+                                   "stages": [{"name": "s", "resolution": 32, "steps": 2, "batch_size": 1,
+                                               "micro_batch_size": 1}]}))
+    config = load_config(path)
+    check = check_datasets(config)
+    assert len(check.items) == 3
+    (folder / "b.png").unlink()  # deleted after the check, before the features are made
+    cache = FeatureCache(tmp_path / "run")
+    failed, _ = cache.prepare(config, resolve_source(tiny_model), check.items, torch.device("cpu"), torch.float32)
+    assert len(failed) == 1 and "b.png" in failed[0] and "skipped" in failed[0]
+    assert sorted(Path(e["image"]).name for e in cache.manifest(0)["items"]) == ["a.png", "c.png"]
+
+
+def test_a_fifo_named_like_an_image_or_caption_never_blocks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from core.datasets import list_images, read_captions
+
+    folder = tmp_path / "data"
+    save_image(folder / "a.png", size=(64, 64)).with_suffix(".txt").write_text("a picture")
+    os.mkfifo(folder / "b.png")
+    save_image(folder / "c.png", size=(64, 64))
+    os.mkfifo(folder / "c.txt")
+    assert [p.name for p in list_images(folder)] == ["a.png", "c.png"]
+    with pytest.raises(OSError, match="not a regular file"):
+        read_captions(folder / "c.png")
+    items, report = read_dataset(DatasetConfig(path=str(folder), min_side=32), 0)
+    assert [i.image.name for i in items] == ["a.png"] and "c.txt" in report.unreadable[0]
+    # the whole CLI too: captioning the folder (c.png's caption file is a FIFO) ends, and says so
+    result = subprocess.run([sys.executable, "-m", "core.cli", "caption", str(folder), "--mode", "overwrite"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "home")})
+    assert "not a regular file" in result.stderr or "c.png" in result.stderr, result.stderr
