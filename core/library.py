@@ -17,7 +17,6 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from .errors import LuminaError, MetadataError
 from .exports import ExportError, building_folder, check_file_target, check_folder_target

@@ -24,6 +24,10 @@ class Script:
         self.think = False
         self.delay = 0.0
         self.api_key = None  # when set, requests without "Bearer KEY" get 401
+        self.busy_first = 0  # this many chat requests answer 429 with Retry-After: retry_after
+        self.retry_after = "1"
+        self.endless = ""  # "models" or "chat": that answer's body never ends; "drip": one byte every 2 s
+        self.gone = False  # chat requests get their connection closed without an answer (the server died)
         self.requests = []  # the chat bodies received
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
@@ -53,9 +57,24 @@ def make_handler(script: Script):
                 return False
             return True
 
+        def _never_ending(self, pause: float, chunk: bytes) -> None:
+            """A 200 whose body never ends (until the client hangs up)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except OSError:
+                return
+
         def do_GET(self):
             if not self._authorised():
                 return
+            if self.path == "/v1/models" and script.endless == "models":
+                return self._never_ending(0.0, b" " * 65536)
             if self.path == "/v1/models":
                 self._reply(200, {"object": "list", "data": [{"id": "tiny-vlm", "object": "model"}]})
             else:
@@ -74,6 +93,20 @@ def make_handler(script: Script):
                 time.sleep(script.delay)
                 if failing:
                     return self._reply(500, {"error": {"message": "busy"}})
+                if len(script.requests) <= script.busy_first:
+                    self.send_response(429)
+                    self.send_header("Retry-After", script.retry_after)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if script.gone:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if script.endless == "chat":
+                    return self._never_ending(0.0, b" " * 65536)
+                if script.endless == "drip":
+                    return self._never_ending(2.0, b" ")
                 parts = body["messages"][-1]["content"]
                 colour = colour_of(next(p["image_url"]["url"] for p in parts if p["type"] == "image_url"))
                 question = next(p["text"] for p in parts if p["type"] == "text")

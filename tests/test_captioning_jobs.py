@@ -314,6 +314,57 @@ def test_export_captions_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def red() -> Image.Image:
+    return Image.new("RGB", (32, 32), (220, 40, 40))
+
+
+def test_a_server_that_never_ends_drips_or_stalls_costs_one_deadline(server):
+    from core.captioning.server import CaptionFailed
+
+    captioner = ServerCaptioner(server.url, timeout=20, concurrency=1)
+    server.script.endless = "chat"  # 64 KiB after 64 KiB, for ever
+    started = time.monotonic()
+    [answer] = captioner.caption([red()], ["describe"])
+    assert isinstance(answer, CaptionFailed) and "larger than 8 MiB" in str(answer)
+    assert time.monotonic() - started < 15
+    server.script.endless = "drip"  # one byte every 2 s: no read ever times out
+    captioner.timeout = 3
+    started = time.monotonic()
+    [answer] = captioner.caption([red()], ["describe"])
+    assert isinstance(answer, CaptionFailed) and "did not answer within 3 s" in str(answer)
+    assert 2.5 < time.monotonic() - started < 8
+    server.script.endless = "models"
+    with pytest.raises(ServerError):
+        ServerCaptioner(server.url, timeout=3)
+
+
+def test_stop_ends_a_request_in_flight_and_retry_after_is_honoured(server):
+    from core.errors import Cancelled
+
+    captioner = ServerCaptioner(server.url, concurrency=2)
+    server.script.delay = 60  # a stalled server
+    started = time.monotonic()
+    captioner.should_stop = lambda: time.monotonic() > started + 0.5
+    with pytest.raises(Cancelled):
+        captioner.caption([red(), red()], ["describe", "describe"])
+    assert time.monotonic() - started < 2
+    server.script.delay = 0
+    captioner.should_stop = lambda: False
+    server.script.busy_first = len(server.script.requests) + 1
+    started = time.monotonic()
+    [answer] = captioner.caption([red()], ["describe"])
+    assert isinstance(answer, str) and time.monotonic() - started >= 1.0  # it waited the Retry-After: 1
+
+
+def test_a_server_that_dies_mid_job_stops_it_with_one_message(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 12)
+    captioner = ServerCaptioner(server.url)
+    server.script.gone = True
+    with pytest.raises(ServerError, match="stopped answering"):
+        run_job(folder, captioner)
+    assert len(server.script.requests) < 20  # the first requests' tries, not 12 images x 3 tries each (36)
+
+
 def test_two_append_runs_on_one_folder_keep_both_lines(tmp_path, server):
     folder = folder_of_colours(tmp_path / "set", 16)
     for image in folder.glob("*.png"):

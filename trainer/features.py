@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..caption_state import STATE_FILE, CaptionState, damaged_state_message
-from ..datasets import list_images, read_captions, sidecar, write_captions
-from ..errors import LuminaError
+from ..datasets import list_images, read_captions, sidecar
+from ..errors import Cancelled, LuminaError
 from ..images import ImageProblem, open_rgb
 from ..prompts import MAX_TOKENS
 from ..storage import folder_writable, human_size
@@ -154,6 +154,8 @@ class CaptionRun:
         except sqlite3.Error as exc:
             raise self._state_error(exc) from None
         try:
+            if hasattr(self.captioner, "should_stop"):  # a server's requests in flight end at Stop
+                self.captioner.should_stop = should_stop
             key, done = state.begin_run(self.identity())
             done |= self._written_before_a_kill(state, key)
             todo, skipped = self.plan(done, share)
@@ -165,7 +167,12 @@ class CaptionRun:
                 if should_stop():
                     summary.stopped = True
                     break
-                for outcome in self._batch(todo[start:start + size]):
+                try:
+                    outcomes = self._batch(todo[start:start + size])
+                except Cancelled:  # Stop, while a server request was in flight: nothing of this batch was written
+                    summary.stopped = True
+                    break
+                for outcome in outcomes:
                     if not outcome.error:
                         self._write(state, key, outcome)
                     if outcome.error:

@@ -2,7 +2,7 @@
 
 `GET {base}/models` lists what it serves; `POST {base}/chat/completions` gets one caption per request, the
 image sent as a data URI. Requests run concurrently (the server batches them); a failed request is retried
-on connection errors, 429 and 5xx, with a back-off. An answer's `<think>...</think>` part is removed, and an
+on connection errors, 429 and 5xx, with a back-off (see ServerCaptioner for deadlines and Stop). An answer's `<think>...</think>` part is removed, and an
 empty answer is that image's error, not a caption.
 """
 
@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
 import httpx
 
-from ..errors import LuminaError
+from ..errors import Cancelled, LuminaError
 from .styles import DEFAULT_MAX_TOKENS, DEFAULT_SAMPLING
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"  # vLLM's; llama.cpp 8080, LM Studio 1234, Ollama 11434
 MAX_SIDE = 1536  # longer images are sent scaled down: servers resize anyway, and requests stay small
+MAX_ANSWER_BYTES = 8 << 20  # a caption is a few KiB: an answer past this is cut off, never buffered without end
+CONNECT_TIMEOUT = 10.0
+RETRY_AFTER_CAP = 60.0  # a 429/503's Retry-After is honoured up to this (and within the request's deadline)
+DOWN_AFTER = 3  # requests in a row without an answer: the server is gone, the job stops with one message
+POLL_S = 0.1  # how often waiting code looks at Stop
 _THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
@@ -52,8 +61,44 @@ def strip_thinking(text: str) -> str:
     return "" if "<think>" in text else text.strip()  # an answer that never stopped thinking has no caption
 
 
+@dataclass
+class Reply:
+    """A whole answer, read within the request's deadline and size cap."""
+    status_code: int
+    content: bytes
+    headers: httpx.Headers
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds a 429/503 asks to wait (Retry-After in seconds or as a date); None when it does not say."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
 class ServerCaptioner:
-    """Same `caption()` as a local model's adapter; failures come back per image as CaptionFailed."""
+    """Same `caption()` as a local model's adapter; failures come back per image as CaptionFailed.
+
+    Every request has an overall deadline (`timeout`, retries and waits included) and a size cap on its
+    answer, so a server that drips, never ends or stalls costs one deadline, never memory or hours; Stop
+    (`should_stop`) interrupts requests in flight within a fraction of a second; 429 and 503 are retried
+    after the Retry-After the server asks for (bounded); and after DOWN_AFTER requests in a row that got no
+    answer (the server died or hangs) the job stops with one message instead of failing image by image.
+    """
 
     model_type = "server"
     follows_questions = True
@@ -62,11 +107,14 @@ class ServerCaptioner:
                  concurrency: int = 4, timeout: float = 300.0, retries: int = 2):
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, headers=headers,
-                                   timeout=httpx.Timeout(timeout, connect=10.0))
+        self.client = httpx.Client(base_url=self.base_url, headers=headers)
+        self.timeout = timeout
         self.concurrency, self.retries = max(1, concurrency), max(0, retries)
         self.sampling, self.max_tokens = dict(DEFAULT_SAMPLING), DEFAULT_MAX_TOKENS
         self.batch_limit = None
+        self.should_stop = lambda: False  # the job sets its own: Stop then ends requests in flight
+        self._unanswered = 0  # requests in a row that got no answer at all
+        self._lock = threading.Lock()
         self.model = model or self.models()[0]
 
     @property
@@ -85,6 +133,8 @@ class ServerCaptioner:
                               "OpenAI-compatible server? The address usually ends in /v1.")
         try:
             ids = [entry["id"] for entry in response.json()["data"]]
+            if not all(isinstance(i, str) for i in ids):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             raise ServerError(f"{self.base_url}/models did not answer with a model list.") from None
         if not ids:
@@ -93,10 +143,27 @@ class ServerCaptioner:
 
     def caption(self, images: list, questions: list[str], system: str = "", sampling: dict | None = None,
                 max_tokens: int | None = None) -> list:
+        """One caption (or CaptionFailed) per image. Raises Cancelled when Stop was asked, ServerError when
+        the server stopped answering altogether."""
         settings = dict(self.sampling if sampling is None else sampling)
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda pair: self._one(pair[0], pair[1], system, settings, max_tokens),
-                                 zip(images, questions)))
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            futures = [pool.submit(self._one, image, question, system, settings, max_tokens)
+                       for image, question in zip(images, questions)]
+            while wait(futures, timeout=POLL_S).not_done:
+                if self.should_stop():
+                    raise Cancelled()
+                if self._unanswered >= DOWN_AFTER:
+                    break
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # requests still waiting end at their next read
+        if self._unanswered >= DOWN_AFTER:
+            raise ServerError(f"The server at {self.base_url} stopped answering ({DOWN_AFTER} requests in a row "
+                              "got no answer). The captions written so far are kept: start the server again "
+                              "and run the same job to continue.")
+        if self.should_stop():
+            raise Cancelled()
+        return [future.result() for future in futures]
 
     def _one(self, image, question: str, system: str, settings: dict, max_tokens: int | None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": [
@@ -111,28 +178,74 @@ class ServerCaptioner:
             body["repetition_penalty"] = settings["repetition_penalty"]
         try:
             response = self._send("POST", "/chat/completions", json=body)
-        except ServerError as exc:
+        except (ServerError, Cancelled) as exc:
             return CaptionFailed(str(exc))
         if response.status_code >= 400:
             return CaptionFailed(f"the server answered {response.status_code}: {response.text[:200]}")
         try:
             text = response.json()["choices"][0]["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
             return CaptionFailed("the server's answer holds no message")
         caption = strip_thinking(text)
         return caption if caption else CaptionFailed("the server gave an empty caption")
 
-    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """The response, retried on connection errors, 429 and 5xx; ServerError when the server never answers."""
+    def _send(self, method: str, path: str, **kwargs) -> Reply:
+        """The whole answer within `timeout` (retries and waits included), retried on connection errors,
+        429 and 5xx (429/503 after the Retry-After asked, at most RETRY_AFTER_CAP s); ServerError when the
+        server never answers in time, Cancelled when Stop is asked meanwhile."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
+            pause = 0.5 * 2**attempt
             try:
-                response = self.client.request(method, path, **kwargs)
+                reply = self._request(method, path, deadline, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise ServerError(f"No OpenAI-compatible server answers at {self.base_url} ({exc}). Start "
-                                      "vLLM, llama.cpp's server, LM Studio or Ollama, or check the address.") from None
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                if attempt == self.retries or timed_out or time.monotonic() + pause >= deadline:
+                    self._count_unanswered(True)
+                    raise ServerError(
+                        f"{self.base_url} did not answer within {self.timeout:.0f} s" if timed_out else
+                        f"No OpenAI-compatible server answers at {self.base_url} ({exc}). Start vLLM, llama.cpp's "
+                        "server, LM Studio or Ollama, or check the address.") from None
             else:
-                if response.status_code != 429 and response.status_code < 500 or attempt == self.retries:
-                    return response
-            time.sleep(0.5 * 2**attempt)
+                self._count_unanswered(False)
+                busy = reply.status_code == 429 or reply.status_code >= 500
+                if not busy or attempt == self.retries:
+                    return reply
+                asked = retry_after(reply.headers) if reply.status_code in (429, 503) else None
+                pause = min(asked, RETRY_AFTER_CAP) if asked is not None else pause
+                if time.monotonic() + pause >= deadline:
+                    return reply
+            self._pause(pause)
         raise AssertionError("unreachable")
+
+    def _request(self, method: str, path: str, deadline: float, **kwargs) -> Reply:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise httpx.ReadTimeout("the deadline passed")
+        timeout = httpx.Timeout(remaining, connect=min(CONNECT_TIMEOUT, remaining))
+        with self.client.stream(method, path, timeout=timeout, **kwargs) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise ServerError(f"{self.base_url} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB; "
+                                      "a caption is far smaller, so it was cut off.")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the deadline passed while the answer came in")
+                if self.should_stop():
+                    raise Cancelled()
+                chunks.append(chunk)
+            return Reply(response.status_code, b"".join(chunks), response.headers)
+
+    def _pause(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.should_stop():
+                raise Cancelled()
+            time.sleep(min(POLL_S, end - time.monotonic()))
+
+    def _count_unanswered(self, unanswered: bool) -> None:
+        with self._lock:
+            self._unanswered = self._unanswered + 1 if unanswered else 0
