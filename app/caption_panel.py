@@ -8,8 +8,10 @@ shared queue widget. Every change is written at once and can be undone.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlparse
 
 from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
@@ -20,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from core.caption_review import CaptionDataset, Filter, ReviewError
 from core.caption_state import REVIEW_STATUSES, damaged_state_message
-from core.captioning.service import SERVICE, CaptionerOptions
+from core.captioning.service import API_KEY_VARIABLE, SERVICE, CaptionerOptions, is_loopback
 from core.captioning.styles import STYLES
 from core.datasets import split_captions
 from core.errors import LuminaError
@@ -140,6 +142,11 @@ class CaptionPanel(QWidget):
         self.add_captioner = QPushButton("Add model folder…")
         self.server_url = QLineEdit(self.settings.value("caption_server", "http://127.0.0.1:8000/v1"))
         self.server_url.setToolTip("Base URL of vLLM, llama.cpp's server, LM Studio or Ollama (ends in /v1)")
+        self.api_key = QLineEdit(os.environ.get(API_KEY_VARIABLE) or str(self.settings.value("caption_api_key", "")))
+        self.api_key.setEchoMode(QLineEdit.Password)
+        self.api_key.setPlaceholderText("API key, if the server wants one")
+        self.api_key.setToolTip(f"Sent to the server only (kept in the app's settings; ${API_KEY_VARIABLE} is "
+                                "used when set). Never written into captions, logs or the folder's state file.")
         self.styles = {name: QCheckBox(name) for name in STYLES}
         chosen = str(self.settings.value("caption_styles", "detailed")).split(",")
         for name, box in self.styles.items():
@@ -157,7 +164,7 @@ class CaptionPanel(QWidget):
         self.caption_button.setToolTip("Queue a captioning job (its progress and the queue are below)")
         self._fill_captioners()
         model_row, style_row = QHBoxLayout(), QHBoxLayout()
-        for widget in (QLabel("Captioner"), self.captioner, self.add_captioner, self.server_url):
+        for widget in (QLabel("Captioner"), self.captioner, self.add_captioner, self.server_url, self.api_key):
             model_row.addWidget(widget)
         model_row.addStretch(1)
         style_row.addWidget(QLabel("Styles"))
@@ -612,6 +619,7 @@ class CaptionPanel(QWidget):
         self.captioner.setCurrentIndex(max(0, index))
         self.captioner.blockSignals(False)
         self.server_url.setVisible(self.captioner.currentData() == SERVER)
+        self.api_key.setVisible(self.captioner.currentData() == SERVER)
 
     def _captioner_folders(self) -> list[str]:
         value = self.settings.value("captioners", [])
@@ -635,12 +643,16 @@ class CaptionPanel(QWidget):
     def _captioner_changed(self) -> None:
         self.settings.setValue("captioner", self.captioner.currentData())
         self.server_url.setVisible(self.captioner.currentData() == SERVER)
+        self.api_key.setVisible(self.captioner.currentData() == SERVER)
 
     def captioner_options(self) -> CaptionerOptions:
         chosen = self.captioner.currentData()
         if chosen == SERVER:
             self.settings.setValue("caption_server", self.server_url.text().strip())
-            return CaptionerOptions(server=self.server_url.text().strip(), device=self.device)
+            key = self.api_key.text().strip()
+            if key != os.environ.get(API_KEY_VARIABLE, ""):
+                self.settings.setValue("caption_api_key", key)
+            return CaptionerOptions(server=self.server_url.text().strip(), api_key=key or None, device=self.device)
         return CaptionerOptions(model=chosen, device=self.device)
 
     def _ensure_worker(self) -> None:
@@ -684,11 +696,30 @@ class CaptionPanel(QWidget):
         return f"{name} (all)" if images is None else f"{len(images)} images of {name} ({scope})"
 
     def submit(self, styles: list[str], mode: str, images: list[str] | None, label: str) -> None:
+        if not self._may_send_images():
+            return
         self._ensure_worker()
         settings = {"folder": str(self.dataset.folder), "styles": styles, "mode": mode, "recursive": True,
                     "images": images}
         self.client.submit({"settings": settings}, label)
         self.status.emit(f"Queued captioning: {label}")
+
+    def _may_send_images(self) -> bool:
+        """A server that is not this computer gets the images only after the person said yes (once per host)."""
+        url = self.server_url.text().strip()
+        if self.captioner.currentData() != SERVER or is_loopback(url):
+            return True
+        host = urlparse(url).hostname or url
+        allowed = self.settings.value("caption_remote_hosts", [])
+        allowed = [allowed] if isinstance(allowed, str) else list(allowed or [])
+        if host in allowed:
+            return True
+        if not plain_text.ask(self, "Send images to another computer?",
+                              f"{host} is not this computer: every image to caption is sent to it over the network. "
+                              "Send them?"):
+            return False
+        self.settings.setValue("caption_remote_hosts", allowed + [host])
+        return True
 
     def regenerate(self) -> None:
         image = self.current

@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "BLIP-2, Florence-2); default: the built-in demo captioner")
     source.add_argument("--server", help="an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1")
     cap.add_argument("--server-model", help="the server's model id (default: the first it lists)")
-    cap.add_argument("--api-key", default=os.environ.get("LUMINA_STUDIO_API_KEY"),
-                     help="the server's API key, if it wants one (default: $LUMINA_STUDIO_API_KEY)")
+    from .captioning.service import API_KEY_VARIABLE  # 30 ms: the parser is built for every command
+
+    cap.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                     help=f"the server's API key, if it wants one (default: ${API_KEY_VARIABLE}; a key on the "
+                          "command line is visible to other users of this computer, the variable is not)")
     cap.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (--server)")
     cap.add_argument("--style", default="detailed",
                      help="detailed, medium, short, tags; several comma-separated write one line each")
@@ -303,6 +306,7 @@ def run_evaluate(args) -> int:
 
 def run_caption(args) -> int:
     from .captioning.job import CaptionRun, CaptionSettings, check_folder
+    from .captioning.service import is_loopback
     from .captioning.service import CaptionerOptions, open_captioner
     from .captioning.tokens import lumina_token_counter
     from .captioning.workers import launch_shards, this_share
@@ -318,6 +322,8 @@ def run_caption(args) -> int:
     share, rank, device = this_share(args.device)
     from tqdm import tqdm
 
+    if args.server and not is_loopback(args.server):
+        print(f"{PROG}: warning: {args.server} is not this computer: every image is sent to it", file=sys.stderr)
     options = CaptionerOptions(model=args.model, server=args.server, server_model=args.server_model,
                                api_key=args.api_key, concurrency=args.concurrency, device=device, dtype=args.dtype)
     captioner = open_captioner(options)

@@ -173,3 +173,17 @@ def test_a_folder_without_a_known_model_type_says_what_is_supported(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_captioner(tmp_path / "missing")
     assert {"llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "blip", "blip-2", "florence2"} <= set(ADAPTERS)
+
+
+def test_a_folder_naming_custom_code_is_refused_without_asking(tmp_path, monkeypatch):
+    import builtins
+
+    folder = build_llava(tmp_path / "llava")
+    processor = folder / "processor_config.json"
+    config = json.loads(processor.read_text()) if processor.exists() else {}
+    processor.write_text(json.dumps({**config, "auto_map": {"AutoProcessor": "evil.EvilProcessor"}}))
+    (folder / "evil.py").write_text("import os\nos.system('touch ' + repr(__file__) + '.ran')\n")
+    monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("transformers asked to run the custom code"))
+    with pytest.raises(ModelLoadError, match="processor_config.json names custom code"):
+        load_captioner(folder)
+    assert not (folder / "evil.py.ran").exists()

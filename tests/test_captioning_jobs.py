@@ -365,6 +365,18 @@ def test_a_server_that_dies_mid_job_stops_it_with_one_message(tmp_path, server):
     assert len(server.script.requests) < 20  # the first requests' tries, not 12 images x 3 tries each (36)
 
 
+def test_the_api_key_comes_from_the_environment_and_is_written_nowhere(tmp_path, server):
+    folder = folder_of_colours(tmp_path / "set", 2)
+    server.script.api_key = "sk-very-secret"
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "home"), "LUMINA_STUDIO_API_KEY": "sk-very-secret"}
+    result = subprocess.run([sys.executable, "-m", "core.cli", "caption", str(folder), "--server", server.url],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "not this computer" not in result.stderr  # 127.0.0.1
+    written = b"".join(p.read_bytes() for p in [*folder.iterdir(), *(tmp_path / "home").rglob("*")] if p.is_file())
+    assert len(read_captions(folder / "img-00.png")) == 1 and b"sk-very-secret" not in written + result.stderr.encode()
+
+
 def test_two_append_runs_on_one_folder_keep_both_lines(tmp_path, server):
     folder = folder_of_colours(tmp_path / "set", 16)
     for image in folder.glob("*.png"):

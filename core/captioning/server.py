@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlparse
 
 import httpx
 
@@ -40,11 +39,6 @@ class ServerError(LuminaError):
 
 class CaptionFailed(LuminaError):
     """One image got no caption; the message says why. The job lists it and goes on."""
-
-
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def image_data_uri(image) -> str:

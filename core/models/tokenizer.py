@@ -53,6 +53,6 @@ def _slow_tokenizer(folder: Path):
 
     transformers.utils.logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"{folder} could not be loaded as a tokenizer ({exc}).") from None

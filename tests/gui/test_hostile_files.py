@@ -151,3 +151,25 @@ def test_a_plot_of_constant_huge_losses_draws(qtbot):
     plot.grab()  # paints: a ZeroDivisionError here was a blank plot and a logged traceback per paint
     plot.set_log_scale(True)
     plot.grab()
+
+
+def test_a_server_elsewhere_is_asked_about_and_the_key_stays_private(caption_panel, tmp_path, monkeypatch):
+    from app import caption_panel as module
+    from app import plain_text
+
+    monkeypatch.setenv("LUMINA_STUDIO_API_KEY", "sk-secret")
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 1, seed=2)
+    caption_panel.open_folder(folder)
+    caption_panel.captioner.setCurrentIndex(caption_panel.captioner.findData(module.SERVER))
+    assert caption_panel.api_key.isVisibleTo(caption_panel)
+    caption_panel.api_key.setText("sk-typed")
+    caption_panel.server_url.setText("http://192.0.2.7:8000/v1")
+    options = caption_panel.captioner_options()
+    assert options.api_key == "sk-typed" and "sk-typed" not in repr(options)
+    asked = []
+    monkeypatch.setattr(plain_text, "ask", lambda parent, title, text: asked.append(text) and False)
+    started = []
+    monkeypatch.setattr(caption_panel, "_ensure_worker", lambda: started.append(True))
+    caption_panel.submit(["detailed"], "skip", None, "test")
+    assert "192.0.2.7 is not this computer" in asked[0] and not started and not caption_panel.client.jobs()

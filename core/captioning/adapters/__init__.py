@@ -35,10 +35,24 @@ def model_type(folder: Path) -> str:
                              "(the one save_pretrained writes).") from None
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{config} cannot be read ({exc}).") from None
+    refuse_custom_code(folder)
     if kind not in ADAPTERS:
         raise ModelLoadError(f"{folder} holds a '{kind}' model; Lumina Studio captions with "
                              + ", ".join(sorted(ADAPTERS)) + " models, or with a local server (--server).")
     return kind
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """Refuse a folder whose configs name code of its own (`auto_map`): transformers would run that Python
+    (a terminal even asks, and `y` runs it). Every loader also passes trust_remote_code=False."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # read (and reported) by the loader that needs it
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ModelLoadError(f"{path} names custom code ({', '.join(map(str, data['auto_map']))[:200]}), which "
+                                 "Lumina Studio never runs. Use a model that transformers supports by itself.")
 
 
 def adapter_class(kind: str):

@@ -104,5 +104,5 @@ def load_model(folder: Path, device: str, dtype: str):
     transformers_logging.disable_progress_bar()  # a bar per load is noise on the command line and in the log
     target = resolve_device(device)
     precision = resolve_dtype(dtype, target)
-    model = AutoModelForImageTextToText.from_pretrained(str(folder), local_files_only=True, dtype=precision)
+    model = AutoModelForImageTextToText.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True, dtype=precision)
     return model.to(target).eval(), target, precision

@@ -18,7 +18,7 @@ class BlipCaptioner(Captioner):
         from transformers import AutoProcessor
 
         super().__init__(folder, model, device, dtype)
-        self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        self.processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
 
     def inputs(self, images, questions, system):
         return {"pixel_values": self.processor(images=images, return_tensors="pt")["pixel_values"]}
@@ -31,7 +31,7 @@ class Blip2Captioner(Captioner):
         from transformers import AutoProcessor
 
         super().__init__(folder, model, device, dtype)
-        self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        self.processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"
 
     def inputs(self, images, questions, system):

@@ -20,7 +20,7 @@ class Florence2Captioner(Captioner):
         from transformers import AutoProcessor
 
         super().__init__(folder, model, device, dtype)
-        self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        self.processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
 
     def inputs(self, images, questions, system):
         tasks = [TASKS.get(q, q) for q in questions]

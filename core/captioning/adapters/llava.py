@@ -17,7 +17,7 @@ class LlavaCaptioner(Captioner):
         from transformers import AutoProcessor
 
         super().__init__(folder, model, device, dtype)
-        self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        self.processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"  # generation continues each row from its end
         self.template = chat_template(folder, self.processor)
 

@@ -22,8 +22,8 @@ class QwenVLCaptioner(Captioner):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         super().__init__(folder, model, device, dtype)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, padding_side="left")
-        self.image_processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True, padding_side="left")
+        self.image_processor = AutoImageProcessor.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         self.template = chat_template(folder, self._tokenizer)
         self.image_token_id = model.config.image_token_id
         self.merge = getattr(self.image_processor, "merge_size", 2)
