@@ -329,7 +329,7 @@ class TrainPanel(QWidget):
             for name in record.get("files", []):
                 self._add_sample(name, record)
             self._line(f"samples at step {record.get('step')}")
-        elif kind in ("checkpoint", "resumed", "stopped", "finished", "failed", "error"):
+        elif kind in ("checkpoint", "checkpoint_damaged", "resumed", "stopped", "finished", "failed", "error"):
             detail = record.get("path") or record.get("checkpoint") or record.get("message") or ""
             self._line(f"{kind} at step {record.get('step', '?')} {detail}".rstrip())
         # other kinds (a newer trainer's) are ignored

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 
 from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.nextdit import NextDiTConfig
+from core.checked import integer, read_record
 from core.storage import human_size, write_json_atomic
 
 from .run_folder import RunFolder
@@ -96,12 +98,40 @@ def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: 
     if final.exists():  # the same step saved again (a stop right after a scheduled save)
         shutil.rmtree(final)
     os.replace(partial, final)
-    complete = sorted(p for p in run.checkpoints.glob("step-*") if (p / "COMPLETE").exists())
+    complete = run.complete_checkpoints()
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in run.checkpoints.glob(".partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+class CheckpointUnreadable(Exception):
+    """No checkpoint of a run can be resumed from; the message names each one and why."""
+
+
+TRAINER_STATE_FIELDS = {"global_step": integer(0), "stage": integer(0), "step_in_stage": integer(0)}
+
+
+def read_trainer_state(checkpoint: Path, stages: int) -> dict:
+    """A checkpoint's trainer_state.json, checked (ValueError naming what is wrong)."""
+    path = checkpoint / "state" / "trainer_state.json"
+    state, problems = read_record(path, TRAINER_STATE_FIELDS)
+    missing = [name for name in TRAINER_STATE_FIELDS if name not in state]
+    if problems or missing:
+        raise ValueError("; ".join(problems) or f"{path.name} lacks {', '.join(missing)}")
+    if state["stage"] >= stages:
+        raise ValueError(f"{path.name} names stage {state['stage'] + 1}, and the config has {stages}")
+    return {**json.loads(path.read_text(encoding="utf-8")), **state}
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a checkpoint file cannot be read, in a line (torch's advice to unpickle with weights_only=False,
+    which would run whatever code the file holds, is never passed on)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError) or "pickle" in text.lower():
+        return "a damaged or foreign file among its optimizer and model files"
+    return text[:300]
 
 
 class CheckpointSpaceError(OSError):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import shutil
 import sys
@@ -219,7 +218,11 @@ def resume_run(args) -> int:
     if run.latest_checkpoint() is None:
         raise ConfigError(f"{run.path} has no complete checkpoint yet; start the run again with its config.")
     config = load_config(run.config)
-    plan = json.loads(run.plan.read_text())
+    plan = run.read_plan()
+    missing = [name for name in ("processes", "mixed_precision", "device") if name not in plan]
+    if missing:
+        raise ConfigError(f"{run.plan} is damaged (no usable {', '.join(missing)}): the run cannot be resumed; "
+                          "start it again from its config.toml.")
     if plan.get("gpu_ids") and not (args.gpus or args.gpu_ids):
         args.gpu_ids = plan["gpu_ids"]
         choose_gpus(args)

@@ -284,13 +284,25 @@ class Trainer:
         return in_sync
 
     def _resume(self) -> None:
-        checkpoint = self.run.latest_checkpoint()
-        if checkpoint is None:
-            raise FileNotFoundError(f"{self.run.checkpoints} holds no complete checkpoint to resume from.")
-        self.accelerator.load_state(str(checkpoint / "state"))
-        if self.ema is not None:
-            self.ema.load(checkpoint / "state", self.rank)
-        self.state = json.loads((checkpoint / "state" / "trainer_state.json").read_text())
+        """Continue from the newest complete checkpoint that can be read; a damaged one (its trainer state,
+        model or optimizer files) is passed over for the one before it, and the events say so."""
+        damaged = []
+        for checkpoint in reversed(self.run.complete_checkpoints()):
+            try:
+                self.state = checkpointing.read_trainer_state(checkpoint, len(self.config.stages))
+                self.accelerator.load_state(str(checkpoint / "state"))
+                if self.ema is not None:
+                    self.ema.load(checkpoint / "state", self.rank)
+                break
+            except Exception as exc:  # any reader's error: the checkpoint is unusable, an older one may not be
+                damaged.append(f"{checkpoint.name} ({checkpointing.unreadable_reason(exc)})")
+                self._event("checkpoint_damaged", checkpoint=checkpoint.name,
+                            message=f"{checkpoint.name} cannot be read ({checkpointing.unreadable_reason(exc)}); "
+                                    "trying the checkpoint before it")
+        else:
+            raise checkpointing.CheckpointUnreadable(
+                "no checkpoint of this run can be read" + (f": {'; '.join(damaged)}" if damaged else "")
+                + ". Start the run again from its config.")
         stage = self.config.stages[self.state["stage"]]
         if self.state["step_in_stage"] >= stage.steps and self.state["stage"] + 1 < len(self.config.stages):
             self.state["stage"] += 1
@@ -317,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         is_main = trainer is None or trainer.accelerator.is_main_process
         if is_main:
             message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, checkpointing.CheckpointSpaceError):
+            if isinstance(exc, (checkpointing.CheckpointSpaceError, checkpointing.CheckpointUnreadable)):
                 message = str(exc)
             elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 message = (f"the disk is full ({exc.filename or run.path}); the last complete checkpoint is "

@@ -155,9 +155,13 @@ class RunFolder:
         except FileNotFoundError:
             return False
 
+    def complete_checkpoints(self) -> list[Path]:
+        """The complete checkpoints, oldest first (half-written ones never count)."""
+        return sorted(p for p in self.checkpoints.glob("step-*") if (p / "COMPLETE").exists())
+
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint (half-written ones never count)."""
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "COMPLETE").exists())
+        """The newest complete checkpoint."""
+        done = self.complete_checkpoints()
         return done[-1] if done else None
 
     # ---- the launcher: is anybody running this run? ---------------------------------------------------

@@ -191,6 +191,32 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(reference_run, tiny_m
     assert losses(run) == pytest.approx(losses(reference_run), rel=1e-6)
 
 
+def test_a_damaged_newest_checkpoint_falls_back_and_a_damaged_optimizer_file_is_a_clear_message(
+        reference_run, tiny_model, shapes_dataset, tmp_path):
+    config = write_config(tmp_path, tiny_model, shapes_dataset, keep_checkpoints=3)
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 9))
+    run.request_stop()
+    assert process.wait(timeout=120) == 0
+    newest, before = run.complete_checkpoints()[-1], run.complete_checkpoints()[-2]
+    (newest / "state" / "trainer_state.json").write_text('{"global_step": "nine"}')
+
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    damaged = [e for e in run.read_events() if e["event"] == "checkpoint_damaged"]
+    assert [e["checkpoint"] for e in damaged] == [newest.name] and "'global_step'" in damaged[0]["message"]
+    assert [e["checkpoint"] for e in run.read_events() if e["event"] == "resumed"] == [before.name]
+    assert losses(run) == pytest.approx(losses(reference_run), rel=1e-6)
+
+    for optimizer in run.checkpoints.glob("step-*/state/optimizer.bin"):
+        optimizer.write_bytes(b"\x80\x04garbage that is no pickle")
+    run.set_status("stopped")
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode != 0 and "no checkpoint of this run can be read" in result.stderr
+    assert "weights_only" not in result.stderr and "weights_only" not in run.status()["message"]
+
+
 def test_a_kill_while_saving_leaves_a_loadable_checkpoint(reference_run, tiny_model, shapes_dataset, tmp_path):
     # A checkpoint every step: most of the run is spent saving, and the kill lands inside a save.
     config = write_config(tmp_path, tiny_model, shapes_dataset, stages={0: {"checkpoint_every": 1}})
