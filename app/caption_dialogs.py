@@ -152,12 +152,13 @@ class CompareDialog(QDialog):
         self.setWindowTitle(f"Compare captions of {image}")
         self.sources = sources
         labels = [f"line {n}: {s['style'] or 'edited by hand'}" for n, s in enumerate(sources, start=1)]
+        self.left_text, self.right_text = QTextBrowser(), QTextBrowser()  # before any _show
         self.left, self.right = QComboBox(), QComboBox()
         for box in (self.left, self.right):
             box.addItems(labels)
-            box.currentIndexChanged.connect(self._show)
         self.right.setCurrentIndex(min(1, len(labels) - 1))
-        self.left_text, self.right_text = QTextBrowser(), QTextBrowser()
+        for box in (self.left, self.right):
+            box.currentIndexChanged.connect(self._show)
         pick = QHBoxLayout()
         pick.addWidget(self.left)
         pick.addWidget(self.right)

@@ -27,15 +27,15 @@ from core.captioning.styles import STYLES
 from core.datasets import split_captions
 from core.errors import LuminaError
 
-from .background import run_in_background
 from . import plain_text
-from .plain_text import escape
+from .background import run_in_background
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
 from .caption_list import CaptionListModel
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .job_queue import JobQueueView
+from .plain_text import escape, plain_label
 from .worker_client import WorkerClient
 
 LARGE = 1024
@@ -132,7 +132,7 @@ class CaptionPanel(QWidget):
             top.addWidget(widget)
         top.addStretch(1)
 
-        self.notice = QLabel()
+        self.notice = plain_label()
         self.notice.setWordWrap(True)
         self.notice.setTextInteractionFlags(Qt.TextSelectableByMouse)
 

@@ -25,6 +25,7 @@ from core.request import FIELD_LABELS, request_fields
 from .background import run_in_background
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
+from .plain_text import escape, tooltip
 
 THUMBNAIL = 160
 DETAIL = 512
@@ -103,7 +104,7 @@ class GalleryModel(QAbstractListModel):
             star = "★ " if entry.favourite else ""
             return star + (entry.prompt[:40] or "(empty prompt)")
         if role == Qt.ToolTipRole:
-            return entry.prompt
+            return tooltip(entry.prompt)
         if role == Qt.UserRole:
             return entry
         return None
@@ -396,7 +397,7 @@ class GalleryPanel(QWidget):
         rows = [(FIELD_LABELS[name], settings.get(name)) for name in request_fields() if name != "count"]
         rows += [("Favourite", "★ yes" if entry.favourite else "no"), ("Model", entry.model), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
                  ("File", entry.path.name)]
-        html = "".join(f"<b>{k}</b>: {_escape(v)}<br>" for k, v in rows if v not in (None, ""))
+        html = "".join(f"<b>{k}</b>: {escape(v)}<br>" for k, v in rows if v not in (None, ""))
         self.details.setHtml(html)
 
     def _detail_ready(self, path: str, size: int) -> None:
@@ -486,6 +487,3 @@ class GalleryPanel(QWidget):
         if entries and entries[0].seed is not None:
             self.use_seed.emit(entries[0].seed)
 
-
-def _escape(value) -> str:
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

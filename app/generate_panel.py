@@ -26,6 +26,7 @@ from core.storage import library_dir
 from .background import run_in_background
 from .image_view import ImageView
 from .job_queue import JobQueueView
+from .plain_text import plain_label
 
 SEED_MODES = ("random", "fixed", "increment")
 BACKENDS = ("auto", "torch", "onnx")
@@ -71,7 +72,7 @@ class GeneratePanel(QWidget):
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Describe the image…  (Ctrl+Enter to generate)")
         self.prompt.setMinimumHeight(90)
-        self.tokens = QLabel(" ")
+        self.tokens = plain_label(" ")  # names words of the prompt
         self.tokens.setWordWrap(True)  # the over-long warning must not widen the form
         self.negative = QPlainTextEdit()
         self.negative.setPlaceholderText("Negative prompt (optional)")
@@ -148,7 +149,7 @@ class GeneratePanel(QWidget):
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.clicked.connect(self.request_generation)
-        self.message = QLabel()
+        self.message = plain_label()  # names dropped files and carries error messages: never rich text
         self.message.setWordWrap(True)
         self.message.setStyleSheet("color: #c0392b;")
 
@@ -164,7 +165,7 @@ class GeneratePanel(QWidget):
         scroll.setMinimumWidth(380)
 
         self.view = ImageView("Your image appears here")
-        self.parameters = QLabel()
+        self.parameters = plain_label()  # holds the prompt
         self.parameters.setWordWrap(True)
         self.parameters.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.progress = QProgressBar()

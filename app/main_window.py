@@ -10,7 +10,7 @@ from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, qVersion
 from PySide6.QtGui import QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
-    QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+    QApplication, QFileDialog, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
 )
 
 from core import __version__
@@ -27,6 +27,7 @@ from .caption_panel import CaptionPanel
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
 from .model_manager import ModelManager
+from .plain_text import plain_label
 from .train_panel import TrainPanel
 from .worker_client import WorkerClient
 
@@ -49,10 +50,10 @@ class MainWindow(QMainWindow):
         self.client = WorkerClient(SERVICE, "lumina-engine", self)
         self.library, library_problem = self._open_library()
 
-        self.banner = QLabel()  # the engine's state: loading, load errors, crashes
+        self.banner = plain_label()  # the engine's state: loading, load errors, crashes
         self.banner.setWordWrap(True)
         self.banner.setMargin(6)
-        self.notice = QLabel()  # the library's state, apart from the engine's so neither hides the other
+        self.notice = plain_label()  # the library's state, apart from the engine's so neither hides the other
         self.notice.setWordWrap(True)
         self.notice.setMargin(6)
         self.notice.setVisible(False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
-    QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QMessageBox, QPushButton, QTableWidget, QTableWidgetItem,
+    QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QMessageBox, QPushButton, QTableWidget, QTableWidgetItem,
     QVBoxLayout,
 )
 
@@ -13,6 +13,7 @@ from core.models.sources import describe_weights, resolve_source
 from core.storage import human_size
 
 from .background import run_in_background
+from .plain_text import plain_label
 
 
 class ModelManager(QDialog):
@@ -35,7 +36,7 @@ class ModelManager(QDialog):
         close = QDialogButtonBox(QDialogButtonBox.Close)
         close.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        self.status = QLabel()
+        self.status = plain_label()
         self.status.setWordWrap(True)
         layout.addWidget(self.table)
         layout.addWidget(self.status)

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 from core.storage import runs_dir
 
 from . import plain_text
-from .plain_text import escape
+from .plain_text import escape, plain_label
 
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
@@ -135,7 +135,7 @@ class TrainPanel(QWidget):
         self.align_button = QPushButton("Measure alignment")
         self.align_button.setToolTip("Scene-world runs: how often each checkpoint draws the prompt's shapes, colours, "
                                      "places and relations (the base model measured too, for comparison)")
-        self.align_label = QLabel()
+        self.align_label = plain_label()
         self.align_label.setWordWrap(True)
         self.use_button = QPushButton("Use this checkpoint")
         self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
@@ -374,7 +374,7 @@ class TrainPanel(QWidget):
             text = f"{settings.get('prompt', '')}\n{details}"
         except (MetadataError, OSError) as exc:
             text = str(exc)
-        info = QLabel(text)
+        info = plain_label(text)  # a sample's prompt is text from a file
         info.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(dialog.reject)

@@ -37,6 +37,7 @@ from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
 from trainer.memory import MemoryEstimate, ram_size, stage_estimates
 
 from .background import run_in_background
+from .plain_text import plain_label
 from .train_runs import RunFolder, can_resume, launch, resume, scan_runs, train_command
 
 PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
@@ -70,7 +71,7 @@ class _Page(QWizardPage):
         self.owner = wizard
         self.setTitle(title)
         self.setSubTitle(subtitle)
-        self.problem = QLabel()
+        self.problem = plain_label()
         self.problem.setWordWrap(True)
         self.problem.setStyleSheet("color: #c83c3c;")
 
@@ -116,7 +117,7 @@ class StartPage(_Page):
             radio.setEnabled(choices.count() > 0)
             choices.setEnabled(choices.count() > 0)
         self.name = QLineEdit()
-        self.folder = QLabel()
+        self.folder = plain_label()
         self.folder.setWordWrap(True)
         for radio, choices in ((self.from_preset, self.preset), (self.from_earlier, self.earlier),
                                (self.resume, self.resumable)):
@@ -349,7 +350,7 @@ class ModelPage(_Page):
                          "2.0 model you added with File → Models….")
         self.model = QComboBox()
         self.model.currentIndexChanged.connect(self._chosen)
-        self.info = QLabel()
+        self.info = plain_label()
         self.info.setWordWrap(True)
         form = QFormLayout(self)
         form.addRow("Model", self.model)
@@ -593,9 +594,9 @@ class SamplesPage(_Page):
         self.prompts.setPlaceholderText("one prompt per line (none: no samples)")
         self.keep = QSpinBox()
         self.keep.setRange(1, 100)
-        self.disk = QLabel()
+        self.disk = plain_label()
         self.disk.setWordWrap(True)
-        self.words = QLabel()  # the demo's vocabulary: a sample of words it never saw shows nothing of them
+        self.words = plain_label()  # the demo's vocabulary: a sample of words it never saw shows nothing of them
         self.words.setWordWrap(True)
         self.prompts.textChanged.connect(self._read)
         self.keep.valueChanged.connect(self._read)

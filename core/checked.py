@@ -93,6 +93,6 @@ def read_record(path: Path, fields: dict[str, Check]) -> tuple[dict, list[str]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}, []
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return {}, [f"{path.name} cannot be read ({type(exc).__name__})"]
     return check_record(data, fields, path.name)

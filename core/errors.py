@@ -1,6 +1,17 @@
 """Errors a person can act on. Each message says what is wrong, where, and what to do."""
 
 
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a weights or state file cannot be read, in a line. torch's advice to unpickle with
+    weights_only=False (which would run whatever code the file holds) is never passed on."""
+    import pickle
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError) or "pickle" in text.lower():
+        return "a damaged file, or a pickle that is not plain weights (it is never run)"
+    return text[:300]
+
+
 class LuminaError(Exception):
     """Base class: the message is shown to the user as-is, without a traceback."""
 

@@ -36,7 +36,7 @@ def read_json(path: Path, default):
     """The file's JSON, or `default` when it does not exist or is unreadable (a corrupt cache is rebuilt)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return default
 
 

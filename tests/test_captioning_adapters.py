@@ -187,3 +187,13 @@ def test_a_folder_naming_custom_code_is_refused_without_asking(tmp_path, monkeyp
     with pytest.raises(ModelLoadError, match="processor_config.json names custom code"):
         load_captioner(folder)
     assert not (folder / "evil.py.ran").exists()
+
+
+def test_a_captioner_whose_weights_are_a_foreign_pickle_is_refused_with_a_message(tmp_path):
+    folder = build_llava(tmp_path / "llava")
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+    with pytest.raises(ModelLoadError) as raised:
+        load_captioner(folder)
+    assert "weights_only" not in str(raised.value) and "could not be loaded" in str(raised.value)

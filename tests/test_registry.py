@@ -125,3 +125,19 @@ def test_a_damaged_registry_lists_what_it_can(tiny_model, data_home):
     assert [m["name"] for m in list_models()] == ["ok"]
     (data_home / "models.json").write_text('["not", "a", "table"]')
     assert list_models() == []
+
+
+def test_hostile_weight_files_are_refused_with_a_message(tiny_model, tmp_path, capsys):
+    from core.cli import main
+
+    nested = tmp_path / "nested.safetensors"
+    header = b"[" * 200_000 + b"]" * 200_000
+    nested.write_bytes(len(header).to_bytes(8, "little") + header)
+    sparse = tmp_path / "sparse.safetensors"
+    with open(sparse, "wb") as handle:  # 1 TiB on paper, a few bytes on disk; its header claims nearly all of it
+        handle.write((2**40 - 16).to_bytes(8, "little"))
+        handle.truncate(2**40)
+    for path, message in ((nested, "nested too deeply"), (sparse, "claims")):
+        code = main(["models", "add", str(path), "--components", str(tiny_model)])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "internal error" not in err and "memory" not in err, err

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -123,15 +122,6 @@ def read_trainer_state(checkpoint: Path, stages: int) -> dict:
     if state["stage"] >= stages:
         raise ValueError(f"{path.name} names stage {state['stage'] + 1}, and the config has {stages}")
     return {**json.loads(path.read_text(encoding="utf-8")), **state}
-
-
-def unreadable_reason(exc: BaseException) -> str:
-    """Why a checkpoint file cannot be read, in a line (torch's advice to unpickle with weights_only=False,
-    which would run whatever code the file holds, is never passed on)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError) or "pickle" in text.lower():
-        return "a damaged or foreign file among its optimizer and model files"
-    return text[:300]
 
 
 class CheckpointSpaceError(OSError):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from core.errors import unreadable_reason
 from core.models import loader
 from core.models.sources import resolve_source
 
@@ -295,9 +296,9 @@ class Trainer:
                     self.ema.load(checkpoint / "state", self.rank)
                 break
             except Exception as exc:  # any reader's error: the checkpoint is unusable, an older one may not be
-                damaged.append(f"{checkpoint.name} ({checkpointing.unreadable_reason(exc)})")
+                damaged.append(f"{checkpoint.name} ({unreadable_reason(exc)})")
                 self._event("checkpoint_damaged", checkpoint=checkpoint.name,
-                            message=f"{checkpoint.name} cannot be read ({checkpointing.unreadable_reason(exc)}); "
+                            message=f"{checkpoint.name} cannot be read ({unreadable_reason(exc)}); "
                                     "trying the checkpoint before it")
         else:
             raise checkpointing.CheckpointUnreadable(

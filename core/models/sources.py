@@ -38,8 +38,8 @@ def read_json_file(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelLoadError(f"{path} is missing.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc or 'nested too deeply'}).") from None
 
 
 def check_components(folder: Path) -> None:
@@ -139,6 +139,9 @@ def describe_weights(source: ModelSource) -> tuple[int, str]:
     return size, "/".join(sorted(names.get(d, d.lower()) for d in dtypes)) or "unknown"
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on a header
+
+
 def safetensors_header(file: Path) -> dict[str, dict]:
     """The tensors a .safetensors file declares (name -> dtype, shape, offsets), checked against the file's
     size so a truncated or fake file is refused without reading its weights."""
@@ -149,7 +152,11 @@ def safetensors_header(file: Path) -> dict[str, dict]:
             length = int.from_bytes(handle.read(8), "little")
             if size < 8 or not 2 <= length <= size - 8:
                 raise ModelLoadError(f"{problem} (its header does not fit in its {size:,} bytes).")
+            if length > MAX_HEADER_BYTES:  # a sparse or fake file would have us read (and hold) all of it
+                raise ModelLoadError(f"{problem} (its header claims {length:,} bytes; real ones are far smaller).")
             header = json.loads(handle.read(length))
+    except RecursionError:
+        raise ModelLoadError(f"{problem} (its header is nested too deeply to be a table of tensors).") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{problem} ({exc}).") from None
     if not isinstance(header, dict):

@@ -173,3 +173,65 @@ def test_a_server_elsewhere_is_asked_about_and_the_key_stays_private(caption_pan
     monkeypatch.setattr(caption_panel, "_ensure_worker", lambda: started.append(True))
     caption_panel.submit(["detailed"], "skip", None, "test")
     assert "192.0.2.7 is not this computer" in asked[0] and not started and not caption_panel.client.jobs()
+
+
+def test_compare_lines_opens_cleanly(qtbot):
+    from app.caption_dialogs import CompareDialog
+
+    dialog = CompareDialog("a.png", [{"text": "a red cat", "style": "detailed"}, {"text": HOSTILE, "style": ""}])
+    qtbot.addWidget(dialog)
+    assert "TAKEOVER" in dialog.right_text.toPlainText() and "&lt;h1&gt;" in dialog.right_text.toHtml()
+
+
+def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, monkeypatch):
+    """The Gallery tooltip (a PNG's prompt), the Generate message (a dropped file's name), the sample dialog
+    (a sample's prompt) and the "Not a captioning model" box (config.json's model_type)."""
+    from PySide6.QtWidgets import QDialog, QFileDialog, QLabel
+
+    from app import plain_text
+    from app.caption_panel import CaptionPanel
+    from app.gallery_panel import GalleryPanel
+    from app.generate_panel import GeneratePanel
+    from app.main_window import settings_store
+    from app.train_panel import TrainPanel
+    from app.worker_client import WorkerClient
+    from core.generation_service import SERVICE
+    from core.library import Library
+    from test_library import make_png
+
+    library = Library(tmp_path / "library")
+    library.add(make_png(library.folder, "hostile", HOSTILE, seed=1))
+    gallery = GalleryPanel(library)
+    qtbot.addWidget(gallery)
+    gallery.refresh()
+    tip = gallery.model.data(gallery.model.index(0, 0), Qt.ToolTipRole)
+    assert "&lt;h1&gt;TAKEOVER" in tip and "<h1>" not in tip
+
+    generate = GeneratePanel(WorkerClient(SERVICE, "engine"))
+    qtbot.addWidget(generate)
+    dropped = tmp_path / f"{HOSTILE.replace('/', '_')}.png"
+    dropped.write_bytes(b"not a png")
+    generate.load_settings_from(str(dropped))
+    qtbot.waitUntil(lambda: "not a readable image" in generate.message.text())
+    assert "TAKEOVER" in generate.message.text() and not shows_markup(generate.message)
+
+    train = TrainPanel(settings_store())
+    qtbot.addWidget(train)
+    sample = make_png(tmp_path, "sample", HOSTILE, seed=2)
+    item = type("Item", (), {"data": lambda self, role: str(sample)})()
+    train._enlarge_sample(item)
+    dialog = next(w for w in train.findChildren(QDialog))
+    labels = [label for label in dialog.findChildren(QLabel) if "TAKEOVER" in label.text()]
+    assert labels and not any(shows_markup(label) for label in labels)
+    dialog.close()
+
+    folder = tmp_path / "not-a-captioner"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": HOSTILE}))
+    panel = CaptionPanel(settings_store(), "cpu")
+    qtbot.addWidget(panel)
+    shown = []
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+    monkeypatch.setattr(plain_text, "message", lambda parent, title, text: shown.append((title, text)))
+    panel.add_captioner.click()
+    assert shown and shown[0][0] == "Not a captioning model" and "TAKEOVER" in shown[0][1]

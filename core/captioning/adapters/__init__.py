@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 from pathlib import Path
 
-from ...errors import ModelLoadError
+from ...errors import ModelLoadError, unreadable_reason
 
 DEMO_NAME = "demo"
 DEMO_CAPTIONER = Path(__file__).resolve().parents[3] / "resources" / "demo-captioner"
@@ -76,5 +77,6 @@ def load_captioner(spec: str | Path | None, device: str = "auto", dtype: str = "
         return adapter_class(kind)(folder, model, target, precision)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"The captioning model in {folder} could not be loaded: {exc}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(f"The captioning model in {folder} could not be loaded: {unreadable_reason(exc)}") \
+            from None
