@@ -746,7 +746,11 @@ class CaptionPanel(QWidget):
             summary = data["summary"]
             text = (f"Captioning finished: {summary['captioned']} captioned, {summary['skipped']} skipped, "
                     f"{len(summary['failed'])} failed.")
+            if summary.get("downscaled"):
+                text += f" {summary['downscaled']} large images were scaled down for the captioner."
             self.status.emit(text)
+            if summary.get("warnings"):
+                self.show_notice(" ".join(summary["warnings"]), error=True)
             if summary["failed"]:
                 self.show_notice(text + " Not captioned: " + "; ".join(summary["failed"][:10])
                                  + (" …" if len(summary["failed"]) > 10 else ""), error=True)

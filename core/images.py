@@ -50,20 +50,40 @@ def open_image(path: str | Path) -> Image.Image:
     return Image.open(path)
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """The image as RGB (first frame, EXIF-rotated, transparency over white); raises ImageProblem."""
+def open_rgb(path: Path, max_side: int | None = None) -> Image.Image:
+    """The image as RGB (first frame, EXIF-rotated, transparency over white); raises ImageProblem.
+
+    `max_side`: a larger image is scaled down as it is read (JPEGs decode at the smaller size; others are
+    reduced before any copy is made), so a batch of huge pictures costs one full decode at a time, not all
+    of them. The result's info["original_size"] says what it was."""
     try:
         with open_image(path) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageProblem(f"too large to open safely ({width}x{height} pixels)")
             image.seek(0)
+            if max_side and max(width, height) > max_side:
+                image.draft("RGB", (max_side, max_side))  # JPEG: decoded at 1/2, 1/4 or 1/8 scale
             image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            if max_side and max(image.size) > max_side:
+                factor = max(image.size) // max_side
+                small = image.reduce(factor) if factor > 1 else image
+                if max(small.size) > max_side:
+                    small = small.resize(_fit(small.size, max_side), Image.Resampling.LANCZOS)
+                small.info = {**image.info}
+                image = small
+            rgb = to_rgb(ImageOps.exif_transpose(image))
+            rgb.info["original_size"] = (width, height)
+            return rgb
     except ImageProblem:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         raise ImageProblem(problem(exc)) from None
+
+
+def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

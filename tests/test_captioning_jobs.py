@@ -467,3 +467,21 @@ def test_caption_lengths_counted_without_torch_match_transformers():
     slow = AutoTokenizer.from_pretrained(str(find_model(None).components / "tokenizer"))
     for text in ("a red circle", "Ünïcode текст with 🎨 and a long tail " * 20, ""):
         assert fast(text) == len(slow(full_prompt(text, system_prompt_text("real")), truncation=False).input_ids)
+
+
+def test_huge_images_are_scaled_down_as_they_are_read_and_the_summary_says_so(tmp_path, server, monkeypatch):
+    from core.captioning import job as job_module
+
+    monkeypatch.setattr(job_module, "MAX_SIDE", 64)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.new("RGB", (640, 320), (220, 40, 40)).save(folder / "big.png")
+    Image.new("RGB", (48, 32), (220, 40, 40)).save(folder / "small.png")
+    seen = []
+    captioner = ServerCaptioner(server.url)
+    original = captioner.caption
+    monkeypatch.setattr(captioner, "caption", lambda images, *a, **k: seen.extend(i.size for i in images)
+                        or original(images, *a, **k))
+    summary, _ = run_job(folder, captioner)
+    assert sorted(seen) == [(48, 32), (64, 32)] and summary.downscaled == 1
+    assert "1 images larger than 64 px were scaled down" in summary.describe()

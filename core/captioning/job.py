@@ -62,12 +62,18 @@ class CaptionSettings:
             raise CaptionError(str(exc)) from None
 
 
+# Images are read at most this large (long side): every captioning model sees far less (LLaVA 336-672 px,
+# Florence-2 768, Qwen-VL's default budget about 3.5 MP), and a batch of 13,000 px PNGs took 10.7 GB.
+MAX_SIDE = 3072
+
+
 @dataclass
 class ImageOutcome:
     image: str  # path relative to the folder
     captions: list[str] = field(default_factory=list)  # the .txt's lines afterwards
     written: list[dict] = field(default_factory=list)  # the new lines with their style and token count
     error: str = ""
+    downscaled: bool = False  # larger than MAX_SIDE: the captioner saw it scaled down
 
 
 @dataclass
@@ -79,12 +85,15 @@ class Summary:
     seconds: float = 0.0
     stopped: bool = False
     warnings: list[str] = field(default_factory=list)
+    downscaled: int = 0  # images larger than MAX_SIDE, scaled down before the captioner saw them
 
     def describe(self) -> str:
         rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
         text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
         if self.over_limit:
             text += f"; {self.over_limit} captions are longer than the model's {MAX_TOKENS}-token limit"
+        if self.downscaled:
+            text += f"; {self.downscaled} images larger than {MAX_SIDE} px were scaled down to {MAX_SIDE} px for it"
         return "\n".join([text, *self.warnings])
 
 
@@ -179,6 +188,7 @@ class CaptionRun:
                         summary.failed.append(f"{outcome.image}: {outcome.error}")
                     else:
                         summary.captioned += 1
+                        summary.downscaled += outcome.downscaled
                         summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
                     if on_result is not None:
                         on_result(outcome)
@@ -211,7 +221,8 @@ class CaptionRun:
         for index, image in enumerate(images):
             try:
                 old[index] = read_captions(image)
-                pictures[index] = open_rgb(image)
+                pictures[index] = open_rgb(image, MAX_SIDE)
+                outcomes[index].downscaled = max(pictures[index].info["original_size"]) > MAX_SIDE
             except ImageProblem as exc:
                 outcomes[index].error = str(exc)
             except (OSError, UnicodeDecodeError) as exc:
