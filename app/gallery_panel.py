@@ -160,8 +160,8 @@ class ExportDialog(QDialog):
 
 
 class GalleryPanel(QWidget):
-    use_settings = Signal(dict)
-    use_seed = Signal(int)
+    use_settings = Signal(object)  # a dict: Signal(dict) converts to a QVariantMap, which overflows on seeds >= 2^63
+    use_seed = Signal(object)  # an int of the full seed range (0 … 2^64 − 1): Signal(int) overflows
     status = Signal(str)
 
     def __init__(self, library: Library | None, parent=None):

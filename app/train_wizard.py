@@ -226,6 +226,13 @@ class DataPage(_Page):
         self.report.setReadOnly(True)
         add_folder, add_file, remove = QPushButton("Add folder…"), QPushButton("Add .jsonl…"), QPushButton("Remove")
         self.check_button, self.stop_button = QPushButton("Check again"), QPushButton("Stop checking")
+        self.review = QComboBox()  # the Caption tab's review marks, for every dataset folder
+        for key, label in (("not_rejected", "Leave out images marked rejected"), ("approved", "Approved images only"),
+                           ("all", "All images, whatever their review mark")):
+            self.review.addItem(label, key)
+        self.review.setToolTip("Which images of a folder reviewed in the Caption tab train (its ✓ ✎ ✗ marks); "
+                               "the report counts what is left out")
+        self.review.currentIndexChanged.connect(self._review_changed)
         add_folder.clicked.connect(self._add_folder)
         add_file.clicked.connect(self._add_file)
         remove.clicked.connect(self._remove)
@@ -237,9 +244,14 @@ class DataPage(_Page):
         buttons.addStretch(1)
         buttons.addWidget(self.check_button)
         buttons.addWidget(self.stop_button)
+        review_row = QHBoxLayout()
+        review_row.addWidget(QLabel("Review marks:"))
+        review_row.addWidget(self.review)
+        review_row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list, 1)
         layout.addLayout(buttons)
+        layout.addLayout(review_row)
         layout.addWidget(self.report, 2)
         layout.addWidget(self.problem)
         self.result: DatasetCheck | str | None = None  # the check, or why there is none ("checking", "stopped", …)
@@ -249,6 +261,15 @@ class DataPage(_Page):
         self.list.clear()
         for dataset in self.owner.config.get("datasets", []):
             self.list.addItem(dataset["path"])
+        first = next(iter(self.owner.config.get("datasets", [])), {})
+        self.review.blockSignals(True)
+        self.review.setCurrentIndex(max(0, self.review.findData(first.get("review", "not_rejected"))))
+        self.review.blockSignals(False)
+        self.check()
+
+    def _review_changed(self) -> None:
+        for dataset in self.owner.config.get("datasets", []):
+            dataset["review"] = self.review.currentData()
         self.check()
 
     def cleanupPage(self) -> None:  # noqa: N802 (Back from here)
@@ -260,7 +281,8 @@ class DataPage(_Page):
     def _sync(self) -> None:
         old = {d["path"]: d for d in self.owner.config.get("datasets", [])}
         template = {k: v for k, v in next(iter(old.values()), {"min_side": 32}).items() if k not in ("path", "name")}
-        self.owner.config["datasets"] = [old.get(p, template | {"path": p}) for p in self.paths()]
+        self.owner.config["datasets"] = [old.get(p, template | {"path": p, "review": self.review.currentData()})
+                                         for p in self.paths()]
         name_datasets(self.owner.config)
         self.check()
 

@@ -14,7 +14,7 @@ POLL_MS = 30
 
 
 class WorkerClient(QObject):
-    ready = Signal(dict)
+    ready = Signal(object)  # the service's info dict (Signal(dict) would convert it to a QVariantMap)
     load_error = Signal(str)
     started = Signal(int)
     progress = Signal(object)  # Event

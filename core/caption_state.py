@@ -69,6 +69,23 @@ def folder_lock(folder: Path):
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def review_statuses(folder: Path) -> dict[str, str]:
+    """A folder's review marks (image path relative to the folder -> status), read without creating or
+    changing the state file; {} when it has none or it cannot be read."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT image, status FROM reviews").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return {}
+    return {image: status for image, status in rows if isinstance(image, str) and status in REVIEW_STATUSES}
+
+
 def damaged_state_message(aside: Path) -> str:
     return (f"The folder's caption state file was damaged and was set aside as {aside.name}. The captions (the "
             ".txt files) are untouched; review marks and where each caption came from start afresh.")

@@ -72,6 +72,11 @@ def mapping() -> Check:
     return check
 
 
+def optional(check: Check) -> Check:
+    """`check`, or null (None)."""
+    return lambda value: None if value is None else check(value)
+
+
 def check_record(record: object, fields: dict[str, Check], where: str) -> tuple[dict, list[str]]:
     """The fields of `record` that pass their checks, and a problem for each one that does not (fields
     without a check are left out)."""

@@ -22,7 +22,7 @@ from core.prompts import MAX_TOKENS
 
 from .config import ConfigError, RunConfig, load_config
 from .launch import Topology, accelerate_command, log_tail, run_processes
-from .run_folder import RunFolder
+from .run_folder import ACTIVE_STATES, RunFolder
 
 PROG = "lumina-studio train"
 PRESETS = Path(__file__).resolve().parents[1] / "resources" / "presets" / "train"
@@ -151,15 +151,16 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     data = check_datasets(config)
     if data.empty_stages:
         raise ConfigError("\n".join(data.empty_stages))
-    print(data.text(), file=sys.stderr)
+    report = sys.stdout if run is None else sys.stderr  # --check's report can be saved with >; a run logs it
+    print(data.text(), file=report)
 
     model_config = loader.dit_config(source)
     params = parameter_count(model_config)
     estimates = stage_estimates(model_config, params, config, topology.world, topology.device, precision)
     print(f"model: {params / 1e6:.1f}M parameters; {topology.world} {topology.device} process(es), "
-          f"mixed precision {precision}", file=sys.stderr)
+          f"mixed precision {precision}", file=report)
     for estimate in estimates:
-        print("memory: " + estimate.describe(), file=sys.stderr)
+        print("memory: " + estimate.describe(), file=report)
     if topology.device == "cuda":
         warnings = check_fit(estimates, gpu_memory()[:topology.processes_per_machine])
     else:
@@ -167,7 +168,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     for warning in warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if run is None:
-        print("The config and datasets are fine; nothing was trained (--check).", file=sys.stderr)
+        print("The config and datasets are fine; nothing was trained (--check).", file=report)
         return 0
     run.events.unlink(missing_ok=True)  # a start without a checkpoint begins again (features are reused)
     config.write(run.config)
@@ -217,6 +218,9 @@ def resume_run(args) -> int:
         raise ConfigError(f"{run.path} is not a training run folder (no config.toml / plan.json).")
     if run.latest_checkpoint() is None:
         raise ConfigError(f"{run.path} has no complete checkpoint yet; start the run again with its config.")
+    if run.state() == "finished":
+        raise ConfigError(f"{run.path} is finished: every step of it is trained. {finished_note(run)} To train "
+                          "more, start a new run from its config.toml (Clone in the Train tab).")
     config = load_config(run.config)
     plan = run.read_plan()
     missing = [name for name in ("processes", "mixed_precision", "device") if name not in plan]
@@ -236,6 +240,10 @@ def resume_run(args) -> int:
     print(f"resuming {run.path} from {run.latest_checkpoint().name}", file=sys.stderr)
     with run.launched():
         return launch(run, topology, plan["mixed_precision"], config, resume=True)
+
+
+def finished_note(run: RunFolder) -> str:
+    return f"Its model: {run.latest_checkpoint() / 'model'}."
 
 
 def launch(run: RunFolder, topology: Topology, precision: str, config: RunConfig, resume: bool) -> int:
@@ -304,6 +312,10 @@ def run_command(args) -> int:
             run = RunFolder(Path(folder).expanduser())
             if not run.config.is_file():
                 raise ConfigError(f"{run.path} is not a training run folder.")
+            state = run.state()
+            if state not in ACTIVE_STATES:
+                raise ConfigError(f"{run.path} is {state}, not running: there is nothing to ask it."
+                                  + (" " + finished_note(run) if state == "finished" else ""))
             getattr(run, flag).touch()
             print(f"asked {run.path} to {what}", file=sys.stderr)
             return 0

@@ -6,6 +6,7 @@ so the copy saved in the run folder says exactly what ran.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -28,6 +29,9 @@ class ConfigError(LuminaError):
     """One or more problems in a run config; the message lists each with its fix."""
 
 
+# Which images of a reviewed folder train: every one, all but those marked rejected, or only approved ones.
+REVIEW_FILTERS = {"all": "every image", "not_rejected": "all but the rejected", "approved": "approved only"}
+
 @dataclass
 class DatasetConfig:
     path: str
@@ -36,6 +40,7 @@ class DatasetConfig:
     system_prompt: str = "auto"  # auto: the authors' choice for the format (base / align), else "real"
     repeats: int = 1  # how many times each item counts per epoch (weights a small set up)
     min_side: int = 64  # images whose shorter side is below this are skipped as too small
+    review: str = "not_rejected"  # the Caption tab's review marks: all | not_rejected | approved (only)
 
 
 @dataclass
@@ -141,7 +146,7 @@ def _build(cls, data, where: str, problems: _Problems, required: tuple[str, ...]
     values = {}
     for key, value in data.items():
         if key not in known:
-            close = [k for k in known if k.replace("_", "") == key.replace("_", "").replace("-", "")]
+            close = difflib.get_close_matches(key.replace("-", "_").lower(), known, n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(sorted(known))}."
             problems.add(f"{where}.{key}" if where else key, f"unknown setting.{hint}")
             continue
@@ -235,7 +240,8 @@ def parse_config(data: dict, source: str = "config", base_dir: Path | None = Non
                            required=("name", "resolution", "steps", "batch_size", "micro_batch_size"))
             if built is not None:
                 stages.append(built)
-    problems.raise_if_any()
+    if config is None or not datasets or not stages:  # nothing to check the values of
+        problems.raise_if_any()
 
     config.datasets, config.stages, config.optimizer, config.samples = datasets, stages, optimizer, samples
     _check_values(config, problems)
@@ -289,6 +295,9 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
             problems.add(f"{where}.format", f"{dataset.format!r} is not one of {', '.join(DATASET_FORMATS)}.")
         if dataset.repeats < 1:
             problems.add(f"{where}.repeats", "must be at least 1.")
+        if dataset.review not in REVIEW_FILTERS:
+            problems.add(f"{where}.review", f"must be one of {', '.join(REVIEW_FILTERS)} (the Caption tab's marks: "
+                                            "all images, leave out rejected ones, or approved ones only).")
         if dataset.min_side < 16:
             problems.add(f"{where}.min_side", "must be at least 16 pixels (one latent patch).")
         _check_system_prompt(dataset.system_prompt, f"{where}.system_prompt", problems, allowed=("auto",))

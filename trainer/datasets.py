@@ -11,12 +11,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.caption_state import review_statuses
 from core.datasets import DatasetError, detect_format, read_dataset_captions
 from core.images import open_image, problem
 from core.prompts import system_prompt_text
 
 from .buckets import bucket_sizes, nearest_bucket
-from .config import ConfigError, DatasetConfig, RunConfig, StageConfig
+from .config import REVIEW_FILTERS, ConfigError, DatasetConfig, RunConfig, StageConfig
 
 @dataclass
 class Item:
@@ -40,10 +41,12 @@ class DatasetReport:
     # Used, but worth a look: images of one name with another extension read one caption file, and an image
     # listed twice (a .jsonl) trains twice as often.
     same_name: list[str] = field(default_factory=list)
+    review: str = "not_rejected"
+    left_out_by_review: dict[str, int] = field(default_factory=dict)  # review status -> images the filter left out
 
     @property
     def skipped(self) -> int:
-        return len(self.no_caption) + len(self.unreadable) + len(self.too_small)
+        return len(self.no_caption) + len(self.unreadable) + len(self.too_small) + sum(self.left_out_by_review.values())
 
 
 class CheckStopped(Exception):
@@ -64,7 +67,8 @@ def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[l
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
     report.no_caption, report.unreadable = listing.no_caption, listing.unreadable
-    pairs = listing.pairs
+    report.review = config.review
+    pairs = review_filtered(listing.pairs, path, config.review, report) if fmt == "folder" else listing.pairs
     report.same_name = same_names([image for image, _ in pairs])
     prompt_name = listing.default_prompt if config.system_prompt == "auto" else config.system_prompt
     system_prompt = system_prompt_text(prompt_name)
@@ -89,6 +93,23 @@ def read_dataset(config: DatasetConfig, index: int, should_stop=None) -> tuple[l
         items.extend(Item(image_path, captions, system_prompt, name, width, height) for _ in range(config.repeats))
     report.items = len(items) // config.repeats
     return items, report
+
+
+def review_filtered(pairs: list[tuple[Path, list[str]]], folder: Path, review: str,
+                    report: DatasetReport) -> list[tuple[Path, list[str]]]:
+    """The pairs the review filter keeps (the Caption tab's marks in the folder's state file); what it leaves
+    out is counted per status in the report."""
+    if review == "all":
+        return pairs
+    statuses = review_statuses(folder)
+    kept = []
+    for image, captions in pairs:
+        status = statuses.get(image.relative_to(folder).as_posix(), "unreviewed")
+        if status == "rejected" or review == "approved" and status != "approved":
+            report.left_out_by_review[status] = report.left_out_by_review.get(status, 0) + 1
+        else:
+            kept.append((image, captions))
+    return kept
 
 
 def same_names(images: list[Path]) -> list[str]:
@@ -151,6 +172,9 @@ def format_report(reports: list[DatasetReport], histograms: dict[str, dict[str, 
         lines.append(f"dataset '{report.name}' ({report.format}, {report.path}): {report.items} usable, "
                      f"{report.skipped} skipped")
         shared = "sharing a name (all used: one caption file between them, or listed twice)"
+        if report.left_out_by_review:
+            counts = ", ".join(f"{count} {status}" for status, count in sorted(report.left_out_by_review.items()))
+            lines.append(f"  left out by the review filter ({REVIEW_FILTERS[report.review]}): {counts}")
         for label, entries in (("without a caption", report.no_caption), ("unreadable", report.unreadable),
                                ("too small", report.too_small), (shared, report.same_name)):
             if entries:

@@ -26,7 +26,7 @@ import socket
 import time
 from pathlib import Path
 
-from core.checked import check_record, integer, list_of, number, one_of, read_record, text
+from core.checked import check_record, integer, list_of, number, one_of, optional, read_record, text
 from core.storage import write_json_atomic
 
 
@@ -36,8 +36,8 @@ STATES = (*ACTIVE_STATES, "stopped", "finished", "failed")
 STATUS_FIELDS = {"state": one_of(*STATES), "time": number(0), "started": number(0), "step": integer(0),
                  "total_steps": integer(0), "stage": text(200), "loss": number(finite=False), "eta_s": number(0),
                  "message": text(5000), "pid": integer(2)}
-LAUNCHER_FIELDS = {"pid": integer(2), "pid_start": number(0), "host": text(300), "started": number(0),
-                   "group": integer(2), "group_start": number(0)}
+LAUNCHER_FIELDS = {"pid": integer(2), "pid_start": optional(number(0)), "host": text(300), "started": number(0),
+                   "group": integer(2), "group_start": optional(number(0))}  # a start time is null when it was gone
 PLAN_FIELDS = {"base_model": text(), "components": text(), "device": one_of("cuda", "cpu"),
                "processes": integer(1, 100_000), "gpu_ids": text(1000), "mixed_precision": one_of("no", "fp16", "bf16"),
                "accumulation": list_of(integer(1)), "parameters": integer(0)}

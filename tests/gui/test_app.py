@@ -177,3 +177,32 @@ def test_rebuild_runs_off_the_gui_thread_and_lists_bad_files(window, qtbot, monk
     qtbot.waitUntil(lambda: bool(shown), timeout=30_000)
     assert "Indexed 1 image(s)" in shown[0] and "notes.txt" in shown[0]
     assert window.gallery.model.rowCount() == 1
+
+
+def test_seeds_of_the_full_range_round_trip_through_every_path(window, qtbot, tmp_path, monkeypatch):
+    """Random seeds use 0 … 2^64 − 1: half of them are past a C int64 (a Qt int signal or a QVariantMap)."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from test_library import make_png
+
+    top = 2**64 - 1
+    path = make_png(window.library.folder, "big-seed", "a seed past 2^63", seed=top)
+    window.gallery.pick_up_new_files()
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=10_000)
+    window.gallery.select_row(0)
+    assert window.gallery.selected()[0].seed == top
+    window.generate.use_seed(5)
+    window.gallery._use_seed()
+    assert window.generate.seed.value() == top
+    window.generate.apply_values({"prompt": "something else", "steps": 9, "seed": 5})
+    window.gallery._use_settings()
+    assert window.generate.prompt.toPlainText() == "a seed past 2^63" and window.generate.seed.value() == top
+    window.generate.use_seed(5)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    with qtbot.waitSignal(window.generate.settings_loaded, timeout=10_000):
+        window.open_image()  # File → Open image (a dropped file takes the same way)
+    assert window.generate.seed.value() == top
+    generate(window, qtbot, "queued with the top seed", seed=top, seed_mode="fixed")
+    wait_idle(window, qtbot)
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
+    assert {e.seed for e in window.gallery.model.entries} == {top}

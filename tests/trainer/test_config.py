@@ -172,3 +172,14 @@ def test_stages_never_go_down_in_resolution(tmp_path):
         parse_config(data)
     data["stages"][1]["resolution"] = 512  # the same resolution again is fine (quality tuning)
     parse_config(data)
+
+
+def test_an_unknown_key_hides_no_other_problem_and_a_misspelling_is_named():
+    data = with_change(("stages", 0, "lr"), -1)
+    data["stages"][0]["lr_shedule"] = "cosine"
+    data["keep_chekpoints"] = 2
+    with pytest.raises(ConfigError, match="has 3 problems") as caught:
+        parse_config(data, "run.toml")
+    text = str(caught.value)
+    assert "stages[0].lr:" in text and "Did you mean 'lr_schedule'?" in text
+    assert "Did you mean 'keep_checkpoints'?" in text and "Known keys" not in text

@@ -248,3 +248,24 @@ def test_a_fifo_named_like_an_image_or_caption_never_blocks(tmp_path):
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path / "home")})
     assert "not a regular file" in result.stderr or "c.png" in result.stderr, result.stderr
+
+
+def test_review_marks_decide_which_images_train(tmp_path):
+    from core.caption_state import CaptionState
+
+    folder = tmp_path / "data"
+    for name in ("ok", "fix", "bad", "new"):
+        save_image(folder / f"{name}.png").with_suffix(".txt").write_text(f"picture {name}")
+    state = CaptionState(folder)
+    for name, status in (("ok", "approved"), ("fix", "needs fixing"), ("bad", "rejected")):
+        state.set_status(folder / f"{name}.png", status)
+    state.close()
+    chosen = {}
+    for review in ("all", "not_rejected", "approved"):
+        items, report = read_dataset(DatasetConfig(path=str(folder), review=review), 0)
+        chosen[review] = sorted(i.image.stem for i in items)
+        if review == "not_rejected":
+            assert report.left_out_by_review == {"rejected": 1} and report.skipped == 1
+            assert "left out by the review filter (all but the rejected): 1 rejected" in format_report([report], {})
+    assert chosen == {"all": ["bad", "fix", "new", "ok"], "not_rejected": ["fix", "new", "ok"], "approved": ["ok"]}
+    assert DatasetConfig(path="x").review == "not_rejected"  # the default leaves rejected images out

@@ -137,23 +137,29 @@ def test_kill_signals_only_a_group_proven_to_be_the_runs(tmp_path, monkeypatch):
                                                  "host": os.uname().nodename}))
         assert run.process_groups() == []
     finally:
+        monkeypatch.undo()  # os.kill itself was replaced
         stranger.kill()
         stranger.wait()
 
 
-def test_kill_ends_the_training_group_it_can_prove(tmp_path):
+def test_kill_ends_the_training_group_and_the_launcher_it_can_prove(tmp_path):
     from app import train_runs
+    from trainer.run_folder import start_time
 
     run = RunFolder(tmp_path / "run")
     run.path.mkdir()
     run.set_status("running", step=3)
+    launcher = live_stranger()  # stands in for `lumina-studio train`, which wrote launcher.json
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "trainer.loop",
                                 str(run.path)], start_new_session=True)
     try:
-        with run.launched():
-            run.note_processes(trainer.pid)
-            assert run.state() == "running" and run.process_groups() == [trainer.pid]
-            assert train_runs.kill(run.path)
-            assert trainer.wait(timeout=10) == -9
+        run.launcher_file.write_text(json.dumps({"pid": launcher.pid, "pid_start": start_time(launcher.pid),
+                                                 "host": os.uname().nodename}))
+        run.note_processes(trainer.pid)
+        assert run.state() == "running" and run.process_groups() == [trainer.pid]
+        assert train_runs.kill(run.path)
+        assert trainer.wait(timeout=10) == -9 and launcher.wait(timeout=10) == -9
+        assert run.state() == "interrupted"
     finally:
         trainer.kill()
+        launcher.kill()

@@ -282,8 +282,13 @@ def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_data
     result = train(write_config(tmp_path / "c", tmp_path / "no-model", shapes_dataset), home=home)
     assert result.returncode == 1 and "no-model" in result.stderr
 
-    result = train(config, "--check", home=home)
-    assert result.returncode == 0 and "memory: stage 'low'" in result.stderr and "nothing was trained" in result.stderr
+    result = train(config, "--check", home=home)  # the report on stdout (to save with >), problems on stderr
+    assert result.returncode == 0 and "memory: stage 'low'" in result.stdout and "nothing was trained" in result.stdout
+    assert "dataset 'shapes'" in result.stdout or "usable" in result.stdout
+    for flag in ("--stop", "--resume", "--sample-now"):
+        result = train(flag, reference_run.path, home=home)
+        assert result.returncode == 1 and "is finished" in result.stderr and "Its model:" in result.stderr, flag
+    assert not reference_run.stop_flag.exists()
     # --check leaves nothing behind, nor does a launch that failed its checks
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
 
