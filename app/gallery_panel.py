@@ -20,12 +20,12 @@ from PySide6.QtWidgets import (
 
 from core.errors import Cancelled, LuminaError
 from core.library import Entry, Library
-from core.request import FIELD_LABELS, request_fields
 
 from .background import run_in_background
+from .settings_details import details_html
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
-from .plain_text import escape, tooltip
+from .plain_text import tooltip
 
 THUMBNAIL = 160
 DETAIL = 512
@@ -393,12 +393,10 @@ class GalleryPanel(QWidget):
         pixmap = self.loader.get(str(entry.path), DETAIL)
         if pixmap is not None:
             self.detail_image.show_pixmap(pixmap)
-        settings = entry.settings
-        rows = [(FIELD_LABELS[name], settings.get(name)) for name in request_fields() if name != "count"]
-        rows += [("Favourite", "★ yes" if entry.favourite else "no"), ("Model", entry.model), ("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")),
-                 ("File", entry.path.name)]
-        html = "".join(f"<b>{k}</b>: {escape(v)}<br>" for k, v in rows if v not in (None, ""))
-        self.details.setHtml(html)
+        created = datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")
+        self.details.setHtml(details_html(entry.settings, [("Favourite", "★ yes" if entry.favourite else "no"),
+                                                           ("Model", entry.model), ("Created", created),
+                                                           ("File", entry.path.name)]))
 
     def _detail_ready(self, path: str, size: int) -> None:
         entries = self.selected()

@@ -27,6 +27,7 @@ from .background import run_in_background
 from .image_view import ImageView
 from .job_queue import JobQueueView
 from .plain_text import plain_label
+from .wheel_guard import guard_wheel
 
 SEED_MODES = ("random", "fixed", "increment")
 BACKENDS = ("auto", "torch", "onnx")
@@ -41,6 +42,8 @@ class GeneratePanel(QWidget):
 
     def __init__(self, client, parent=None):
         super().__init__(parent)
+        self._running_job: int | None = None  # the job whose images and previews are on screen
+        self._last_image = None  # (pixmap, its parameters text): the running job's last finished image
         self.client = client
         self.setAcceptDrops(True)
         self._token_request: int | None = None
@@ -163,6 +166,8 @@ class GeneratePanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(form_widget)
         scroll.setMinimumWidth(380)
+        guard_wheel(form_widget)
+        self.form_scroll = scroll
 
         self.view = ImageView("Your image appears here")
         self.parameters = plain_label()  # holds the prompt
@@ -298,6 +303,7 @@ class GeneratePanel(QWidget):
             return
         self.parameters.setText(f"Generating job #{job_id}…")
         self.progress.setFormat(f"Job #{job_id}: starting…")
+        self._running_job, self._last_image = job_id, None
 
     def _on_progress(self, event) -> None:
         """One bar for the whole job: image i of n, step s of t; ETA for the job."""
@@ -326,14 +332,23 @@ class GeneratePanel(QWidget):
         if not pixmap.isNull():
             self.view.show_pixmap(pixmap)
         s = r["settings"]
-        self.parameters.setText(
-            f"{s['width']}x{s['height']} · seed {s['seed']} · {s['solver']} {s['steps']} steps · guidance "
-            f"{s['guidance']} · {r['evaluations']} transformer passes\n{Path(r['path']).name}"
-        )
+        text = (f"{s['width']}x{s['height']} · seed {s['seed']} · {s['solver']} {s['steps']} steps · guidance "
+                f"{s['guidance']} · {r['evaluations']} transformer passes\n{Path(r['path']).name}")
+        self.parameters.setText(text)
+        self._last_image = (pixmap, text)  # what a cancel goes back to
 
     def _on_finished(self, job_id: int, outcome: str, message: str) -> None:
         if outcome == "error":
             self.message.setText(message)
+        if outcome != "done" and job_id == self._running_job:  # no half-drawn preview left on screen
+            self._running_job = None
+            if self._last_image is not None and not self._last_image[0].isNull():
+                pixmap, text = self._last_image
+                self.view.show_pixmap(pixmap)
+                self.parameters.setText(f"{text}\nJob #{job_id} {outcome}: the images finished before are kept.")
+            else:
+                self.view.clear_image()
+                self.parameters.setText(f"Job #{job_id} {outcome} before its first image was finished.")
         self.progress.setFormat(f"Job #{job_id} done" if outcome == "done" else f"Job #{job_id} {outcome}")
         if outcome == "done":
             self.progress.setValue(self.progress.maximum())

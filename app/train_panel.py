@@ -16,7 +16,7 @@ from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
-    QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QSplitter, QTableWidget,
+    QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QSplitter, QTableWidget, QTextBrowser,
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
@@ -24,6 +24,7 @@ from core.storage import runs_dir
 
 from . import plain_text
 from .plain_text import escape, plain_label
+from .settings_details import details_html
 
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
@@ -37,6 +38,7 @@ KILL_AFTER_S = 30  # Kill is offered once a stop has had this long to save and e
 CATCH_UP_BYTES = 256 * 1024  # a longer log is first read off the GUI thread
 COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
 SAMPLE_SIZE = 128
+ENLARGED = 1024  # a sample clicked to enlarge
 ACTIVE = ("starting", "preparing", "running", "stopping")  # "starting": the launcher still checks the config
 
 
@@ -365,17 +367,21 @@ class TrainPanel(QWidget):
         dialog.setWindowTitle(path.name)
         view = ImageView("")
         view.setMinimumSize(420, 420)
-        pixmap = self.loader.get(str(path), 1024)
-        if pixmap is not None:
-            view.show_pixmap(pixmap)
+
+        def show(loaded: str = str(path), size: int = ENLARGED) -> None:
+            pixmap = self.loader.get(str(path), ENLARGED) if loaded == str(path) and size == ENLARGED else None
+            if pixmap is not None:
+                view.show_pixmap(pixmap)
+
+        show()  # at once when it is decoded already; else when the loader has it (the first click)
+        self.loader.loaded.connect(show)
+        dialog.finished.connect(lambda _: self.loader.loaded.disconnect(show))
+        info = QTextBrowser()  # the Gallery's details view: labelled settings, every value escaped
         try:
             settings = read_settings(path)
-            details = ", ".join(f"{k}: {v}" for k, v in settings.items() if k != "prompt")
-            text = f"{settings.get('prompt', '')}\n{details}"
+            info.setHtml(details_html(settings, [("Model", settings.get("model")), ("File", path.name)]))
         except (MetadataError, OSError) as exc:
-            text = str(exc)
-        info = plain_label(text)  # a sample's prompt is text from a file
-        info.setWordWrap(True)
+            info.setPlainText(str(exc))
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(dialog.reject)
         layout = QVBoxLayout(dialog)

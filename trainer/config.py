@@ -16,6 +16,7 @@ import tomli_w
 
 from core.errors import LuminaError
 from core.prompts import SYSTEM_PROMPTS
+from core.request import check_field
 
 CONFIG_VERSION = 1
 DATASET_FORMATS = ("auto", "folder", "imagefolder", "jsonl")
@@ -70,10 +71,15 @@ class OptimizerConfig:
 
 @dataclass
 class SamplesConfig:
+    """Sample images are drawn as Generate draws with this model: its own sampling defaults
+    (sampling_defaults.json, else the authors'), unless a setting here says otherwise."""
     prompts: list[str] = field(default_factory=list)
     negative_prompt: str = ""
-    steps: int = 18
+    steps: int | None = None
     guidance: float = 4.0
+    cfg_trunc: float | None = None
+    cfg_renorm: float | None = None
+    solver: str | None = None
     seed: int = 0
 
 
@@ -168,6 +174,8 @@ def _build(cls, data, where: str, problems: _Problems, required: tuple[str, ...]
 
 
 def _type_ok(expected: str, value) -> bool:
+    if expected.endswith(" | None"):  # TOML has no null: such a setting is simply left out
+        return _type_ok(expected.removesuffix(" | None"), value)
     if expected == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if expected == "float":  # nan and inf are never a usable setting (TOML allows them)
@@ -184,6 +192,7 @@ def _type_ok(expected: str, value) -> bool:
 
 
 def _type_words(expected: str) -> str:
+    expected = expected.removesuffix(" | None")
     return {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",
             "list[str]": "a list of texts", "list[float]": "a list of numbers"}.get(expected, expected)
 
@@ -280,10 +289,13 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         problems.add("optimizer.grad_clip", "must be above 0 (the authors clip at 2.0).")
 
     samples = config.samples
-    if samples.steps < 1:
-        problems.add("samples.steps", "must be at least 1.")
-    if samples.guidance < 1:
-        problems.add("samples.guidance", "must be at least 1 (1 = no guidance).")
+    for name in ("steps", "guidance", "cfg_trunc", "cfg_renorm", "solver"):  # Generate's own rules
+        value = getattr(samples, name)
+        if value is not None:
+            try:
+                check_field(name, value)
+            except LuminaError as exc:
+                problems.add(f"samples.{name}", str(exc))
     for i, prompt in enumerate(samples.prompts):
         if not prompt.strip():
             problems.add(f"samples.prompts[{i}]", "is empty: write a prompt or remove the entry.")

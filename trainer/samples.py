@@ -32,6 +32,7 @@ class SampleMaker:
         self.device = device
         self.dtype = dtype
         self.shift = loader.default_shift(components)
+        self.model_defaults = loader.sampling_defaults(components)  # what Generate uses with this model
         self._vae = None
 
     @property
@@ -45,8 +46,9 @@ class SampleMaker:
              negative: torch.Tensor, size: tuple[int, int], folder: Path, step: int) -> list[Path]:
         """One image per (prompt, caption features) at size (width, height); returns the files written.
 
-        Sampled by Generate's own path (`sample_latent`) with the authors' defaults, and saved with Generate's
-        metadata, so a sample's settings load into Generate like any image's."""
+        Sampled by Generate's own path (`sample_latent`) with the model's own defaults (as Generate would) unless
+        the config's [samples] sets them, and saved with Generate's metadata, so a sample's settings load into
+        Generate like any image's."""
         with torch.device("meta"):
             model = NextDiT(config)
         model.load_state_dict({k: v.to(self.device, self.dtype) for k, v in weights.items()}, assign=True)
@@ -58,9 +60,11 @@ class SampleMaker:
         model_info = {"name": f"training step {step}", "hash": ""}
         for index, (text, features) in enumerate(prompts):
             seed = self.settings.seed + index
-            request = GenerationRequest(text, negative_prompt=self.settings.negative_prompt, width=width, height=height,
-                                        steps=self.settings.steps, guidance=self.settings.guidance, seed=seed,
-                                        shift=self.shift).with_defaults()
+            chosen = self.settings
+            request = GenerationRequest(text, negative_prompt=chosen.negative_prompt, width=width, height=height,
+                                        steps=chosen.steps, guidance=chosen.guidance, cfg_trunc=chosen.cfg_trunc,
+                                        cfg_renorm=chosen.cfg_renorm, solver=chosen.solver, seed=seed,
+                                        shift=self.shift).with_defaults(self.shift, max(size), self.model_defaults)
             denoiser = StagedDenoiser(stages, _encoded(features), negative_prompt, (height // 8, width // 8),
                                       batch_cfg=False)
             image = self._decode(sample_latent(denoiser, request, seed, config.in_channels, self.device))

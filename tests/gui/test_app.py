@@ -206,3 +206,15 @@ def test_seeds_of_the_full_range_round_trip_through_every_path(window, qtbot, tm
     wait_idle(window, qtbot)
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
     assert {e.seed for e in window.gallery.model.entries} == {top}
+
+
+def test_esc_on_the_second_image_shows_the_first_and_a_cancelled_state(window, qtbot):
+    previews = []
+    window.client.preview.connect(lambda event: previews.append(event.data))
+    generate(window, qtbot, "three of them", count=3, steps=40)
+    qtbot.waitUntil(lambda: any(p["image"] == 1 for p in previews), timeout=120_000)  # image 2 is forming
+    window.client.stop_current()  # what Esc does
+    wait_idle(window, qtbot)
+    text = window.generate.parameters.text()
+    assert "cancelled: the images finished before are kept" in text and "Generating" not in text
+    assert window.generate.view.has_image() and "cancelled" in window.generate.progress.format()

@@ -186,7 +186,7 @@ def test_compare_lines_opens_cleanly(qtbot):
 def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, monkeypatch):
     """The Gallery tooltip (a PNG's prompt), the Generate message (a dropped file's name), the sample dialog
     (a sample's prompt) and the "Not a captioning model" box (config.json's model_type)."""
-    from PySide6.QtWidgets import QDialog, QFileDialog, QLabel
+    from PySide6.QtWidgets import QDialog, QFileDialog, QTextBrowser
 
     from app import plain_text
     from app.caption_panel import CaptionPanel
@@ -221,8 +221,8 @@ def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, mon
     item = type("Item", (), {"data": lambda self, role: str(sample)})()
     train._enlarge_sample(item)
     dialog = next(w for w in train.findChildren(QDialog))
-    labels = [label for label in dialog.findChildren(QLabel) if "TAKEOVER" in label.text()]
-    assert labels and not any(shows_markup(label) for label in labels)
+    [details] = dialog.findChildren(QTextBrowser)
+    assert "TAKEOVER" in details.toPlainText() and "<h1>" not in details.toHtml()
     dialog.close()
 
     folder = tmp_path / "not-a-captioner"
@@ -235,3 +235,33 @@ def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, mon
     monkeypatch.setattr(plain_text, "message", lambda parent, title, text: shown.append((title, text)))
     panel.add_captioner.click()
     assert shown and shown[0][0] == "Not a captioning model" and "TAKEOVER" in shown[0][1]
+
+
+def test_the_wheel_scrolls_the_generate_form_unless_a_box_has_the_focus(qtbot):
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    from app.generate_panel import GeneratePanel
+    from app.worker_client import WorkerClient
+    from core.generation_service import SERVICE
+
+    panel = GeneratePanel(WorkerClient(SERVICE, "engine"))
+    qtbot.addWidget(panel)
+    panel.resize(900, 260)  # the form scrolls
+    panel.show()
+    panel.shift.setValue(6.0)
+
+    def wheel(widget):
+        event = QWheelEvent(QPointF(5, 5), QPointF(widget.mapToGlobal(QPoint(5, 5))), QPoint(0, 0), QPoint(0, -120),
+                            Qt.NoButton, Qt.NoModifier, Qt.NoScrollPhase, False)
+        QApplication.sendEvent(widget, event)
+
+    bar = panel.form_scroll.verticalScrollBar()
+    assert bar.maximum() > 0
+    wheel(panel.shift)
+    assert panel.shift.value() == 6.0 and bar.value() > 0  # the form scrolled, the value stayed
+    panel.shift.setFocus()
+    qtbot.waitUntil(panel.shift.hasFocus)
+    wheel(panel.shift)
+    assert panel.shift.value() != 6.0  # a focused box takes the wheel

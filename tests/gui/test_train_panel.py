@@ -17,7 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDialog, QTextBrowser
+
 from app import plain_text
+from app.image_view import ImageView
+from core.metadata import read_settings
 from app.train_wizard import STAGE_FIELDS, name_datasets
 from core.models.registry import demo_source
 from core.scenes.world import write_dataset
@@ -350,6 +355,17 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     panel = again.train
     shows(lambda: panel.samples.count() >= 2)  # the samples at step 100
     assert panel.sample_button.isEnabled() and panel.save_button.isEnabled()
+    # samples are drawn as Generate draws with this model: its sampling_defaults.json (cfg-trunc 1, renorm 0)
+    sample = read_settings(panel.samples.item(0).data(Qt.UserRole))
+    assert (sample["cfg_trunc"], sample["cfg_renorm"]) == (1.0, 0.0)
+    panel.loader.cache.clear()  # the first click on a sample whose large image is not decoded yet
+    panel._enlarge_sample(panel.samples.item(0))
+    dialog = panel.findChildren(QDialog)[-1]
+    [view] = dialog.findChildren(ImageView)
+    qtbot.waitUntil(lambda: view.has_image(), timeout=10_000)
+    details = dialog.findChildren(QTextBrowser)[0].toPlainText()
+    assert "CFG truncation: 1.0" in details and "model_hash" not in details
+    dialog.close()
     panel.stop_run()
     shows(lambda: panel.run.state() == "stopped" and panel.resume_button.isEnabled())
     assert not panel.sample_button.isEnabled()
