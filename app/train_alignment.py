@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, Signal
@@ -39,12 +40,16 @@ def describe(scores: dict) -> str:
 class AlignmentMeter(QObject):
     updated = Signal(str)  # the run folder whose scores changed
     failed = Signal(str)
+    progress = Signal(str)  # what is measured now, with its count and the time left
 
     def __init__(self, prompts: int = PROMPTS, parent=None):
         super().__init__(parent)
         self.prompts = prompts
         self.process: QProcess | None = None
         self.queue: list[tuple[RunFolder, str, str]] = []
+        self.measured = 0  # models finished since the queue was last empty (for "model 2 of 3")
+        self._started = 0.0
+        self._errors = b""
 
     def scores(self, run: RunFolder) -> dict:
         return read_json(run.path / ALIGNMENT_FILE, {})
@@ -61,10 +66,14 @@ class AlignmentMeter(QObject):
 
     @property
     def busy(self) -> bool:
-        return self.process is not None and self.process.state() != QProcess.NotRunning
+        """Measuring, or models waiting to be measured."""
+        return bool(self.queue) or self.process is not None and self.process.state() != QProcess.NotRunning
 
     def _next(self) -> None:
-        if self.busy or not self.queue:
+        if self.process is not None and self.process.state() != QProcess.NotRunning:
+            return
+        if not self.queue:
+            self.measured = 0
             return
         run, name, model = self.queue[0]
         if model != "demo" and not Path(model).is_dir():  # pruned since (keep_checkpoints): nothing to measure
@@ -73,18 +82,37 @@ class AlignmentMeter(QObject):
             return
         self.process = QProcess(self)
         self.process.finished.connect(lambda code, _status: self._done(code))
+        self.process.readyReadStandardError.connect(self._read_progress)
+        self._started, self._errors = time.monotonic(), b""
+        self.progress.emit(f"measuring {name} (model {self.measured + 1} of {self.measured + len(self.queue)})…")
         self.process.start(sys.executable, ["-m", "lumina_studio", "evaluate", "--model", model, "--count",
                                             str(self.prompts), "--device", "cpu", "--json"])
 
+    def _read_progress(self) -> None:
+        """`evaluate --json` writes {"done", "total"} per image on stderr; anything else is kept for an error."""
+        name = self.queue[0][1] if self.queue else ""
+        for line in bytes(self.process.readAllStandardError()).splitlines():
+            try:
+                step = json.loads(line)
+                done, total = int(step["done"]), int(step["total"])
+            except (ValueError, KeyError, TypeError):
+                self._errors += line + b"\n"
+                continue
+            left = (time.monotonic() - self._started) / max(done, 1) * (total - done)
+            self.progress.emit(f"measuring {name} (model {self.measured + 1} of {self.measured + len(self.queue)}): "
+                               f"{done}/{total} prompts, {int(left) // 60}:{int(left) % 60:02d} left")
+
     def _done(self, code: int) -> None:
+        self._read_progress()
         run, name, _ = self.queue.pop(0)
+        self.measured += 1
         output = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
         try:
             report = json.loads(output) if code == 0 else None
         except ValueError:
             report = None
         if report is None:
-            error = bytes(self.process.readAllStandardError()).decode("utf-8", "replace").strip().splitlines()
+            error = self._errors.decode("utf-8", "replace").strip().splitlines()
             self.failed.emit(f"alignment of {name} could not be measured: {error[-1] if error else code}")
         else:
             scores = self.scores(run)
@@ -94,9 +122,12 @@ class AlignmentMeter(QObject):
         self._next()
 
     def stop(self) -> None:
+        """Stop measuring: the model being measured and the waiting ones are dropped (scores kept so far stay)."""
         self.queue.clear()
-        if self.busy:
+        if self.process is not None and self.process.state() != QProcess.NotRunning:
+            self.process.finished.disconnect()
             self.process.kill()
             self.process.waitForFinished(5000)
+        self.measured = 0
 
 

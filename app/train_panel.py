@@ -80,6 +80,7 @@ class TrainPanel(QWidget):
         self.alignment.updated.connect(
             lambda folder: self.run and str(self.run.path) == folder and self._show_alignment())
         self.alignment.failed.connect(self.status.emit)
+        self.alignment.progress.connect(self._alignment_progress)
         self._started: dict[str, object] = {}  # run folder -> the launcher process this app started
         self._build()
         self._timer = QTimer(self)
@@ -139,6 +140,9 @@ class TrainPanel(QWidget):
                                      "places and relations (the base model measured too, for comparison)")
         self.align_label = plain_label()
         self.align_label.setWordWrap(True)
+        self.align_progress = ""  # what the meter measures now: model i of n, prompts done, time left
+        self.align_stop = QPushButton("Stop measuring")
+        self.align_stop.setToolTip("Stop measuring alignment (the scores measured so far are kept)")
         self.use_button = QPushButton("Use this checkpoint")
         self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
         controls = QHBoxLayout()
@@ -177,7 +181,10 @@ class TrainPanel(QWidget):
         right_layout.addLayout(controls)
         right_layout.addLayout(plot_row)
         right_layout.addWidget(self.plot, 2)
-        right_layout.addWidget(self.align_label)
+        align_row = QHBoxLayout()
+        align_row.addWidget(self.align_label, 1)
+        align_row.addWidget(self.align_stop, 0, Qt.AlignTop)
+        right_layout.addLayout(align_row)
         right_layout.addWidget(QLabel("Samples (click to enlarge)"))
         right_layout.addWidget(self.samples)
         right_layout.addWidget(QLabel("Events"))
@@ -201,6 +208,7 @@ class TrainPanel(QWidget):
         self.tensorboard_button.clicked.connect(self.tensorboard)
         self.use_button.clicked.connect(self.use_checkpoint)
         self.align_button.clicked.connect(self.measure_alignment)
+        self.align_stop.clicked.connect(self.stop_alignment)
         self.loader.loaded.connect(self._sample_loaded)
         self._set_controls(None)
 
@@ -479,12 +487,23 @@ class TrainPanel(QWidget):
                              else "Every checkpoint is measured already.")
             self._show_alignment()
 
+    def _alignment_progress(self, text: str) -> None:
+        self.align_progress = text
+        self._show_alignment()
+
+    def stop_alignment(self) -> None:
+        self.alignment.stop()
+        self.status.emit("Stopped measuring prompt alignment; the scores measured so far are kept.")
+        self._show_alignment()
+        self._set_controls(self.run.state() if self.run else None)
+
     def _show_alignment(self) -> None:
         scores = self.alignment.scores(self.run) if self.run else {}
-        waiting = self.alignment.busy
-        self.align_label.setVisible(bool(scores) or waiting)
+        busy = self.alignment.busy  # while any model is measured or waits to be
+        self.align_label.setVisible(bool(scores) or busy)
+        self.align_stop.setVisible(busy)
         self.align_label.setText("Prompt alignment on held-out scenes:\n" + describe(scores)
-                                 + ("\n(measuring…)" if waiting else ""))
+                                 + (f"\n({self.align_progress or 'measuring…'})" if busy else ""))
 
     def _ask(self, flag: str, what: str) -> None:
         if self.run is not None:

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", default="off", help="step cache, as for generate")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--out", help="also save the generated images here")
-    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the report as JSON (and the progress as JSON lines on stderr)")
 
     models = commands.add_parser("models", help="list (the default), add or remove models")
     model_commands = models.add_subparsers(dest="models_command", parser_class=OneLineParser)
@@ -296,10 +297,18 @@ def run_evaluate(args) -> int:
 
     if args.count < 1:
         raise RequestError("--count must be at least 1.")
+    from tqdm import tqdm
+
     engine = Engine(find_model(args.model), device=args.device)
     engine.load()
-    report = evaluate(engine, args.count, args.seed, Path(args.out) if args.out else None, steps=args.steps,
-                      guidance=args.guidance, cache=args.cache)
+    with tqdm(total=args.count, desc="scoring prompts", unit="prompt", file=sys.stderr, disable=args.json) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            if args.json:  # for the app: one JSON line per image on stderr, the report on stdout
+                print(json.dumps({"done": done, "total": total}), file=sys.stderr, flush=True)
+
+        report = evaluate(engine, args.count, args.seed, Path(args.out) if args.out else None, on_progress=progress,
+                          steps=args.steps, guidance=args.guidance, cache=args.cache)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.describe())
     return 0
 

@@ -97,3 +97,18 @@ def test_evaluate_generates_and_scores_through_the_engine(engine, tmp_path):
     assert set(report.single) == {"colour", "shape", "colour_and_shape", "position", "all"}
     assert report.transformer_evaluations > 0 and report.seconds_per_image > 0
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_evaluate_on_the_command_line_shows_progress(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LUMINA_STUDIO_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "core.cli", "evaluate", "--count", "3", "--steps", "2", "--device", "cpu"]
+    shown = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and "scoring prompts" in shown.stderr and "3/3" in shown.stderr
+    for_the_app = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=300)
+    steps = [json.loads(line) for line in for_the_app.stderr.splitlines() if line.startswith("{")]
+    assert steps[-1] == {"done": 3, "total": 3} and "single" in json.loads(for_the_app.stdout)

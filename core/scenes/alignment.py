@@ -71,10 +71,12 @@ def score_ground_truth(count: int, seed: int) -> AlignmentReport:
     return summarise([(scene, score(scene, draw(scene))) for scene in scenes(count, seed)])
 
 
-def evaluate(engine, count: int = 100, seed: int = 1000, out_dir: Path | None = None, **settings) -> AlignmentReport:
+def evaluate(engine, count: int = 100, seed: int = 1000, out_dir: Path | None = None, on_progress=None,
+             **settings) -> AlignmentReport:
     """Generate one image per prompt from the world's grammar with `engine` and score them.
 
     settings go into each GenerationRequest (e.g. steps, guidance, cache); the size is 64x64.
+    `on_progress(done, total)` is called after each image.
     """
     from ..request import GenerationRequest
 
@@ -89,6 +91,8 @@ def evaluate(engine, count: int = 100, seed: int = 1000, out_dir: Path | None = 
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray((result.pixels * 255).round().astype("uint8")).save(out_dir / f"{index:04d}.png")
+        if on_progress is not None:
+            on_progress(index + 1, count)
     report = summarise(scored)
     report.transformer_evaluations = statistics.fmean(evaluations)
     report.seconds_per_image = statistics.fmean(seconds)

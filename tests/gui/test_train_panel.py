@@ -382,7 +382,11 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     assert (panel.run.latest_checkpoint() / "model" / "sampling_defaults.json").is_file()
     assert kept == {"step-00000101", "step-00000200"}  # keep_checkpoints = 2, as the preset says
     panel.measure_alignment()
+    qtbot.waitUntil(lambda: "prompts," in panel.align_label.text() and "left" in panel.align_label.text(),
+                    timeout=120_000)  # count and time left as it goes, and a Stop
+    assert "of 3)" in panel.align_label.text() and panel.align_stop.isVisible()
     qtbot.waitUntil(lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, timeout=300_000)
+    assert not panel.align_stop.isVisible() and "measuring" not in panel.align_label.text()
     assert "base model: single shapes" in panel.align_label.text() and "step-00000200" in panel.align_label.text()
     panel.use_checkpoint()
     qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith("step-00000200"),
