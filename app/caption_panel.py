@@ -26,6 +26,7 @@ from core.captioning.service import API_KEY_VARIABLE, SERVICE, CaptionerOptions,
 from core.captioning.styles import STYLES
 from core.datasets import split_captions
 from core.errors import LuminaError
+from core.storage import data_dir, first_free
 
 from . import plain_text
 from .background import run_in_background
@@ -40,7 +41,8 @@ from .worker_client import WorkerClient
 
 LARGE = 1024
 RECENT = 8
-EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000  # a longer caption file is shown in part, read-only
+EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000
+DEMO_SCENES = 48  # a longer caption file is shown in part, read-only
 SERVER = "server"
 # (keys, what it does): the panel's help and its menu list these
 SHORTCUTS = (
@@ -119,6 +121,10 @@ class CaptionPanel(QWidget):
 
     def _build(self) -> None:
         self.open_button = QPushButton("Open folder…")
+        self.demo_button = QPushButton("Make a demo folder")
+        self.demo_button.setToolTip(f"{DEMO_SCENES} pictures of the demo model's world, without captions, in a new "
+                                    "folder of the data folder: caption them with the built-in demo captioner, "
+                                    "review them, train on them")
         self.recent = QComboBox()
         self.recent.setMinimumWidth(260)
         self.recent.setToolTip("Folders opened before")
@@ -128,7 +134,8 @@ class CaptionPanel(QWidget):
         self.train_button = QPushButton("Train on this dataset…")
         self.train_button.setToolTip("Open the Train tab's wizard with this folder as its dataset")
         top = QHBoxLayout()
-        for widget in (self.open_button, self.recent, self.find_button, self.export_button, self.train_button):
+        for widget in (self.open_button, self.demo_button, self.recent, self.find_button, self.export_button,
+                       self.train_button):
             top.addWidget(widget)
         top.addStretch(1)
 
@@ -258,6 +265,7 @@ class CaptionPanel(QWidget):
 
     def _connect(self) -> None:
         self.open_button.clicked.connect(self.choose_folder)
+        self.demo_button.clicked.connect(self.make_demo_folder)
         self.recent.activated.connect(lambda index: self.open_folder(Path(self.recent.itemData(index)))
                                       if self.recent.itemData(index) else None)
         self.find_button.clicked.connect(self.find_replace)
@@ -326,6 +334,27 @@ class CaptionPanel(QWidget):
         chosen = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
         if chosen:
             self.open_folder(Path(chosen))
+
+    def make_demo_folder(self) -> None:
+        """Draw the demo's scenes without captions into a new folder (in the background) and open it."""
+        from core.scenes.world import write_dataset
+
+        datasets = data_dir() / "datasets"
+        folder = datasets / first_free("demo-scenes", lambda name: (datasets / name).exists())
+        self.demo_button.setEnabled(False)
+        self.show_notice(f"Drawing {DEMO_SCENES} demo pictures into {folder}…")
+
+        def done(_) -> None:
+            self.demo_button.setEnabled(True)
+            self.open_folder(folder)
+            self.show_notice(f"{folder} holds {DEMO_SCENES} pictures without captions: choose the demo captioner "
+                             "below and press Caption.")
+
+        def failed(exc) -> None:
+            self.demo_button.setEnabled(True)
+            self.show_notice(f"The demo folder could not be made: {exc}", error=True)
+
+        run_in_background(lambda: write_dataset(folder, DEMO_SCENES, seed=0, captions=False), done, failed)
 
     def open_folder(self, folder: Path) -> None:
         """List the folder (fast: no image is decoded), show the first page, then read every caption in the

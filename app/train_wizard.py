@@ -9,7 +9,6 @@ estimate) before Launch is allowed, so the config launched is one `lumina-studio
 from __future__ import annotations
 
 import html
-import itertools
 import os
 import re
 import shlex
@@ -31,7 +30,7 @@ from core.gpus import GPU, nvidia_gpus
 from core.models.layouts import header_tensors, known_architecture
 from core.models.registry import DEMO_NAME, available_models, find_model
 from core.scenes.world import vocabulary_warning
-from core.storage import human_size, runs_dir
+from core.storage import first_free, human_size, runs_dir
 from trainer.config import ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
 from trainer.memory import MemoryEstimate, ram_size, stage_estimates
@@ -187,12 +186,6 @@ class StartPage(_Page):
             return [f"Cannot write in {existing} (read-only or not yours): the runs folder {folder} must be "
                     "writable. Set LUMINA_STUDIO_HOME to a folder you can write in."]
         return []
-
-
-def first_free(base: str, taken) -> str:
-    """`base`, else `base-2`, `base-3`, …: the first name `taken(name)` says is free."""
-    return next(name for name in itertools.chain([base], (f"{base}-{n}" for n in itertools.count(2)))
-                if not taken(name))
 
 
 def name_datasets(config: dict) -> None:

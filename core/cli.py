@@ -114,11 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Training lives in trainer/ (a layer above core); its own parser reads these arguments.
     commands.add_parser("train", help="fine-tune in stages from a config (see: train --help)", add_help=False)
 
-    world = commands.add_parser("scenes", help="draw a dataset of flat-shape scenes with captions (the demo's world)")
-    world.add_argument("folder")
-    world.add_argument("--count", type=int, default=1000)
-    world.add_argument("--seed", type=int, default=0)
+    world = commands.add_parser(
+        "scenes", help="draw a dataset of flat-shape scenes with captions (the demo's world)",
+        description="Draw pictures of the demo model's world (coloured shapes on a plain background) with a .txt "
+                    "caption beside each: a dataset to try captioning (--no-captions), reviewing and training on "
+                    "without any real model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    world.add_argument("folder", help="a new or empty folder to draw into")
+    world.add_argument("--count", type=int, default=1000, help="how many pictures")
+    world.add_argument("--seed", type=int, default=0, help="the first scene's seed (the same seed draws the same set)")
     world.add_argument("--pairs", type=float, default=0.4, help="share of scenes with two shapes and a relation")
+    world.add_argument("--no-captions", action="store_true",
+                       help="pictures only, no .txt: work for the captioner (lumina-studio caption FOLDER)")
 
     evaluate = commands.add_parser("evaluate", help="measure prompt alignment on prompts from the scene world")
     evaluate.add_argument("--model", default="demo", help="a model path or registered name (default: demo)")
@@ -285,8 +291,9 @@ def run_scenes(args) -> int:
         raise RequestError("--count must be at least 1 and --pairs between 0 and 1.")
     check_folder_target(Path(args.folder), [])  # a new or empty folder: an existing dataset is never drawn over
     with tqdm(total=args.count, desc="drawing scenes", unit="img", file=sys.stderr) as bar:
-        write_dataset(args.folder, args.count, args.seed, args.pairs, on_progress=lambda n: bar.update(1))
-    print(f"{args.count} scenes with captions in {args.folder}")
+        write_dataset(args.folder, args.count, args.seed, args.pairs, on_progress=lambda n: bar.update(1),
+                      captions=not args.no_captions)
+    print(f"{args.count} scenes {'without' if args.no_captions else 'with'} captions in {args.folder}")
     return 0
 
 

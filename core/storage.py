@@ -138,6 +138,14 @@ def process_umask() -> int:
     return mask
 
 
+def first_free(base: str, taken) -> str:
+    """`base`, else `base-2`, `base-3`, …: the first name `taken(name)` says is free."""
+    import itertools
+
+    return next(name for name in itertools.chain([base], (f"{base}-{n}" for n in itertools.count(2)))
+                if not taken(name))
+
+
 def runs_dir() -> Path:
     return data_dir() / "runs"
 

@@ -222,3 +222,11 @@ def test_scenes_never_draws_over_an_existing_folder(capsys, tmp_path):
     code, _, err = run_cli(capsys, "scenes", str(folder), "--count", "2")
     assert code == 1 and "not empty" in err
     assert (folder / "scene-00000.png").read_bytes() == b"my own picture"
+
+
+def test_scenes_without_captions_and_its_help(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "scenes", str(tmp_path / "set"), "--count", "3", "--no-captions")
+    assert code == 0 and "3 scenes without captions" in out
+    assert len(list((tmp_path / "set").glob("*.png"))) == 3 and not list((tmp_path / "set").glob("*.txt"))
+    code, out, _ = run_cli(capsys, "scenes", "--help")
+    assert code == 0 and "(default: 1000)" in out and "--no-captions" in out

@@ -188,8 +188,10 @@ def vocabulary_warning(text: str) -> str:
             f"know: {', '.join(unknown[:8])}")
 
 
-def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_progress=None) -> int:
-    """Draw `count` scenes into `folder` as PNGs with `.txt` captions beside them; returns the count."""
+def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_progress=None,
+                  captions: bool = True) -> int:
+    """Draw `count` scenes into `folder` as PNGs with `.txt` captions beside them (`captions=False`: the
+    pictures only, for the captioner to caption); returns the count."""
     from pathlib import Path
 
     folder = Path(folder)
@@ -197,7 +199,8 @@ def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_pro
     for index, scene in enumerate(scenes(count, seed, pair_share)):
         stem = folder / f"scene-{index:05d}"
         draw(scene).save(stem.with_suffix(".png"))
-        stem.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
+        if captions:
+            stem.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
         if on_progress is not None:
             on_progress(index + 1)
     return count

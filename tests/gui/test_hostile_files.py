@@ -265,3 +265,14 @@ def test_the_wheel_scrolls_the_generate_form_unless_a_box_has_the_focus(qtbot):
     qtbot.waitUntil(panel.shift.hasFocus)
     wheel(panel.shift)
     assert panel.shift.value() != 6.0  # a focused box takes the wheel
+
+
+def test_make_a_demo_folder_gives_pictures_to_caption(caption_panel, qtbot):
+    caption_panel.demo_button.click()
+    qtbot.waitUntil(lambda: caption_panel.dataset is not None and caption_panel.model.rowCount() == 48,
+                    timeout=60_000)
+    folder = caption_panel.dataset.folder
+    assert folder.name == "demo-scenes" and not list(folder.glob("*.txt"))
+    assert "demo captioner" in caption_panel.notice.text()
+    caption_panel.demo_button.click()  # a second one goes beside the first
+    qtbot.waitUntil(lambda: caption_panel.dataset.folder.name == "demo-scenes-2", timeout=60_000)
