@@ -775,6 +775,9 @@ class CaptionPanel(QWidget):
             summary = data["summary"]
             text = (f"Captioning finished: {summary['captioned']} captioned, {summary['skipped']} skipped, "
                     f"{len(summary['failed'])} failed.")
+            if summary.get("repeated"):
+                text += (f" {summary['repeated']} captions repeated themselves: cut, and marked ✎ needs fixing "
+                         "(filter by it to review them).")
             if summary.get("downscaled"):
                 text += f" {summary['downscaled']} large images were scaled down for the captioner."
             self.status.emit(text)

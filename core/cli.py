@@ -332,6 +332,9 @@ def run_caption(args) -> int:
                                suffix=args.suffix, mode=args.mode, recursive=args.recursive, batch=args.batch,
                                max_tokens=args.max_tokens, sampling={"do_sample": False} if args.greedy else None)
     settings.check()  # fail fast, before a model loads
+    if args.prompt and not args.model and not args.server:
+        print(f"{PROG}: warning: the built-in demo captioner knows only its styles' questions and ignores "
+              "--prompt; use a model folder (--model) or a server (--server) for your own question", file=sys.stderr)
     check_folder(Path(args.folder).expanduser())
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return launch_shards(args.gpus, args.argv, args.device)

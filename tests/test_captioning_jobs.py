@@ -485,3 +485,32 @@ def test_huge_images_are_scaled_down_as_they_are_read_and_the_summary_says_so(tm
     summary, _ = run_job(folder, captioner)
     assert sorted(seen) == [(48, 32), (64, 32)] and summary.downscaled == 1
     assert "1 images larger than 64 px were scaled down" in summary.describe()
+
+
+def test_a_caption_that_repeats_itself_is_cut_and_its_image_marked_for_review(tmp_path, monkeypatch):
+    from core.caption_state import CaptionState
+    from core.captioning.repetition import cut_repetition
+
+    assert cut_repetition("a red square " + "square " * 95) == ("a red square", True)
+    assert cut_repetition("a red circle, " * 6) == ("a red circle,", True)
+    assert cut_repetition("a very very good dog") == ("a very very good dog", False)
+
+    from core.scenes.world import write_dataset
+
+    folder = tmp_path / "set"
+    write_dataset(folder, 2, seed=4, captions=False)
+    result = cli("caption", folder, "--mode", "overwrite", "--prompt", "What is {caption}?", home=tmp_path / "h")
+    assert "ignores --prompt" in result.stderr
+
+    class Looping:
+        name, model_type, follows_questions = "looping", "test", True
+
+        def caption(self, images, questions, *args, **kwargs):
+            return ["a blue triangle " + "square " * 90] + ["a green circle"] * (len(images) - 1)
+
+    summary, _ = run_job(folder, Looping(), mode="overwrite")
+    assert summary.repeated == 1 and "1 captions repeated themselves" in summary.describe()
+    assert read_captions(folder / "scene-00000.png") == ["a blue triangle square"]
+    state = CaptionState(folder)
+    assert state.statuses() == {"scene-00000.png": "needs fixing"}
+    state.close()

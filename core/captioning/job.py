@@ -25,6 +25,7 @@ from ..errors import Cancelled, LuminaError
 from ..images import ImageProblem, open_rgb
 from ..prompts import MAX_TOKENS
 from ..storage import folder_writable, human_size
+from .repetition import cut_repetition
 from .styles import prompts_for
 
 MODES = ("skip", "overwrite", "append")
@@ -74,6 +75,7 @@ class ImageOutcome:
     written: list[dict] = field(default_factory=list)  # the new lines with their style and token count
     error: str = ""
     downscaled: bool = False  # larger than MAX_SIDE: the captioner saw it scaled down
+    repeated: bool = False  # a caption looped ("square square …"): cut, and the image marked "needs fixing"
 
 
 @dataclass
@@ -86,12 +88,16 @@ class Summary:
     stopped: bool = False
     warnings: list[str] = field(default_factory=list)
     downscaled: int = 0  # images larger than MAX_SIDE, scaled down before the captioner saw them
+    repeated: int = 0  # images whose caption looped: cut and marked "needs fixing"
 
     def describe(self) -> str:
         rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
         text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
         if self.over_limit:
             text += f"; {self.over_limit} captions are longer than the model's {MAX_TOKENS}-token limit"
+        if self.repeated:
+            text += (f"; {self.repeated} captions repeated themselves: cut after the first copy, their images "
+                     "marked 'needs fixing' for review")
         if self.downscaled:
             text += f"; {self.downscaled} images larger than {MAX_SIDE} px were scaled down to {MAX_SIDE} px for it"
         return "\n".join([text, *self.warnings])
@@ -189,6 +195,9 @@ class CaptionRun:
                     else:
                         summary.captioned += 1
                         summary.downscaled += outcome.downscaled
+                        if outcome.repeated:
+                            state.set_status(self.folder / outcome.image, "needs fixing")
+                            summary.repeated += 1
                         summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
                     if on_result is not None:
                         on_result(outcome)
@@ -236,7 +245,11 @@ class CaptionRun:
             answers = self.captioner.caption([pictures[i] for i in ready], questions, prompt.system,
                                              self.settings.sampling, self.settings.max_tokens)
             for index, answer in zip(ready, answers):
+                looped = False
+                if not isinstance(answer, Exception):
+                    answer, looped = cut_repetition(answer)  # before the prefix and suffix are added
                 text = "" if isinstance(answer, Exception) else prompt.finish(answer)
+                outcomes[index].repeated |= looped
                 if not text:
                     empty = "the model gave an empty caption"
                     outcomes[index].error = str(answer) if isinstance(answer, Exception) else empty
