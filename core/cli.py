@@ -16,10 +16,23 @@ PROG = "lumina-studio"
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block)."""
+    """argparse that reports a bad argument in one line (no usage block), and whose --help shows each
+    option's default (unless its help already says what it is)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsShown)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="off, or a threshold for skipping joint blocks: the presets are 0.2, 0.3, 0.5; higher "
                           "values are allowed and skip more (softer images; 1 or more skips nearly every step the "
                           "cap allows); v2:X picks the v2 coefficients")
-    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="where the model runs (auto: a CUDA GPU when there is one)")
+    gen.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                     help="precision (auto: bf16 on a GPU that has it, else fp16; fp32 on the CPU)")
     gen.add_argument("--low-vram", default="auto", choices=("auto", "on", "off"),
                      help="keep only the component in use on the GPU (auto: when the model does not fit)")
-    gen.add_argument("--compat", default="official", choices=COMPAT_NAMES)
+    gen.add_argument("--compat", default="official", choices=COMPAT_NAMES,
+                     help="official sampling, or diffusers' Lumina2Pipeline's to match images made with it")
     gen.add_argument("--out", help="output folder (default: the library folder)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
 
@@ -65,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the graphs will run")
     export.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="graph precision (auto: fp32 for the CPU, bf16 for CUDA)")
+    export.add_argument("--measure", action="store_true",
+                        help="also time both backends here and remember the faster, for --backend auto")
 
     cap = commands.add_parser("caption", help="caption a folder of images with a local model or server")
     cap.add_argument("folder", help="the images' folder; captions go to a .txt beside each image")
@@ -118,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scenes", help="draw a dataset of flat-shape scenes with captions (the demo's world)",
         description="Draw pictures of the demo model's world (coloured shapes on a plain background) with a .txt "
                     "caption beside each: a dataset to try captioning (--no-captions), reviewing and training on "
-                    "without any real model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "without any real model.")
     world.add_argument("folder", help="a new or empty folder to draw into")
     world.add_argument("--count", type=int, default=1000, help="how many pictures")
     world.add_argument("--seed", type=int, default=0, help="the first scene's seed (the same seed draws the same set)")
@@ -164,18 +182,31 @@ def run_generate(args) -> int:
     from .engine import Engine
     from .library import Library
     from .metadata import check_writable
-    from .models.registry import find_model
+    from .models.registry import DEMO_NAME, find_model
     from .sampling.cache import APP_PRESETS, CacheSettings
+    from .scenes.world import vocabulary_warning
     from .storage import library_dir
 
     out_dir = Path(args.out).expanduser() if args.out else library_dir()
     check_writable(out_dir)
     library = Library(out_dir) if out_dir.resolve() == library_dir().resolve() else None  # the Gallery sees them
     engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
-                    low_vram=args.low_vram, backend=args.backend, on_export=export_progress())
+                    low_vram=args.low_vram, backend=args.backend, on_export=export_progress(),
+                    measure_backends=False)  # auto without a measurement: PyTorch now, as the app does
     engine.load()
+    if not engine.backend_measured:
+        model = f" --model {args.model}" if args.model else ""
+        print(f"{PROG}: note: --backend auto: the backends are not measured here for this model yet, so this run "
+              f"uses PyTorch. Measure once (it exports ONNX graphs): lumina-studio export-onnx{model} --measure",
+              file=sys.stderr)
+    if library is None:
+        print(f"{PROG}: note: images saved in {out_dir} stay out of the Gallery (it shows the library folder, the "
+              "default without --out); File → Open image loads their settings.", file=sys.stderr)
     resolved = engine.resolve(request)
-    for note in engine.prompt_warnings(resolved):
+    notes = engine.prompt_warnings(resolved)
+    if engine.source.name == DEMO_NAME:
+        notes.append(vocabulary_warning(request.prompt))
+    for note in filter(None, notes):
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     cache = CacheSettings.parse(request.cache)
     if cache and cache.threshold > max(float(p) for p in APP_PRESETS[1:]):
@@ -259,6 +290,8 @@ def run_export(args) -> int:
                     backend="onnx", on_export=export_progress())
     engine.load()
     print(f"{engine.onnx_folder}  ({engine.run_info['provider']}, {engine.run_info['dtype']})")
+    if args.measure:
+        print(f"faster here: {engine.measure_backends()} (generate --backend auto uses it from now on)")
     return 0
 
 

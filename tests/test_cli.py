@@ -230,3 +230,14 @@ def test_scenes_without_captions_and_its_help(capsys, tmp_path):
     assert len(list((tmp_path / "set").glob("*.png"))) == 3 and not list((tmp_path / "set").glob("*.txt"))
     code, out, _ = run_cli(capsys, "scenes", "--help")
     assert code == 0 and "(default: 1000)" in out and "--no-captions" in out
+
+
+def test_generate_says_what_a_new_user_needs_to_know(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "A BLUE CIRCLE ON THE RIGHT", "--backend", "auto", "--steps", "2",
+                           "--out", str(tmp_path / "out"), "--seed", "3")
+    assert code == 0
+    assert "does not know: BLUE, CIRCLE" in err and "in lower case" in err  # the demo tokenizer splits them
+    assert "this run uses PyTorch" in err and "export-onnx --measure" in err and "exporting" not in err
+    assert "stay out of the Gallery" in err
+    code, out, _ = run_cli(capsys, "generate", "--help")
+    assert "(default: 4.0)" in out and "(default: official)" in out and "(default: torch)" in out

@@ -175,7 +175,9 @@ def known_words() -> frozenset[str]:
 
 
 def prompt_words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
+    """The words as written: case matters, since the demo's tokenizer knows "blue" but splits "BLUE" and
+    "Blue" into bytes it never saw in training."""
+    return re.findall(r"[A-Za-z]+", text)
 
 
 def vocabulary_warning(text: str) -> str:
@@ -184,8 +186,10 @@ def vocabulary_warning(text: str) -> str:
     unknown = list(dict.fromkeys(word for word in prompt_words(text) if word not in known))
     if not unknown:
         return ""
-    return ("The demo model knows only its world's words (colours, shapes, places, backgrounds); it does not "
-            f"know: {', '.join(unknown[:8])}")
+    cased = [word for word in unknown if word.lower() in known]
+    return ("The demo model knows only its world's words (colours, shapes, places, backgrounds), in lower case; "
+            f"it does not know: {', '.join(unknown[:8])}"
+            + (f" (write {', '.join(word.lower() for word in cased[:4])} in lower case)" if cased else ""))
 
 
 def write_dataset(folder, count: int, seed: int, pair_share: float = 0.4, on_progress=None,
