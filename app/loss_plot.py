@@ -44,7 +44,7 @@ class PlotPoints:
 class LossPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumHeight(180)
+        self.setMinimumHeight(120)  # the Train tab fits a 700 px high screen
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.series = "loss"
         self.log_scale = False

@@ -36,7 +36,7 @@ from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_run
 REFRESH_MS = 1000
 KILL_AFTER_S = 30  # Kill is offered once a stop has had this long to save and exit
 CATCH_UP_BYTES = 256 * 1024  # a longer log is first read off the GUI thread
-COLUMNS = ("Run", "State", "Stage", "Step", "Last loss", "Started", "Duration")
+COLUMNS = ("Run", "State", "Step", "Last loss", "Started", "Duration")  # the stage: the Step cell's tooltip
 SAMPLE_SIZE = 128
 ENLARGED = 1024  # a sample clicked to enlarge
 ACTIVE = ("starting", "preparing", "running", "stopping")  # "starting": the launcher still checks the config
@@ -145,11 +145,15 @@ class TrainPanel(QWidget):
         self.align_stop.setToolTip("Stop measuring alignment (the scores measured so far are kept)")
         self.use_button = QPushButton("Use this checkpoint")
         self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
-        controls = QHBoxLayout()
-        for button in (self.stop_button, self.kill_button, self.resume_button, self.sample_button, self.save_button,
-                       self.open_button, self.tensorboard_button, self.align_button, self.use_button):
-            controls.addWidget(button)
-        controls.addStretch(1)
+        controls = QVBoxLayout()  # two rows: one would make the window 1,250 px wide at least
+        for row_buttons in ((self.stop_button, self.kill_button, self.resume_button, self.sample_button,
+                             self.save_button),
+                            (self.use_button, self.align_button, self.open_button, self.tensorboard_button)):
+            row = QHBoxLayout()
+            for button in row_buttons:
+                row.addWidget(button)
+            row.addStretch(1)
+            controls.addLayout(row)
         self.plot = LossPlot()
         self.series = QComboBox()
         for name, label in SERIES.items():
@@ -192,7 +196,7 @@ class TrainPanel(QWidget):
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(right)
-        self.splitter.setSizes([420, 860])
+        self.splitter.setSizes([620, 640])  # at 1280 px the list shows its columns; the splitter moves
         layout = QVBoxLayout(self)
         layout.addWidget(self.splitter)
 
@@ -239,12 +243,13 @@ class TrainPanel(QWidget):
             loss = f"{summary.loss:.4f}" if isinstance(summary.loss, (int, float)) else ""
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
             state = f"{summary.state} (damaged files)" if summary.problems else summary.state
-            for column, text in enumerate((summary.name, state, summary.stage, step, loss, started,
-                                           duration(summary.duration))):
+            for column, text in enumerate((summary.name, state, step, loss, started, duration(summary.duration))):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, str(summary.path))
                 if summary.problems:
                     item.setToolTip("\n".join(summary.problems))
+                elif column == 2 and summary.stage:
+                    item.setToolTip(f"stage {summary.stage}")
                 self.runs.setItem(row, column, item)
             if selected is not None and summary.path == selected:
                 self.runs.selectRow(row)

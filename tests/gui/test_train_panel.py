@@ -498,3 +498,16 @@ def no_stray_runs():
         from app.train_runs import kill
 
         kill(info.parent)
+
+
+def test_the_window_fits_small_screens_and_the_runs_list_shows_its_columns(window, qtbot):
+    fake_run("demo-scenes-64-20261205-1502", "stopped", None, checkpoint=True)
+    hint = window.minimumSizeHint()
+    assert hint.width() <= 1024 and hint.height() <= 660  # usable at 1024x700, title bar included
+    window.resize(1280, 720)
+    window.tabs.setCurrentWidget(window.train)
+    window.train.refresh_runs()
+    qtbot.waitUntil(lambda: window.train.runs.rowCount() == 1)
+    table = window.train.runs
+    shown = sum(table.columnWidth(c) for c in range(table.columnCount()))
+    assert shown <= table.viewport().width() + 2, (shown, table.viewport().width())  # no column behind a scroll bar
