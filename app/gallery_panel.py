@@ -9,13 +9,14 @@ import time
 from datetime import datetime
 
 from PySide6.QtCore import (
-    QAbstractListModel, QEvent, QFileSystemWatcher, QModelIndex, QPoint, QSize, Qt, QTimer,
+    QAbstractListModel, QEvent, QFileSystemWatcher, QItemSelectionModel, QModelIndex, QPoint, QSize, Qt, QTimer,
     Signal,
 )
 from PySide6.QtGui import QCursor, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
-    QLabel, QLineEdit, QListView, QProgressDialog, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget,
+    QLabel, QLineEdit, QListView, QProgressDialog, QPushButton, QSlider, QSplitter, QTextBrowser, QVBoxLayout,
+    QWidget,
 )
 
 from core.errors import Cancelled, LuminaError
@@ -25,9 +26,10 @@ from .background import run_in_background
 from .settings_details import details_html
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
-from .plain_text import tooltip
+from .plain_text import escape, tooltip
 
-THUMBNAIL = 160
+THUMBNAIL = 256  # decoded at most this large; the grid draws them at the size slider's value
+SIZES = (64, 320, 160)  # the size slider: smallest, largest, first
 DETAIL = 512
 DATE_FILTERS = {"Any date": None, "Today": 1, "Last 7 days": 7, "Last 30 days": 30}
 
@@ -102,7 +104,7 @@ class GalleryModel(QAbstractListModel):
             return self.loader.get(str(entry.path), THUMBNAIL) or self.placeholder
         if role == Qt.DisplayRole:
             star = "★ " if entry.favourite else ""
-            return star + (entry.prompt[:40] or "(empty prompt)")
+            return f"{star}{entry.prompt[:40] or '(empty prompt)'}\n{entry.model or 'unknown model'}"
         if role == Qt.ToolTipRole:
             return tooltip(entry.prompt)
         if role == Qt.UserRole:
@@ -212,8 +214,14 @@ class GalleryPanel(QWidget):
         self.date_filter.addItems(list(DATE_FILTERS))
         self.favourites = QCheckBox("Favourites")
         for signal in (self.model_filter.activated, self.date_filter.activated, self.favourites.toggled):
-            signal.connect(self.refresh)
+            signal.connect(lambda *_: self.refresh())
         self.count_label = QLabel()
+        self.size_slider = QSlider(Qt.Horizontal)
+        self.size_slider.setRange(SIZES[0], SIZES[1])
+        self.size_slider.setValue(SIZES[2])
+        self.size_slider.setFixedWidth(110)
+        self.size_slider.setToolTip("Thumbnail size")
+        self.size_slider.valueChanged.connect(self.set_thumbnail_size)
         self.held_button = QPushButton()
         self.held_button.setToolTip("New images wait while the pointer is over the grid, so nothing moves under "
                                     "it; they appear when it leaves, or now with this button")
@@ -226,6 +234,8 @@ class GalleryPanel(QWidget):
         bar.addWidget(self.date_filter)
         bar.addWidget(self.favourites)
         bar.addWidget(self.count_label)
+        bar.addWidget(QLabel("Size"))
+        bar.addWidget(self.size_slider)
 
         self.grid = QListView()
         self.grid.setViewMode(QListView.IconMode)
@@ -234,9 +244,8 @@ class GalleryPanel(QWidget):
         self.grid.setUniformItemSizes(True)
         self.grid.setLayoutMode(QListView.Batched)  # lay out a big listing in slices, between events
         self.grid.setBatchSize(300)
-        self.grid.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.grid.setItemDelegate(TrueColourThumbnails(self.grid))
-        self.grid.setGridSize(QSize(THUMBNAIL + 24, THUMBNAIL + 40))
+        self.set_thumbnail_size(SIZES[2])
         self.grid.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.grid.setModel(self.model)
         self.grid.selectionModel().selectionChanged.connect(self._show_details)
@@ -281,10 +290,13 @@ class GalleryPanel(QWidget):
 
     # ---- listing ------------------------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(self, select_ids: list[int] | None = None, select_row: int | None = None) -> None:
+        """List the library again. The selection stays on the images it had that are still listed, else goes
+        to `select_ids` (images brought back), else to row `select_row` (the image after a deleted one)."""
         if self.library is None:
             self.count_label.setText("No library")
             return
+        keep = select_ids if select_ids is not None else [e.id for e in self.selected()]
         self._fill_model_filter()
         filters = self._filters()
         self._shown_up_to = self.library.last_id()
@@ -293,7 +305,27 @@ class GalleryPanel(QWidget):
         self.held_button.hide()
         self.model.set_query(lambda offset, limit: self.library.search(**filters, limit=limit, offset=offset))
         self.count_label.setText(f"{self.library.count_matching(**filters)} image(s)")
+        self._reselect(keep, select_row)
         self._show_details()
+
+    def _reselect(self, ids: list[int], row: int | None) -> None:
+        wanted = set(ids)
+        rows = [r for r, entry in enumerate(self.model.entries) if entry.id in wanted]
+        if not rows and row is not None and self.model.rowCount():
+            rows = [min(row, self.model.rowCount() - 1)]
+        selection = self.grid.selectionModel()
+        for number, r in enumerate(rows):
+            index = self.model.index(r)
+            selection.select(index, QItemSelectionModel.Select if number else QItemSelectionModel.ClearAndSelect)
+            if not number:
+                selection.setCurrentIndex(index, QItemSelectionModel.NoUpdate)
+                self.grid.scrollTo(index)
+
+    def set_thumbnail_size(self, size: int) -> None:
+        """Cells fit the thumbnail and its two label lines (prompt, model), whatever the slider says."""
+        line = self.grid.fontMetrics().lineSpacing()
+        self.grid.setIconSize(QSize(size, size))
+        self.grid.setGridSize(QSize(size + 16, size + 2 * line + 14))
 
     def _fill_model_filter(self) -> None:
         current_model = self.model_filter.currentData()
@@ -393,6 +425,12 @@ class GalleryPanel(QWidget):
         pixmap = self.loader.get(str(entry.path), DETAIL)
         if pixmap is not None:
             self.detail_image.show_pixmap(pixmap)
+        if len(entries) > 1:
+            self.details.setHtml(f"<b>{len(entries)} images selected.</b> Star, Delete and Export act on all of them; "
+                                 "Use settings and Use seed take the first, shown here.<br><br>"
+                                 + "<br>".join(escape(e.prompt[:80] or "(empty prompt)") for e in entries[:12])
+                                 + ("<br>…" if len(entries) > 12 else ""))
+            return
         created = datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M")
         self.details.setHtml(details_html(entry.settings, [("Favourite", "★ yes" if entry.favourite else "no"),
                                                            ("Model", entry.model), ("Created", created),
@@ -420,18 +458,19 @@ class GalleryPanel(QWidget):
         ids = [e.id for e in self.selected()]
         if not ids:
             return
+        first_row = min(index.row() for index in self.grid.selectionModel().selectedIndexes())
         outcome = self.library.trash(ids)
         if outcome.moved:
             self.undo_stack.append(outcome.moved)
         self.status.emit(" ".join([f"Moved {len(outcome.moved)} image(s) to the trash. Ctrl+Z brings them back.",
                                    *outcome.problems]))
-        self.refresh()
+        self.refresh(select_ids=[], select_row=first_row)  # the image after the deleted ones
 
     def undo_delete(self) -> None:
         if self.undo_stack:
             outcome = self.library.restore(self.undo_stack.pop())
             self.status.emit(" ".join([f"Restored {len(outcome.moved)} image(s).", *outcome.problems]))
-            self.refresh()
+            self.refresh(select_ids=outcome.moved)
 
     def empty_trash(self) -> int:
         removed = self.library.empty_trash()

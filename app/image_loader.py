@@ -67,15 +67,20 @@ class ImageLoader(QObject):
 
 
 class TrueColourThumbnails(QStyledItemDelegate):
-    """Draws a selected item's thumbnail as it is: Qt's default tints it with the selection colour, which
-    misleads anyone judging an image's colours (a black background shows navy). The selection still shows
-    around it."""
+    """Draws a thumbnail as it is, at the view's icon size: Qt's default tints a selected one with the selection
+    colour, which misleads anyone judging an image's colours (a black background shows navy), and never draws
+    a small image (the demo's 64x64) larger than it is. Small images are enlarged pixel by pixel, so they stay
+    sharp. The selection still shows around it."""
 
     def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt naming)
         super().initStyleOption(option, index)
         if option.features & QStyleOptionViewItem.HasDecoration and not option.icon.isNull():
             size = option.decorationSize
-            pixmap = option.icon.pixmap(size)
+            pixmap = option.icon.pixmap(option.icon.availableSizes()[-1] if option.icon.availableSizes() else size)
+            if pixmap.width() < size.width() and pixmap.height() < size.height():
+                pixmap = pixmap.scaled(size, Qt.KeepAspectRatio, Qt.FastTransformation)
+            elif pixmap.width() > size.width() or pixmap.height() > size.height():
+                pixmap = pixmap.scaled(size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
             icon = QIcon(pixmap)
             icon.addPixmap(pixmap, QIcon.Selected)
             option.icon = icon

@@ -276,3 +276,36 @@ def test_make_a_demo_folder_gives_pictures_to_caption(caption_panel, qtbot):
     assert "demo captioner" in caption_panel.notice.text()
     caption_panel.demo_button.click()  # a second one goes beside the first
     qtbot.waitUntil(lambda: caption_panel.dataset.folder.name == "demo-scenes-2", timeout=60_000)
+
+
+def test_the_gallery_keeps_its_selection_and_says_what_is_selected(qtbot, tmp_path):
+    from app.gallery_panel import GalleryPanel
+    from core.library import Library
+    from test_library import make_png
+
+    library = Library(tmp_path / "library")
+    for number, prompt in enumerate(["a red fox", "a blue barn", "a red kite", "a green frog"]):
+        library.add(make_png(library.folder, f"img{number}", prompt, seed=number, model="tiny"))
+    gallery = GalleryPanel(library)
+    qtbot.addWidget(gallery)
+    gallery.resize(900, 600)
+    gallery.show()
+    gallery.refresh()
+    assert gallery.model.data(gallery.model.index(0, 0), Qt.DisplayRole).endswith("\ntiny")  # the model shows
+    gallery.size_slider.setValue(96)
+    assert gallery.grid.iconSize().width() == 96 and gallery.grid.gridSize().height() < 96 + 60
+
+    gallery.search.setText("red")
+    gallery.refresh()
+    gallery.select_row(0)
+    chosen = gallery.selected()[0].id
+    gallery.search.clear()
+    gallery.refresh()  # clearing the search keeps the image selected
+    assert [e.id for e in gallery.selected()] == [chosen]
+    row = gallery.model.entries.index(gallery.selected()[0])
+    gallery.delete_selected()
+    assert gallery.selected() and gallery.model.entries.index(gallery.selected()[0]) == min(row, 2)
+    gallery.undo_delete()
+    assert [e.id for e in gallery.selected()] == [chosen]  # what came back is selected
+    gallery.select_all()
+    assert "4 images selected" in gallery.details.toPlainText()
