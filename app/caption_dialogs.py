@@ -151,7 +151,7 @@ class CompareDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle(f"Compare captions of {image}")
         self.sources = sources
-        labels = [f"line {n}: {s['style'] or 'edited by hand'}" for n, s in enumerate(sources, start=1)]
+        labels = [f"line {n}: {s['style'] or s['source']}" for n, s in enumerate(sources, start=1)]
         self.left_text, self.right_text = QTextBrowser(), QTextBrowser()  # before any _show
         self.left, self.right = QComboBox(), QComboBox()
         for box in (self.left, self.right):

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QTextOption
 from PySide6.QtWidgets import QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from core.caption_state import HAND
+from core.caption_state import FROM_FILE, HAND
 from core.prompts import MAX_TOKENS
 
 from .plain_text import escape, plain_label
@@ -107,8 +107,10 @@ class CaptionEditor(QWidget):
         rows = []
         for number, line in enumerate(self.lines(), start=1):
             source = self._sources.get(line)
-            origin = (escape(f"{source['style']} · {source['source']}") if source and source["source"] != HAND
-                      else "edited by hand")
+            if source is None or source["source"] in (HAND, FROM_FILE):
+                origin = source["source"] if source else HAND  # a line being typed has no record yet
+            else:
+                origin = escape(f"{source['style']} · {source['source']}")
             tokens = self._count(line) if self._count else None
             if tokens is None:
                 length = ""

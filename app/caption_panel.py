@@ -481,6 +481,9 @@ class CaptionPanel(QWidget):
         if image is None or self.dataset is None:
             self.editor.show_captions(None, [], [], False)
             self.image_view.clear_image()
+            if self.dataset is not None:  # a folder is open: say why nothing is shown
+                self.image_view.setText("No image matches the filter." if not self.model.all
+                                        else "Select an image in the list.")
             self.image_label.setText("")
             return
         self._show_captions(image)
@@ -757,7 +760,8 @@ class CaptionPanel(QWidget):
         self.editor.commit()
         if self.dataset.hand_edited(image):
             if not plain_text.ask(self, "Caption again",
-                                  f"{image} has captions you edited by hand. Replace them with new ones?"):
+                                  f"{image} has captions no captioner here wrote (typed by hand, or from the file). "
+                                  "Replace them with new ones?"):
                 return
         styles = [name for name, box in self.styles.items() if box.isChecked()] or ["detailed"]
         self.submit(styles, "overwrite", [image], f"{', '.join(styles)} for {image}")

@@ -154,20 +154,23 @@ class GeneratePanel(QWidget):
         self.generate_button.clicked.connect(self.request_generation)
         self.message = plain_label()  # names dropped files and carries error messages: never rich text
         self.message.setWordWrap(True)
-        self.message.setStyleSheet("color: #c0392b;")
 
         form_widget = QWidget()
         form_box = QVBoxLayout(form_widget)
         form_box.addLayout(form)
-        form_box.addWidget(self.generate_button)
-        form_box.addWidget(self.message)
         form_box.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(form_widget)
-        scroll.setMinimumWidth(380)
         guard_wheel(form_widget)
         self.form_scroll = scroll
+        left = QWidget()  # Generate stays in view below the form, however long a warning in it grows
+        left.setMinimumWidth(380)
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(scroll, 1)
+        left_layout.addWidget(self.generate_button)
+        left_layout.addWidget(self.message)
 
         self.view = ImageView("Your image appears here")
         self.parameters = plain_label()  # holds the prompt
@@ -187,7 +190,7 @@ class GeneratePanel(QWidget):
         right_layout.addWidget(self.queue)
 
         self.splitter = QSplitter()
-        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(left)
         self.splitter.addWidget(right)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setSizes([400, 880])
@@ -259,14 +262,14 @@ class GeneratePanel(QWidget):
         try:
             request.validate()
         except LuminaError as exc:
-            self.message.setText(str(exc))
+            self.say(str(exc), error=True)
             return
         label = f"{request.prompt[:60] or '(empty prompt)'}  ·  {request.count} image(s)"
         job = self.client.submit({"request": request.to_dict(), "out_dir": str(library_dir())}, label)
         if job is None:
-            self.message.setText("No model is loaded: choose one with File → Models….")
+            self.say("No model is loaded: choose one with File → Models…", error=True)
             return
-        self.message.setText("")
+        self.say("")
         if values["seed_mode"] == "increment":
             self.seed.setValue(min(self.seed.value() + values["count"], self.seed.maximum()))
 
@@ -322,7 +325,7 @@ class GeneratePanel(QWidget):
     def _on_preview(self, event) -> None:
         p = event.data
         image = QImage(p["rgb"], p["width"], p["height"], 3 * p["width"], QImage.Format_RGB888)
-        self.view.show_pixmap(QPixmap.fromImage(image.copy()), preview=True)
+        self.view.show_pixmap(QPixmap.fromImage(image.copy()))
 
     def _on_image(self, event) -> None:
         r = event.data
@@ -339,7 +342,7 @@ class GeneratePanel(QWidget):
 
     def _on_finished(self, job_id: int, outcome: str, message: str) -> None:
         if outcome == "error":
-            self.message.setText(message)
+            self.say(message, error=True)
         if outcome != "done" and job_id == self._running_job:  # no half-drawn preview left on screen
             self._running_job = None
             if self._last_image is not None and not self._last_image[0].isNull():
@@ -364,18 +367,23 @@ class GeneratePanel(QWidget):
             self.load_settings_from(url.toLocalFile())
             break
 
+    def say(self, text: str, error: bool = False) -> None:
+        """A line under Generate: red for a problem, plain for news."""
+        self.message.setText(text)
+        self.message.setStyleSheet("color: #c0392b;" if error else "")
+
     def load_settings_from(self, path: str) -> None:
         """Read an image's settings off the GUI thread (a large or hostile file must not freeze the window)."""
-        self.message.setText(f"Reading the settings of {Path(path).name}…")
+        self.say(f"Reading the settings of {Path(path).name}…")
         run_in_background(lambda: read_settings(path), lambda settings: self._settings_read(path, settings),
-                          lambda exc: self.message.setText(str(exc) if isinstance(exc, LuminaError) else
-                                                           f"Could not read {path}: {type(exc).__name__}: {exc}"))
+                          lambda exc: self.say(str(exc) if isinstance(exc, LuminaError) else
+                                               f"Could not read {path}: {type(exc).__name__}: {exc}", error=True))
 
     def _settings_read(self, path: str, settings: dict) -> None:
         self.apply_values(settings)
         if isinstance(settings.get("seed"), int):
             self.use_seed(settings["seed"])
-        self.message.setText(f"Loaded the settings of {Path(path).name} ({settings['source']}).")
+        self.say(f"Loaded the settings of {Path(path).name} ({settings['source']}).")
         self.settings_loaded.emit(path)
 
 

@@ -1,7 +1,8 @@
 """A label that shows one image scaled to fit, keeping its aspect ratio.
 
 An image enlarged 2x or more is drawn with nearest-neighbour scaling, pixel by pixel as it is (a 64x64
-image from the demo model stays crisp); smaller factors, and live previews, are smoothed.
+image from the demo model stays crisp); smaller factors are smoothed. Live previews are drawn the same way,
+so the finished image does not snap from soft to sharp.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ class ImageView(QLabel):
         self.setMinimumSize(200, 200)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
         self._pixmap: QPixmap | None = None
-        self._preview = False
 
-    def show_pixmap(self, pixmap: QPixmap, preview: bool = False) -> None:
-        self._pixmap, self._preview = pixmap, preview
+    def show_pixmap(self, pixmap: QPixmap) -> None:
+        self._pixmap = pixmap
         self._rescale()
 
     def clear_image(self) -> None:
@@ -40,5 +40,5 @@ class ImageView(QLabel):
     def _rescale(self) -> None:
         if self.has_image():
             enlarged = min(self.width() / self._pixmap.width(), self.height() / self._pixmap.height())
-            mode = Qt.FastTransformation if enlarged >= 2 and not self._preview else Qt.SmoothTransformation
+            mode = Qt.FastTransformation if enlarged >= 2 else Qt.SmoothTransformation
             self.setPixmap(self._pixmap.scaled(self.size(), Qt.KeepAspectRatio, mode))

@@ -362,7 +362,7 @@ class ModelPage(_Page):
 
     def __init__(self, wizard):
         super().__init__(wizard, "Base model", "The model to fine-tune: the built-in demo model, or a Lumina-Image "
-                         "2.0 model you added with File → Models….")
+                         "2.0 model you added (File → Models…).")
         self.model = QComboBox()
         self.model.currentIndexChanged.connect(self._chosen)
         self.info = plain_label()

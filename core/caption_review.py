@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caption_state import HAND, REVIEW_STATUSES, CaptionState, folder_lock
+from .caption_state import FROM_FILE, HAND, REVIEW_STATUSES, CaptionState, folder_lock
 from .datasets import decode_legacy, list_images, read_captions, sidecar, split_captions, write_captions
 from .errors import LuminaError
 from .exports import building_folder, check_file_target, check_folder_target
@@ -146,6 +146,8 @@ class CaptionDataset:
         with folder_lock(self.folder):  # a captioning run writes one image at a time under the same lock
             write_captions(self.path(image), lines)
         self._captions[image] = lines
+        if self.state is not None:
+            self.state.record_hand(self.path(image), lines)
 
     def status_of(self, image: str) -> str:
         return self.status.get(image, "unreviewed")
@@ -163,7 +165,8 @@ class CaptionDataset:
         return self.state.sources(self.path(image), captions)
 
     def hand_edited(self, image: str) -> bool:
-        return any(s["source"] == HAND for s in self.sources(image))
+        """Whether a caption of the image was not written by a captioner here (typed, or from the file)."""
+        return any(s["source"] in (HAND, FROM_FILE) for s in self.sources(image))
 
     def set_counter(self, counter) -> None:
         """Count with another Lumina model's tokenizer from now on."""

@@ -22,7 +22,8 @@ from core.storage import connect_shared, is_damaged, move_aside_damaged
 STATE_FILE = ".lumina-captions.sqlite"
 LOCK_FILE = ".lumina-captions.lock"
 REVIEW_STATUSES = ("unreviewed", "approved", "needs fixing", "rejected")
-HAND = "edited by hand"
+HAND = "edited by hand"  # typed (or replaced) in the app's Caption panel
+FROM_FILE = "from the file"  # in the .txt already: written by another tool or by hand outside the app
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS captions (
     image TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL, style TEXT NOT NULL,
@@ -177,6 +178,15 @@ class CaptionState:
             self.mark_done(run, image)
         return lines
 
+    def record_hand(self, image: Path, captions: list[str]) -> None:
+        """Lines typed (or replaced) in the app; a line a model wrote keeps its record."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO captions (image, text, source, style, settings, tokens, created, run) "
+                "VALUES (?, ?, ?, '', '{}', NULL, ?, NULL)",
+                [(self.relative(image), text, HAND, now) for text in captions])
+
     def written_before(self, run: str) -> dict[str, set[str]]:
         """Captions a run recorded for images it did not mark done (it was killed in between): image -> texts."""
         found: dict[str, set[str]] = {}
@@ -201,14 +211,14 @@ class CaptionState:
 
     def sources(self, image: Path, captions: list[str]) -> list[dict]:
         """Where each of the image's current captions came from: the model and style that wrote that exact
-        text, or "edited by hand"."""
+        text, "edited by hand" (typed in the app), or "from the file" (no record: it was in the .txt)."""
         rows = {r[0]: r for r in self.db.execute(
             "SELECT text, source, style, tokens, created FROM captions WHERE image = ?", (self.relative(image),))}
         found = []
         for text in captions:
             row = rows.get(text)
             found.append({"text": text, "source": row[1], "style": row[2], "tokens": row[3], "created": row[4]}
-                         if row else {"text": text, "source": HAND, "style": "", "tokens": None, "created": None})
+                         if row else {"text": text, "source": FROM_FILE, "style": "", "tokens": None, "created": None})
         return found
 
     # ---- review ------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from filesystems import mount_tmpfs, unmount_tmpfs
 from openai_server import OpenAIServer
 from PIL import Image
 
-from core.caption_state import HAND, CaptionState
+from core.caption_state import FROM_FILE, CaptionState
 from core.captioning.job import CaptionError, CaptionRun, CaptionSettings
 from core.captioning.server import ServerCaptioner, ServerError
 from core.datasets import read_captions, write_captions
@@ -65,7 +65,7 @@ def test_server_captions_a_folder_in_several_styles_one_line_each(tmp_path, serv
     assert [s["style"] for s in sources] == ["detailed", "short"] and "tiny-vlm" in sources[0]["source"]
     edited = ["a red thing, typed by a person", lines[1]]
     write_captions(folder / "img-00.png", edited)
-    assert [s["source"] for s in state.sources(folder / "img-00.png", edited)][0] == HAND
+    assert [s["source"] for s in state.sources(folder / "img-00.png", edited)][0] == FROM_FILE  # changed elsewhere
     state.close()
 
 

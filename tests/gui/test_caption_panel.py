@@ -94,7 +94,7 @@ def test_regenerate_asks_before_replacing_a_hand_edit(window, panel, qtbot, tmp_
     answers = []
     monkeypatch.setattr(plain_text, "ask", lambda *a, **k: answers.append(a[2]) and False)
     panel.regenerate()
-    assert "edited by hand" in answers[0] and not panel.client.jobs()
+    assert "no captioner here wrote" in answers[0] and not panel.client.jobs()
     assert read_captions(folder / "scene-00000.png") == ["typed by a person"]
     monkeypatch.setattr(plain_text, "ask", lambda *a, **k: True)
     panel.regenerate()

@@ -309,3 +309,18 @@ def test_the_gallery_keeps_its_selection_and_says_what_is_selected(qtbot, tmp_pa
     assert [e.id for e in gallery.selected()] == [chosen]  # what came back is selected
     gallery.select_all()
     assert "4 images selected" in gallery.details.toPlainText()
+
+
+def test_captions_say_where_they_came_from_and_an_empty_filter_says_so(caption_panel, tmp_path):
+    folder = tmp_path / "scenes"
+    write_dataset(folder, 2, seed=2)
+    caption_panel.open_folder(folder)
+    caption_panel.select_row(0)
+    assert "from the file" in caption_panel.editor.info.text()  # written by write_dataset, not by the app
+    caption_panel.edit_captions("scene-00000.png", ["typed in the panel"])
+    caption_panel.show_image("scene-00000.png")
+    assert "edited by hand" in caption_panel.editor.info.text()
+    caption_panel.filter_text.setText("no caption says this")
+    caption_panel.apply_filter()
+    assert caption_panel.model.rowCount() == 0
+    assert caption_panel.image_view.text() == "No image matches the filter."
