@@ -65,6 +65,7 @@ class GeneratePanel(QWidget):
         self.model = QComboBox()
         self.model.setMinimumContentsLength(16)
         self.model.activated.connect(lambda _: self.model_changed.emit(self.model.currentData() or ""))
+        self.model.currentTextChanged.connect(self.model.setToolTip)  # the whole name, where the box cuts it
         manage = QPushButton("Manage…")
         manage.clicked.connect(self.model_manager_requested)
         row = QHBoxLayout()
@@ -217,6 +218,8 @@ class GeneratePanel(QWidget):
             self.model.addItem(Path(current).name, current)
         if current:
             self.model.setCurrentIndex(self.model.findData(current))
+        # the list opens as wide as its longest name ("my-run step 1200" is cut in the closed box)
+        self.model.view().setMinimumWidth(self.model.view().sizeHintForColumn(0) + 24)
 
     # ---- requests -----------------------------------------------------------------------------------
 

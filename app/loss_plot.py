@@ -18,6 +18,21 @@ SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the fir
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
 
 
+TICKS = 4  # value labels on the y-axis: 5, the lowest and highest among them
+
+
+def value_range(lowest: float, highest: float) -> tuple[float, float]:
+    """The y-axis range for values from `lowest` to `highest`: one value gets a band around it, to its scale
+    (a fixed ±0.5 drew a loss of 0.148 from -0.352 to 0.648), and values near the float limit never divide
+    by zero (1e30 + 0.5 is still 1e30)."""
+    if not highest - lowest > 1e-9 * max(1.0, abs(highest)):
+        pad = abs(highest) * 0.1 or 0.1
+        lowest, highest = lowest - pad, highest + pad
+    if not math.isfinite(highest - lowest):
+        lowest, highest = -1.0, 1.0
+    return lowest, highest
+
+
 class PlotPoints:
     """The logged steps and their values, apart from the widget: a long log is read into one off the GUI thread."""
 
@@ -108,12 +123,7 @@ class LossPlot(QWidget):
             painter.drawText(area, Qt.AlignCenter, "No steps logged yet" if not len(steps) else "Nothing to plot")
             return
         shown = np.log10(values) if self.log_scale else values
-        lowest, highest = float(shown[keep].min()), float(shown[keep].max())
-        if not highest - lowest > 1e-9 * max(1.0, abs(highest)):  # one value (1e30 + 0.5 is still 1e30)
-            pad = max(0.5, abs(highest) * 0.05)
-            lowest, highest = lowest - pad, highest + pad
-        if not math.isfinite(highest - lowest):  # values near the float limit: draw flat rather than fail
-            lowest, highest = -1.0, 1.0
+        lowest, highest = value_range(float(shown[keep].min()), float(shown[keep].max()))
         first, last = float(steps[0]), float(max(steps[-1], steps[0] + 1))
 
         def x_of(step):
@@ -150,18 +160,28 @@ class LossPlot(QWidget):
             painter.setPen(QPen(palette.color(palette.ColorRole.Highlight).darker(130), 2))
             painter.drawPath(path)
         painter.setPen(QPen(text, 1, Qt.DashLine))
+        metrics = painter.fontMetrics()
         for step, name in self.stages:
             if step <= last:
                 x = x_of(max(step, first))
                 if step > first:
                     painter.drawLine(QPointF(x, area.top()), QPointF(x, area.bottom()))
-                painter.drawText(QPointF(x + 4, area.top() + 14), name)
-        painter.setPen(QPen(text, 1))
+                width = metrics.horizontalAdvance(name)
+                left = x + 4 if x + 4 + width <= area.right() - 2 else max(area.left() + 2, x - 4 - width)
+                painter.drawText(QPointF(left, area.top() + 14), name)  # never cut off at the right edge
         label = (lambda v: f"{10 ** v:.3g}") if self.log_scale else (lambda v: f"{v:.3g}")
-        painter.drawText(QRectF(0, area.top() - 6, 52, 16), Qt.AlignRight, label(highest))
-        painter.drawText(QRectF(0, area.bottom() - 10, 52, 16), Qt.AlignRight, label(lowest))
+        grid = QColor(text)
+        grid.setAlpha(40)
+        for tick in range(TICKS + 1):  # a labelled value every quarter of the height, with a faint line
+            value = lowest + (highest - lowest) * tick / TICKS
+            y = y_of(value)
+            if 0 < tick < TICKS:
+                painter.setPen(QPen(grid, 1))
+                painter.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+            painter.setPen(QPen(text, 1))
+            painter.drawText(QRectF(0, y - 8, 52, 16), Qt.AlignRight | Qt.AlignVCenter, label(value))
         painter.drawText(QRectF(area.left(), area.bottom() + 4, 120, 16), Qt.AlignLeft, f"step {int(first)}")
         painter.drawText(QRectF(area.right() - 120, area.bottom() + 4, 120, 16), Qt.AlignRight, f"step {int(last)}")
-        painter.drawText(QRectF(area.left() + 8, area.bottom() - 22, 300, 16), Qt.AlignLeft,
+        painter.drawText(QRectF(area.left() + 8, area.bottom() - 22, 420, 16), Qt.AlignLeft,
                          SERIES[self.series] + (" (log scale)" if self.log_scale else "")
-                         + (", smoothed over it" if len(smooth) == len(steps) else ""))
+                         + ("; thin: each step, thick: smoothed" if len(smooth) == len(steps) else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import signal
+from pathlib import Path
 
 from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, qVersion
@@ -422,8 +423,22 @@ def library_versions() -> str:
     return ", ".join(found)
 
 
+# Fusion draws a check box or radio button of the dark palette dark grey on dark grey (its outline is the
+# window colour, darker): a lighter outline and a filled, ticked box when checked make them readable.
+_CHECK = (Path(__file__).resolve().parents[1] / "resources" / "icons" / "check.svg").as_posix()
+DARK_INDICATORS = f"""
+QCheckBox::indicator {{ width: 13px; height: 13px; border: 1px solid #9a9a9a; border-radius: 2px; background: #1f1f1f; }}
+QCheckBox::indicator:checked {{ background: #3d7bd9; border-color: #3d7bd9; image: url({_CHECK}); }}
+QCheckBox::indicator:disabled {{ border-color: #5a5a5a; }}
+QRadioButton::indicator {{ width: 13px; height: 13px; border: 1px solid #9a9a9a; border-radius: 7px; background: #1f1f1f; }}
+QRadioButton::indicator:checked {{ border: 4px solid #3d7bd9; width: 7px; height: 7px; background: #ffffff; }}
+QRadioButton::indicator:disabled {{ border-color: #5a5a5a; }}
+"""
+
+
 def apply_theme(app: QApplication, theme: str) -> None:
     """System follows the platform's palette (light or dark); light and dark are fixed Fusion palettes."""
+    app.setStyleSheet(DARK_INDICATORS if theme == "dark" else "")
     if theme == "system":
         app.setPalette(QPalette())  # the platform theme's palette, which follows its colour scheme
         return

@@ -89,6 +89,9 @@ class TrainPanel(QWidget):
         self._runs_timer = QTimer(self)
         self._runs_timer.setInterval(5 * REFRESH_MS)
         self._runs_timer.timeout.connect(self.refresh_runs)
+        self._active: set[str] = set()  # runs seen training: their end is announced, whichever tab is shown
+        self._watch_timer = QTimer(self, interval=5 * REFRESH_MS, timeout=self.announce_ended)
+        self._watch_timer.start()
         self._shown_once = False
 
     # ---- building -------------------------------------------------------------------------------------
@@ -234,6 +237,7 @@ class TrainPanel(QWidget):
     def refresh_runs(self) -> None:
         selected = self.run.path if self.run else None
         found = scan_runs(runs_dir(), {f for f, process in self._started.items() if process.poll() is None})
+        self._active |= {str(summary.path) for summary in found if summary.state in ACTIVE}
         self.runs.blockSignals(True)
         header = self.runs.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.Fixed)  # sizing to contents on every setItem is quadratic
@@ -255,6 +259,22 @@ class TrainPanel(QWidget):
                 self.runs.selectRow(row)
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         self.runs.blockSignals(False)
+
+    def announce_ended(self) -> None:
+        """A run seen training that has ended is announced in the status bar (and the window asks for
+        attention), so nobody has to watch the Train tab to know."""
+        for folder in list(self._active):
+            started = self._started.get(folder)
+            state = summarise(Path(folder), launcher_running=started is not None and started.poll() is None).state
+            if state in ACTIVE:
+                continue
+            self._active.discard(folder)
+            name = Path(folder).name
+            self.status.emit(f"Training run {name} finished: Use this checkpoint (Train tab) to generate with it."
+                             if state == "finished" else f"Training run {name} is {state}: see the Train tab.")
+            QApplication.alert(self.window())
+            if self.isVisible():
+                self.refresh_runs()
 
     def select_run(self, folder: Path) -> None:
         self.refresh_runs()
@@ -579,6 +599,7 @@ class TrainPanel(QWidget):
             self.new_run(template=self.run.config)
 
     def stop(self) -> None:
+        self._watch_timer.stop()
         self.alignment.stop()
         self._timer.stop()
         self._runs_timer.stop()

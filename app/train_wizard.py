@@ -91,10 +91,17 @@ class StartPage(_Page):
         super().__init__(wizard, "Start", "Start a new run from a preset or from an earlier run's settings, or "
                          "resume a run that was stopped or interrupted.")
         self.preset = QComboBox()
+        self.descriptions = {}  # preset -> its first comment line, shown whole under the list
         for path in sorted(PRESETS.glob("*.toml")):
             comment = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-            self.preset.addItem(f"{path.stem} — {comment}", str(path))
+            self.preset.addItem(path.stem, str(path))
+            self.descriptions[str(path)] = comment
+        self.preset_description = plain_label()
+        self.preset_description.setWordWrap(True)
+        self.preset.currentIndexChanged.connect(
+            lambda _: self.preset_description.setText(self.descriptions.get(self.preset.currentData(), "")))
         self.preset.setCurrentIndex(max(0, self.preset.findData(str(PRESETS / DEFAULT_PRESET))))
+        self.preset_description.setText(self.descriptions.get(self.preset.currentData(), ""))
         found = scan_runs(runs_dir())
         self.earlier = QComboBox()
         for run in found:
@@ -125,6 +132,7 @@ class StartPage(_Page):
         self.name.textChanged.connect(self._named)
         form = QFormLayout(self)
         form.addRow(self.from_preset, self.preset)
+        form.addRow("", self.preset_description)
         form.addRow(self.from_earlier, self.earlier)
         form.addRow(self.resume, self.resumable)
         form.addRow("Run name", self.name)

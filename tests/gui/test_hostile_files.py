@@ -153,6 +153,14 @@ def test_a_plot_of_constant_huge_losses_draws(qtbot):
     plot.grab()
 
 
+def test_a_one_point_plot_is_drawn_around_its_value():
+    from app.loss_plot import value_range
+
+    lowest, highest = value_range(0.148, 0.148)
+    assert 0.13 < lowest < 0.148 < highest < 0.17
+    assert value_range(0.0, 0.0) == (-0.1, 0.1) and value_range(0.1, 0.9) == (0.1, 0.9)
+
+
 def test_a_server_elsewhere_is_asked_about_and_the_key_stays_private(caption_panel, tmp_path, monkeypatch):
     from app import caption_panel as module
     from app import plain_text

@@ -511,3 +511,21 @@ def test_the_window_fits_small_screens_and_the_runs_list_shows_its_columns(windo
     table = window.train.runs
     shown = sum(table.columnWidth(c) for c in range(table.columnCount()))
     assert shown <= table.viewport().width() + 2, (shown, table.viewport().width())  # no column behind a scroll bar
+
+
+def test_a_run_that_ends_is_announced_whichever_tab_is_shown(window, qtbot):
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    run = fake_run("ending", "running", trainer.pid, checkpoint=True)
+    panel = window.train
+    window.tabs.setCurrentWidget(panel)
+    panel.refresh_runs()
+    window.tabs.setCurrentWidget(window.generate)  # the person went back to generating
+    messages = []
+    panel.status.connect(messages.append)
+    run.set_status("finished", step=20, total_steps=20)
+    trainer.kill()
+    trainer.wait()
+    panel.announce_ended()
+    assert messages and "ending finished" in messages[0] and "Use this checkpoint" in messages[0]
+    panel.announce_ended()
+    assert len(messages) == 1  # once
