@@ -186,7 +186,8 @@ def test_a_server_elsewhere_is_asked_about_and_the_key_stays_private(caption_pan
 def test_compare_lines_opens_cleanly(qtbot):
     from app.caption_dialogs import CompareDialog
 
-    dialog = CompareDialog("a.png", [{"text": "a red cat", "style": "detailed"}, {"text": HOSTILE, "style": ""}])
+    dialog = CompareDialog("a.png", [{"text": "a red cat", "style": "detailed", "source": "demo"},
+                                     {"text": HOSTILE, "style": "", "source": "from the file"}])
     qtbot.addWidget(dialog)
     assert "TAKEOVER" in dialog.right_text.toPlainText() and "&lt;h1&gt;" in dialog.right_text.toHtml()
 
