@@ -1,5 +1,7 @@
-"""Files that are damaged, odd or hostile never crash a panel, lose data or take over the window: each panel
-is built on its own (no engine) and fed what a broken disk, another program or an attacker leaves behind."""
+"""Panels built on their own, without an engine (seconds, not a model load): files that are damaged, odd or
+hostile never crash a panel, lose data or take over the window (fed what a broken disk, another program or an
+attacker leaves behind), and the smaller things a new user met (the wheel over a form, the Gallery's
+selection, the demo folder, where a caption came from)."""
 
 from __future__ import annotations
 
