@@ -75,6 +75,9 @@ class TrueColourThumbnails(QStyledItemDelegate):
     def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt naming)
         super().initStyleOption(option, index)
         if option.features & QStyleOptionViewItem.HasDecoration and not option.icon.isNull():
+            view = self.parent()
+            if hasattr(view, "iconSize") and view.iconSize().isValid():
+                option.decorationSize = view.iconSize()  # a pixmap's decoration is laid out at its own size
             size = option.decorationSize
             pixmap = option.icon.pixmap(option.icon.availableSizes()[-1] if option.icon.availableSizes() else size)
             if pixmap.width() < size.width() and pixmap.height() < size.height():

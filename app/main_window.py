@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import platform
 import signal
-from pathlib import Path
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, qVersion
-from PySide6.QtGui import QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPalette, QShortcut
+from PySide6.QtCore import QRectF, QSettings, Qt, QTimer, QUrl, qVersion
+from PySide6.QtGui import (
+    QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPainter, QPalette, QPen, QShortcut,
+)
 from PySide6.QtWidgets import (
-    QApplication, QFileDialog, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+    QApplication, QFileDialog, QMainWindow, QMessageBox, QProxyStyle, QStyle, QTabWidget, QVBoxLayout, QWidget,
 )
 
 from core import __version__
@@ -423,26 +424,32 @@ def library_versions() -> str:
     return ", ".join(found)
 
 
-# Fusion draws a check box or radio button of the dark palette dark grey on dark grey (its outline is the
-# window colour, darker): a lighter outline and a filled, ticked box when checked make them readable.
-_CHECK = (Path(__file__).resolve().parents[1] / "resources" / "icons" / "check.svg").as_posix()
-DARK_INDICATORS = f"""
-QCheckBox::indicator {{ width: 13px; height: 13px; border: 1px solid #9a9a9a; border-radius: 2px; background: #1f1f1f; }}
-QCheckBox::indicator:checked {{ background: #3d7bd9; border-color: #3d7bd9; image: url({_CHECK}); }}
-QCheckBox::indicator:disabled {{ border-color: #5a5a5a; }}
-QRadioButton::indicator {{ width: 13px; height: 13px; border: 1px solid #9a9a9a; border-radius: 7px; background: #1f1f1f; }}
-QRadioButton::indicator:checked {{ border: 4px solid #3d7bd9; width: 7px; height: 7px; background: #ffffff; }}
-QRadioButton::indicator:disabled {{ border-color: #5a5a5a; }}
-"""
+class ReadableIndicators(QProxyStyle):
+    """Fusion with a visible outline round check boxes and radio buttons: in the dark palette it draws them
+    dark grey on dark grey (its outline is the window colour, darker). A style, not a style sheet: switching an
+    app-wide style sheet at run time crashed Qt under an open wizard."""
+
+    def drawPrimitive(self, element, option, painter, widget=None):  # noqa: N802 (Qt naming)
+        super().drawPrimitive(element, option, painter, widget)
+        if element in (QStyle.PE_IndicatorCheckBox, QStyle.PE_IndicatorRadioButton):
+            painter.save()
+            painter.setRenderHint(QPainter.Antialiasing)
+            painter.setPen(QPen(QColor("#a0a0a0"), 1))
+            painter.setBrush(Qt.NoBrush)
+            box = QRectF(option.rect).adjusted(0.5, 0.5, -0.5, -0.5)
+            if element == QStyle.PE_IndicatorCheckBox:
+                painter.drawRoundedRect(box, 2, 2)
+            else:
+                painter.drawEllipse(box)
+            painter.restore()
 
 
 def apply_theme(app: QApplication, theme: str) -> None:
     """System follows the platform's palette (light or dark); light and dark are fixed Fusion palettes."""
-    app.setStyleSheet(DARK_INDICATORS if theme == "dark" else "")
     if theme == "system":
         app.setPalette(QPalette())  # the platform theme's palette, which follows its colour scheme
         return
-    app.setStyle("Fusion")
+    app.setStyle(ReadableIndicators("Fusion") if theme == "dark" else "Fusion")
     if theme == "light":
         app.setPalette(app.style().standardPalette())
         return
