@@ -289,6 +289,11 @@ def test_launch_errors_are_one_clear_line(reference_run, tiny_model, shapes_data
         result = train(flag, reference_run.path, home=home)
         assert result.returncode == 1 and "is finished" in result.stderr and "Its model:" in result.stderr, flag
     assert not reference_run.stop_flag.exists()
+    damaged = RunFolder(shutil.copytree(reference_run.path, tmp_path / "damaged", symlinks=True))
+    damaged.set_status("stopped", step=12)
+    damaged.plan.write_text('{"processes": "two", "device": 7}')
+    result = train("--resume", damaged.path, home=home)
+    assert result.returncode == 1 and "plan.json is damaged" in result.stderr and "Traceback" not in result.stderr
     # --check leaves nothing behind, nor does a launch that failed its checks
     assert not (home / "runs").exists() or not list((home / "runs").iterdir())
 
