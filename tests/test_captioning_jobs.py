@@ -363,6 +363,8 @@ def test_a_server_that_dies_mid_job_stops_it_with_one_message(tmp_path, server):
     with pytest.raises(ServerError, match="stopped answering"):
         run_job(folder, captioner)
     assert len(server.script.requests) < 20  # the first requests' tries, not 12 images x 3 tries each (36)
+    server.script.gone = False  # started again: the next job (the same captioner, in the app's worker) works
+    assert run_job(folder, captioner)[0].captioned == 12
 
 
 def test_the_api_key_comes_from_the_environment_and_is_written_nowhere(tmp_path, server):

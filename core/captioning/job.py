@@ -169,8 +169,8 @@ class CaptionRun:
         except sqlite3.Error as exc:
             raise self._state_error(exc) from None
         try:
-            if hasattr(self.captioner, "should_stop"):  # a server's requests in flight end at Stop
-                self.captioner.should_stop = should_stop
+            if hasattr(self.captioner, "watch"):  # a server's requests in flight end at Stop
+                self.captioner.watch(should_stop)
             key, done = state.begin_run(self.identity())
             done |= self._written_before_a_kill(state, key)
             todo, skipped = self.plan(done, share)

@@ -2,8 +2,8 @@
 
 `GET {base}/models` lists what it serves; `POST {base}/chat/completions` gets one caption per request, the
 image sent as a data URI. Requests run concurrently (the server batches them); a failed request is retried
-on connection errors, 429 and 5xx, with a back-off (see ServerCaptioner for deadlines and Stop). An answer's `<think>...</think>` part is removed, and an
-empty answer is that image's error, not a caption.
+on connection errors, 429 and 5xx, with a back-off (ServerCaptioner says more: deadlines, Stop). An answer's
+`<think>...</think>` part is removed, and an empty answer is that image's error, not a caption.
 """
 
 from __future__ import annotations
@@ -114,6 +114,10 @@ class ServerCaptioner:
     @property
     def name(self) -> str:
         return f"{self.model} at {self.base_url}"
+
+    def watch(self, should_stop) -> None:
+        """A job begins: its Stop ends requests in flight, and the server's silence is counted afresh."""
+        self.should_stop, self._unanswered = should_stop, 0
 
     def close(self) -> None:
         self.client.close()
