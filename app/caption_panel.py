@@ -41,8 +41,8 @@ from .worker_client import WorkerClient
 
 LARGE = 1024
 RECENT = 8
-EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000
-DEMO_SCENES = 48  # a longer caption file is shown in part, read-only
+EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000  # a longer caption file is shown in part, read-only
+DEMO_SCENES = 48  # pictures in a demo folder
 SERVER = "server"
 # (keys, what it does): the panel's help and its menu list these
 SHORTCUTS = (

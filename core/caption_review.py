@@ -106,10 +106,8 @@ class CaptionDataset:
             raise ReviewError(f"{image}'s caption file is not one to convert.")
         if not self.writable:
             raise ReviewError(f"{self.folder} is read-only: captions cannot be changed here.")
-        lines = split_captions(self.legacy_text[image])
-        write_captions(self.path(image), lines)
-        self._captions[image] = lines  # set before the marks go: a background read must not read it again
-        self.unreadable.pop(image, None)
+        self._write(image, split_captions(self.legacy_text[image]))  # cached before the marks go: a background
+        self.unreadable.pop(image, None)  # read must not read it again
         self.legacy_text.pop(image, None)
 
     def load_all(self, should_stop=lambda: False) -> None:
@@ -142,7 +140,9 @@ class CaptionDataset:
         if image in self.unreadable:
             raise ReviewError(f"{sidecar(self.path(image)).name} cannot be read ({self.unreadable[image]}), so it "
                               "is left as it is.")
-        lines = [" ".join(c.split()) for c in captions if c.strip()]
+        self._write(image, [" ".join(c.split()) for c in captions if c.strip()])
+
+    def _write(self, image: str, lines: list[str]) -> None:
         with folder_lock(self.folder):  # a captioning run writes one image at a time under the same lock
             write_captions(self.path(image), lines)
         self._captions[image] = lines

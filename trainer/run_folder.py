@@ -122,7 +122,7 @@ class RunFolder:
         return {"state": "unknown", **read_record(self.status_file, STATUS_FIELDS)[0]}
 
     def read_plan(self) -> dict:
-        """plan.json's checked fields ({} when it has none); plan_problems() says what was wrong."""
+        """plan.json's checked fields ({} when it has none); problems() says what was wrong."""
         return read_record(self.plan, PLAN_FIELDS)[0]
 
     def problems(self) -> list[str]:
