@@ -99,6 +99,14 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
                             f"{stage.micro_batch_size} x {world} process(es) = {per_step}; use "
                             f"{max(per_step, stage.batch_size // per_step * per_step)} or change micro_batch_size.")
         steps.append(max(1, stage.batch_size // per_step))
+        if config.memory.fused_backward and steps[-1] > 1:
+            problems.append(f"stages[{i}]: memory.fused_backward steps each weight during the backward pass, so it "
+                            f"cannot accumulate gradients over micro-batches: set micro_batch_size = batch_size "
+                            f"({stage.batch_size // world} per process).")
+    memory = config.memory
+    if world > 1 and (memory.weights == "bf16" or memory.fused_backward or config.optimizer.name != "adamw"):
+        problems.append("memory.weights = bf16, memory.fused_backward and optimizer.name = adafactor work with one "
+                        "process (one GPU, or the CPU) for now; use one GPU, or the default memory settings.")
     if problems:
         raise ConfigError("\n".join(problems))
     return steps

@@ -63,10 +63,19 @@ class StageConfig:
 
 @dataclass
 class OptimizerConfig:
+    name: str = "adamw"  # adamw | adafactor (a factored second moment: a row and a column per matrix)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-15
     weight_decay: float = 0.0
     grad_clip: float = 2.0
+
+
+@dataclass
+class MemoryConfig:
+    """How the weights, gradients and EMA are held (trainer/low_memory.py explains the techniques)."""
+    weights: str = "fp32"  # fp32, or bf16: no fp32 copy of the model, updates rounded stochastically
+    fused_backward: bool = False  # step each weight in the backward pass; gradients never all held at once
+    ema_on_cpu: bool = False  # keep the EMA in the computer's memory, not the GPU's
 
 
 @dataclass
@@ -101,6 +110,7 @@ class RunConfig:
     log_every: int = 1
     components: str = ""  # for a single-file base model: the diffusers folder with VAE and text encoder
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def to_dict(self) -> dict:
@@ -222,9 +232,11 @@ def parse_config(data: dict, source: str = "config", base_dir: Path | None = Non
     raw_datasets = data.pop("datasets", None)
     raw_stages = data.pop("stages", None)
     raw_optimizer = data.pop("optimizer", {})
+    raw_memory = data.pop("memory", {})
     raw_samples = data.pop("samples", {})
     config = _build(RunConfig, data, "", problems, required=("base_model",))
     optimizer = _build(OptimizerConfig, raw_optimizer, "optimizer", problems) or OptimizerConfig()
+    memory = _build(MemoryConfig, raw_memory, "memory", problems) or MemoryConfig()
     samples = _build(SamplesConfig, raw_samples, "samples", problems) or SamplesConfig()
 
     datasets = []
@@ -253,6 +265,7 @@ def parse_config(data: dict, source: str = "config", base_dir: Path | None = Non
         problems.raise_if_any()
 
     config.datasets, config.stages, config.optimizer, config.samples = datasets, stages, optimizer, samples
+    config.memory = memory
     _check_values(config, problems)
     problems.raise_if_any()
     if base_dir is not None:
@@ -287,6 +300,10 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         problems.add("optimizer.weight_decay", "must be 0 or more.")
     if opt.grad_clip <= 0:
         problems.add("optimizer.grad_clip", "must be above 0 (the authors clip at 2.0).")
+    if opt.name not in ("adamw", "adafactor"):
+        problems.add("optimizer.name", "must be adamw or adafactor (a factored second moment: far less memory).")
+    if config.memory.weights not in ("fp32", "bf16"):
+        problems.add("memory.weights", "must be fp32 or bf16 (no fp32 copy; updates rounded stochastically).")
 
     samples = config.samples
     for name in ("steps", "guidance", "cfg_trunc", "cfg_renorm", "solver"):  # Generate's own rules

@@ -23,10 +23,13 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    def __init__(self, model: torch.nn.Module, decay: float):
+    """fp32, beside the weights, or in the computer's memory when `device` is the CPU (memory.ema_on_cpu)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, device: torch.device | None = None):
         self.decay = decay
+        self.device = device
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.shadow = [p.detach().float().clone() for _, p in self._params(model)]
+        self.shadow = [p.detach().to(device, torch.float32, copy=True) for _, p in self._params(model)]
         self.sharded = any(hasattr(p, "to_local") for p in self.shadow)
 
     def _params(self, model):
@@ -35,7 +38,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        params = [p.detach().float() for _, p in self._params(model)]
+        params = [p.detach().to(self.device, torch.float32) for _, p in self._params(model)]
         torch._foreach_lerp_(self.shadow, params, 1 - self.decay)
 
     def full_state(self, prefix_to_drop: str = "") -> dict[str, torch.Tensor]:

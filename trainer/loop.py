@@ -34,6 +34,7 @@ from . import checkpointing
 from .batches import StageData, _generator
 from .config import RunConfig, load_config
 from .ema import EMA, full_tensor
+from .low_memory import OneByOne, fuse_backward
 from .features import FeatureCache
 from .objective import flow_matching_loss, noisy_inputs
 from .run_folder import RunFolder
@@ -85,15 +86,27 @@ class Trainer:
         self.rank = acc.process_index
         source = resolve_source(self.plan["base_model"], self.plan.get("components") or None)
         self.components = source.components
-        model = loader.load_dit(source, torch.float32, torch.device("cpu"))
+        memory = self.config.memory
+        self.weight_dtype = torch.bfloat16 if memory.weights == "bf16" else torch.float32
+        model = loader.load_dit(source, self.weight_dtype, torch.device("cpu"))
         model.train().requires_grad_(True)
         model.activation_checkpointing = self.config.activation_checkpointing
         self.model_config = model.config
         opt = self.config.optimizer
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.stages[0].lr, betas=tuple(opt.betas),
-                                      eps=opt.eps, weight_decay=opt.weight_decay)
+        low_memory = memory.weights == "bf16" or memory.fused_backward or opt.name != "adamw"
+        if low_memory:  # one optimizer per weight, stepped one at a time (trainer/low_memory.py)
+            optimizer = OneByOne(model.parameters(), opt.name, self.config.stages[0].lr, opt.betas, opt.eps,
+                                 opt.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.stages[0].lr, betas=tuple(opt.betas),
+                                          eps=opt.eps, weight_decay=opt.weight_decay)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.ema = EMA(self._inner, self.config.ema_decay) if self.config.ema_decay > 0 else None
+        self.fused_norms: list[float] = []  # squared gradient norms the fused backward pass saw this step
+        if memory.fused_backward:
+            fuse_backward(self._inner, optimizer, opt.grad_clip, self.fused_norms)
+        self.one_by_one = optimizer if low_memory else None
+        self.ema = EMA(self._inner, self.config.ema_decay, torch.device("cpu") if memory.ema_on_cpu else None) \
+            if self.config.ema_decay > 0 else None
         self.cache = FeatureCache(run.path)
         self.state = {"global_step": 0, "stage": 0, "step_in_stage": 0}
         if resume:
@@ -158,6 +171,9 @@ class Trainer:
         lr = stage_lr(stage, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.one_by_one is not None:  # the stochastic rounding of this step, repeatable after a resume
+            self.one_by_one.set_seed(self.config.seed * 1_000_003 + self.state["global_step"], acc.device)
+        self.fused_norms.clear()
         total_loss = torch.zeros((), device=acc.device)
         samples = 0
         for micro in range(accumulation):
@@ -168,13 +184,17 @@ class Trainer:
             x_t, t, target = noisy_inputs(latents, generator)
             sync = micro == accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                prediction = self.model(x_t, t, features.to(acc.device), mask.to(acc.device))
-                loss = flow_matching_loss(prediction, target, self.config.pooled_loss_weight)
+                prediction = self.model(x_t.to(self.weight_dtype), t, features.to(acc.device, self.weight_dtype),
+                                        mask.to(acc.device))
+                loss = flow_matching_loss(prediction.float(), target, self.config.pooled_loss_weight)
                 acc.backward(loss / accumulation)
             total_loss += loss.detach() / accumulation
             samples += latents.shape[0]
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.optimizer.grad_clip)
-        self.optimizer.step()
+        if self.config.memory.fused_backward:  # each weight was stepped, its gradient clipped and freed already
+            grad_norm = math.sqrt(sum(self.fused_norms))
+        else:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.optimizer.grad_clip)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self._inner)

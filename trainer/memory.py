@@ -1,7 +1,9 @@
 """A per-stage estimate of training memory per GPU, printed before launch.
 
 Static: fp32 weights (4 bytes per parameter), fp32 gradients (4), AdamW's two moments (8), the EMA
-copy (4), all divided by the process count under FSDP full sharding. Activations at the micro-batch:
+copy (4), all divided by the process count under FSDP full sharding; the memory settings change them: bf16
+weights and gradients (2 + 2), no gradients held with the fused backward pass, Adafactor's factored moment
+(a row and a column per matrix), the EMA in the computer's memory. Activations at the micro-batch:
 with activation checkpointing each joint block keeps only its input and one block's inside is live at a
 time; without it every block keeps its inside. The inside of a block is counted as ~10 hidden-width
 and 3 FFN-width tensors per token (attention through SDPA keeps no L x L matrix). It is an estimate,
@@ -66,12 +68,19 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
         activations = model.num_layers * block_input + inside + refiners
     else:
         activations = model.num_layers * inside + refiners
+    memory = run.memory
+    weight_bytes = 2 if memory.weights == "bf16" else 4
+    if run.optimizer.name == "adafactor":  # a row and a column per (hidden x hidden)-sized matrix, fp32
+        optimizer = 4 * 2 * params // model.hidden_size
+    else:  # AdamW's two fp32 moments (kept fp32 for bf16 weights too)
+        optimizer = 8 * params
+    ema_here = run.ema_decay > 0 and not (memory.ema_on_cpu and cuda)  # on the CPU it is the same memory
     return MemoryEstimate(
         stage=stage.name,
-        weights=4 * params // share,
-        gradients=4 * params // share,
-        optimizer=8 * params // share,
-        ema=4 * params // share if run.ema_decay > 0 else 0,
+        weights=weight_bytes * params // share,
+        gradients=0 if memory.fused_backward else weight_bytes * params // share,  # fused: one tensor at a time
+        optimizer=optimizer // share,
+        ema=4 * params // share if ema_here else 0,
         activations=activations,
         overhead=CUDA_OVERHEAD if cuda else 0,
     )

