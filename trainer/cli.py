@@ -149,7 +149,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     from core.storage import write_json_atomic
 
     from .datasets import check_datasets
-    from .memory import check_fit, check_ram, gpu_memory, parameter_count, ram_size, stage_estimates
+    from .memory import check_fit, check_ram, gpu_memory, optimizer_bytes, parameter_count, ram_size, stage_estimates
 
     source = find_model(config.base_model, config.components or None)
     topology = choose_topology(config, args)
@@ -164,7 +164,8 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
 
     model_config = loader.dit_config(source)
     params = parameter_count(model_config)
-    estimates = stage_estimates(model_config, params, config, topology.world, topology.device, precision)
+    estimates = stage_estimates(model_config, params, config, topology.world, topology.device, precision,
+                                optimizer_bytes(model_config, config.optimizer.name))
     print(f"model: {params / 1e6:.1f}M parameters; {topology.world} {topology.device} process(es), "
           f"mixed precision {precision}", file=report)
     for estimate in estimates:

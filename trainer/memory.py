@@ -16,6 +16,7 @@ wizard estimates from a model's config.json and safetensors header, without torc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.models.nextdit_config import NextDiTConfig
@@ -56,8 +57,27 @@ def parameter_count(config: NextDiTConfig) -> int:
         return sum(p.numel() for p in NextDiT(config).parameters())
 
 
+def optimizer_bytes(model: NextDiTConfig, name: str) -> int:
+    """The optimizer's fp32 state for the whole model, from its parameter shapes (built on the meta device):
+    AdamW two moments per weight; Adafactor a row and a column per matrix (a vector: one per weight); and each
+    tensor's step count."""
+    import torch
+
+    from core.models.nextdit import NextDiT
+
+    with torch.device("meta"):
+        shapes = [tuple(p.shape) for p in NextDiT(model).parameters()]
+    if name == "adafactor":
+        elements = sum(math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1] if len(s) >= 2 else math.prod(s) for s in shapes)
+    else:
+        elements = 2 * sum(math.prod(s) for s in shapes)
+    return 4 * (elements + len(shapes))
+
+
 def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: StageConfig, processes: int,
-                   sharded: bool, activation_bytes: int, cuda: bool = True) -> MemoryEstimate:
+                   sharded: bool, activation_bytes: int, cuda: bool = True,
+                   optimizer_state: int | None = None) -> MemoryEstimate:
+    """`optimizer_state`: optimizer_bytes() where torch may be imported; else it is estimated from `params`."""
     share = processes if sharded else 1
     tokens = (stage.resolution // 16) ** 2 + CAPTION_TOKENS
     per_token = activation_bytes * (10 * model.hidden_size + 3 * model.ffn_inner_dim)
@@ -70,7 +90,9 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
         activations = model.num_layers * inside + refiners
     memory = run.memory
     weight_bytes = 2 if memory.weights == "bf16" else 4
-    if run.optimizer.name == "adafactor":  # a row and a column per (hidden x hidden)-sized matrix, fp32
+    if optimizer_state is not None:
+        optimizer = optimizer_state
+    elif run.optimizer.name == "adafactor":  # about a row and a column per (hidden x hidden) matrix, fp32
         optimizer = 4 * 2 * params // model.hidden_size
     else:  # AdamW's two fp32 moments (kept fp32 for bf16 weights too)
         optimizer = 8 * params
@@ -87,11 +109,12 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
 
 
 def stage_estimates(model: NextDiTConfig, params: int, run: RunConfig, processes: int, device: str,
-                    precision: str) -> list[MemoryEstimate]:
+                    precision: str, optimizer_state: int | None = None) -> list[MemoryEstimate]:
     """Every stage's estimate for `processes` processes on `device` ("cuda" or "cpu"), `precision` "bf16" or
     "no" (fp32 activations)."""
     return [estimate_stage(model, params, run, stage, processes, sharded=device == "cuda" and processes > 1,
-                           activation_bytes=2 if precision == "bf16" else 4, cuda=device == "cuda")
+                           activation_bytes=2 if precision == "bf16" else 4, cuda=device == "cuda",
+                           optimizer_state=optimizer_state)
             for stage in run.stages]
 
 

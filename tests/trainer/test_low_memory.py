@@ -68,3 +68,61 @@ def test_the_fused_backward_pass_steps_and_frees_each_gradient_and_bf16_weights_
         norms.clear()
     assert loss.item() < 0.8 * first
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+MODES = {
+    "default": ({}, {}),
+    "bf16": ({"weights": "bf16"}, {}),
+    "bf16 + adafactor + ema on cpu": ({"weights": "bf16", "ema_on_cpu": True}, {"name": "adafactor"}),
+    "bf16 + adafactor + fused": ({"weights": "bf16", "fused_backward": True}, {"name": "adafactor"}),
+    "fp32 + fused adamw": ({"fused_backward": True}, {}),
+}
+
+
+def held_after_one_step(config, memory: dict, optimizer: dict) -> dict[str, int]:
+    """Bytes held by category after one training step on the CPU, counted from the tensors themselves."""
+    from core.models.nextdit import NextDiT
+    from trainer.ema import EMA
+
+    torch.manual_seed(0)
+    model = NextDiT(config).to(torch.bfloat16 if memory.get("weights") == "bf16" else torch.float32).train()
+    low = memory or optimizer
+    opt = OneByOne(model.parameters(), optimizer.get("name", "adamw"), lr=1e-4) if low else \
+        torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if low:
+        opt.set_seed(0, torch.device("cpu"))
+    if memory.get("fused_backward"):
+        fuse_backward(model, opt, clip=2.0, norms=[])
+    ema = EMA(model, 0.9, torch.device("cpu") if memory.get("ema_on_cpu") else None)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, config.in_channels, 16, 16, dtype=dtype)
+    features = torch.randn(1, 8, config.cap_feat_dim, dtype=dtype)
+    model(x, torch.rand(1), features, torch.ones(1, 8, dtype=torch.long)).float().square().mean().backward()
+    gradients = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    if not memory.get("fused_backward"):
+        opt.step()
+    ema.update(model)
+    states = [state for inner in opt.inners for state in inner.state.values()] if low else list(opt.state.values())
+    return {"weights": sum(p.numel() * p.element_size() for p in model.parameters()), "gradients": gradients,
+            "optimizer": sum(v.numel() * v.element_size() for s in states for v in s.values() if torch.is_tensor(v)),
+            "ema": sum(t.numel() * t.element_size() for t in ema.shadow)}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_static_memory_estimate_is_the_bytes_actually_held(mode, tiny_model):
+    from core.models import loader
+    from core.models.sources import resolve_source
+    from trainer.config import parse_config
+    from trainer.memory import estimate_stage, optimizer_bytes, parameter_count
+
+    memory, optimizer = MODES[mode]
+    config = loader.dit_config(resolve_source(tiny_model))
+    run = parse_config({"version": 1, "base_model": "x", "datasets": [{"path": "x"}], "memory": memory,
+                        "optimizer": optimizer, "stages": [{"name": "s", "resolution": 128, "steps": 1,
+                                                            "batch_size": 1, "micro_batch_size": 1}]})
+    estimate = estimate_stage(config, parameter_count(config), run, run.stages[0], 1, False, 4, cuda=False,
+                              optimizer_state=optimizer_bytes(config, run.optimizer.name))
+    held = held_after_one_step(config, memory, optimizer)
+    for category, actual in held.items():
+        expected = getattr(estimate, category)
+        assert expected == pytest.approx(actual, rel=0.02, abs=0), (mode, category, expected, actual)
