@@ -33,7 +33,7 @@ from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import MemoryEstimate, ram_size, stage_estimates
+from trainer.memory import MemoryEstimate, lighter_settings, ram_size, stage_estimates
 
 from .background import run_in_background
 from .plain_text import plain_label
@@ -589,22 +589,32 @@ class HardwarePage(_Page):
                             f"{' per GPU' if chosen else ''}, but {holder} has {human_size(limit)}: lower its "
                             f"micro-batch on the Stages page, {fix}.")
             lines.append(line)
+        if over and len(chosen) == 1:  # one GPU: which lighter memory settings would fit it
+            over.append(lighter_settings(*wizard_model(self.owner.config), limit) + ". Add it to the config, then "
+                        "launch from the command line (the wizard has no page for memory settings yet).")
         self.estimate.setText("<br>".join(lines) + f"<br><small>{where}</small>")
         return over
 
 
-def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEstimate] | None:
-    """The trainer's memory estimate per stage, without torch (the model's config.json or safetensors
-    header); None for a pickled single file (only torch lists its tensors) or a config still wrong."""
+def wizard_model(config: dict):
+    """(architecture, parameter count, parsed config) without torch, from the model's config.json or
+    safetensors header; None for a pickled single file (only torch lists its tensors) or a config still wrong."""
     try:
         run = parse_config(config, "the wizard's config")
         model = known_architecture(find_model(run.base_model))
     except (LuminaError, OSError, TypeError, ValueError):
         return None
-    if model is None:
+    return (model, model_bytes(config) // 4, run) if model is not None else None
+
+
+def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEstimate] | None:
+    """The trainer's memory estimate per stage, without torch; None where wizard_model has none."""
+    found = wizard_model(config)
+    if found is None:
         return None
+    model, params, run = found
     precision = "bf16" if device == "cuda" and run.precision in ("auto", "bf16") else "no"
-    return stage_estimates(model, model_bytes(config) // 4, run, processes, device, precision)
+    return stage_estimates(model, params, run, processes, device, precision)
 
 
 class SamplesPage(_Page):

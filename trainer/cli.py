@@ -149,7 +149,8 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     from core.storage import write_json_atomic
 
     from .datasets import check_datasets
-    from .memory import check_fit, check_ram, gpu_memory, optimizer_bytes, parameter_count, ram_size, stage_estimates
+    from .memory import (check_fit, check_ram, gpu_memory, lighter_settings, optimizer_bytes, parameter_count,
+                         ram_size, stage_estimates)
 
     source = find_model(config.base_model, config.components or None)
     topology = choose_topology(config, args)
@@ -171,7 +172,11 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     for estimate in estimates:
         print("memory: " + estimate.describe(), file=report)
     if topology.device == "cuda":
-        warnings = check_fit(estimates, gpu_memory()[:topology.processes_per_machine])
+        gpus = gpu_memory()[:topology.processes_per_machine]
+        warnings = check_fit(estimates, gpus)
+        if warnings and topology.world == 1:  # one GPU: say which lighter memory settings would fit it
+            warnings.append(lighter_settings(model_config, params, config, min(gpus),
+                                             lambda name: optimizer_bytes(model_config, name)))
     else:
         warnings = check_ram(estimates, topology.processes_per_machine, ram_size())
     for warning in warnings:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from core.models.nextdit_config import NextDiTConfig
 from core.storage import human_size
 
-from .config import RunConfig, StageConfig
+from .config import MemoryConfig, RunConfig, StageConfig
 
 CUDA_OVERHEAD = int(1.5 * 2**30)
 CAPTION_TOKENS = 256
@@ -141,6 +141,45 @@ def check_ram(estimates: list[MemoryEstimate], processes: int, ram: int) -> list
         "or train on GPUs."
         for e in estimates if e.total * processes > ram
     ]
+
+
+# Lower-memory settings to try, in order of what they cost (trainer/low_memory.py); each is the one before plus more.
+LADDER = (
+    ("bf16 weights, EMA on the CPU", {"weights": "bf16", "ema_on_cpu": True}, {}),
+    ("bf16 weights, Adafactor, EMA on the CPU", {"weights": "bf16", "ema_on_cpu": True}, {"name": "adafactor"}),
+    ("bf16 weights, Adafactor, fused backward, EMA on the CPU",
+     {"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, {"name": "adafactor"}),
+)
+
+
+def lighter_settings(model: NextDiTConfig, params: int, run: RunConfig, gpu_size: int,
+                     optimizer_state=None) -> str:
+    """For one GPU too small for `run`: the first memory settings of LADDER that fit it, written as the config
+    lines to add (with the estimate), or why none does. `optimizer_state(name)` counts exactly where torch
+    may be imported."""
+    from dataclasses import replace
+
+    tries = [(label, memory, optimizer, None) for label, memory, optimizer in LADDER]
+    tries.append((*tries[-1][:3], 1))  # the fused backward pass cannot accumulate: a batch of 1, if need be
+    for label, memory, optimizer, batch in tries:
+        fused = memory.get("fused_backward")
+        stages = [replace(s, batch_size=batch or s.batch_size, micro_batch_size=batch or s.batch_size) if fused
+                  else s for s in run.stages]  # fused: one micro-batch per step
+        trial = replace(run, stages=stages, memory=MemoryConfig(**memory),
+                        optimizer=replace(run.optimizer, **optimizer) if optimizer else run.optimizer)
+        state = optimizer_state(trial.optimizer.name) if optimizer_state else None
+        need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
+                   for stage in trial.stages)
+        if need <= gpu_size:
+            lines = [f'[optimizer] name = "{trial.optimizer.name}"'] if optimizer else []
+            lines += [f"[memory] {key} = {str(value).lower() if isinstance(value, bool) else repr(value)}"
+                      for key, value in memory.items()]
+            extra = (f"; and batch_size = micro_batch_size = {batch} in every stage" if batch else
+                     "; and micro_batch_size = batch_size in every stage" if fused else "")
+            return (f"{label} would fit (about {human_size(need)} of {human_size(gpu_size)}, estimated): "
+                    + ", ".join(lines).replace("'", '"') + extra)
+    return (f"no memory setting fits {human_size(gpu_size)} (the lightest needs more, estimated): lower the "
+            "stages' resolution or micro-batch, or use a larger GPU or several")
 
 
 def check_fit(estimates: list[MemoryEstimate], gpu_sizes: list[int]) -> list[str]:

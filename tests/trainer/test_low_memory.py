@@ -126,3 +126,21 @@ def test_the_static_memory_estimate_is_the_bytes_actually_held(mode, tiny_model)
     for category, actual in held.items():
         expected = getattr(estimate, category)
         assert expected == pytest.approx(actual, rel=0.02, abs=0), (mode, category, expected, actual)
+
+
+def test_a_gpu_too_small_is_told_which_memory_settings_fit():
+    from core.models.nextdit_config import NextDiTConfig
+    from trainer.config import parse_config
+    from trainer.memory import lighter_settings, optimizer_bytes, parameter_count
+
+    model = NextDiTConfig()  # the 2.6B release
+    params = parameter_count(model)
+    run = parse_config({"version": 1, "base_model": "x", "datasets": [{"path": "x"}], "stages": [
+        {"name": "s", "resolution": 1024, "steps": 1, "batch_size": 4, "micro_batch_size": 1}]})
+    said = {gb: lighter_settings(model, params, run, gb * 2**30, lambda name: optimizer_bytes(model, name))
+            for gb in (8, 12, 16, 24)}
+    assert said[24].startswith("bf16 weights, Adafactor, EMA on the CPU would fit") and "estimated" in said[24]
+    assert said[16].startswith("bf16 weights, Adafactor, EMA on the CPU would fit")
+    assert said[12].startswith("bf16 weights, Adafactor, fused backward, EMA on the CPU would fit")
+    assert "batch_size = micro_batch_size = 1" in said[12] and '[memory] fused_backward = true' in said[12]
+    assert said[8].startswith("no memory setting fits 8 GiB")
