@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.storage import connect_shared, is_damaged, move_aside_damaged
+from core.storage import check_intact, connect_shared, is_damaged, move_aside_damaged
 
 STATE_FILE = ".lumina-captions.sqlite"
 LOCK_FILE = ".lumina-captions.lock"
@@ -108,7 +108,7 @@ class CaptionState:
         try:
             self.db = self._connect()
         except sqlite3.DatabaseError as exc:
-            if not (is_damaged(exc) or "no such column" in str(exc) or "malformed" in str(exc)):
+            if not (is_damaged(exc) or "no such column" in str(exc)):  # damaged, or a file of another layout
                 raise
             self.recovered = move_aside_damaged(self.path)
             self.db = self._connect()
@@ -116,9 +116,7 @@ class CaptionState:
     def _connect(self) -> sqlite3.Connection:
         db = connect_shared(self.path, check_same_thread=False)
         try:
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+            check_intact(db)
             db.executescript(_SCHEMA)
             for table, columns in _COLUMNS.items():  # a file of another layout is as unusable as a damaged one
                 db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
@@ -157,14 +155,9 @@ class CaptionState:
         with self.db:
             self.db.execute("UPDATE runs SET finished = ? WHERE key = ?", (time.time(), key))
 
-    def record(self, run: str, image: Path, written: list[dict]) -> None:
-        """The captions a run wrote for `image` ({"text", "source", "style", "settings", "tokens"}), and that
-        the image is done. Kept for callers that write nothing; a captioning run uses `update_captions`."""
-        self._claim(run, image, written)
-        self.mark_done(run, image)
-
     def update_captions(self, run: str, image: Path, written: list[dict], change) -> list[str]:
-        """Write a run's new captions of `image` as one step with their record, safe against other writers
+        """Write a run's new captions of `image` ({"text", "source", "style", "settings", "tokens"} each) as one
+        step with their record, safe against other writers
         and against a kill at any moment: under the folder's lock, the captions are recorded as this run's,
         `change(current lines)` gives the lines to write, the .txt is replaced, then the image is marked done.
         A run resumed after a kill between the write and the mark finds its lines in the .txt

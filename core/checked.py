@@ -64,14 +64,6 @@ def list_of(item: Check, longest: int = 100_000) -> Check:
     return check
 
 
-def mapping() -> Check:
-    def check(value):
-        if not isinstance(value, dict):
-            raise Invalid("is not a table")
-        return value
-    return check
-
-
 def optional(check: Check) -> Check:
     """`check`, or null (None)."""
     return lambda value: None if value is None else check(value)

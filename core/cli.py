@@ -9,6 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .captioning import API_KEY_VARIABLE
 from .errors import Cancelled, LuminaError, RequestError
 from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
 
@@ -91,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
                                         "BLIP-2, Florence-2); default: the built-in demo captioner")
     source.add_argument("--server", help="an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1")
     cap.add_argument("--server-model", help="the server's model id (default: the first it lists)")
-    from .captioning.service import API_KEY_VARIABLE  # 30 ms: the parser is built for every command
-
     cap.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
                      help=f"the server's API key, if it wants one (default: ${API_KEY_VARIABLE}; a key on the "
                           "command line is visible to other users of this computer, the variable is not)")
@@ -354,8 +353,8 @@ def run_evaluate(args) -> int:
 
 
 def run_caption(args) -> int:
+    from .captioning import is_loopback
     from .captioning.job import CaptionRun, CaptionSettings, check_folder
-    from .captioning.service import is_loopback
     from .captioning.service import CaptionerOptions, open_captioner
     from .captioning.tokens import lumina_token_counter
     from .captioning.workers import launch_shards, this_share

@@ -9,6 +9,7 @@ asked (--force, or the save dialog's own question), and never one of another kin
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -66,6 +67,4 @@ def building_folder(out: Path) -> Iterator[Path]:
 
 
 def reason(exc: OSError) -> str:
-    import errno
-
     return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))

@@ -17,13 +17,13 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .errors import LuminaError, MetadataError
 from .exports import ExportError, building_folder, check_file_target, check_folder_target
 from .exports import reason as export_reason
 from .images import open_image
 from .metadata import read_settings
-from .storage import connect_shared, is_damaged, move_aside_damaged, read_json, write_json_atomic, write_text_atomic
+from .storage import (check_intact, connect_shared, is_damaged, move_aside_damaged, read_json, write_json_atomic,
+                      write_text_atomic)
 
 # 2: seeds stored as text (SQLite integers stop at 2^63-1; seeds go to 2^64-1); 3: the model's hash, its identity
 SCHEMA_VERSION = 3
@@ -61,6 +61,8 @@ DROP_SCHEMA = "DROP TRIGGER IF EXISTS images_ai; DROP TRIGGER IF EXISTS images_a
 INDEX = "library.sqlite"
 TRASH = ".trash"
 FAVOURITES = ".favourites.json"  # the favourites outside SQLite, so a rebuild or a damaged index keeps them
+
+
 @dataclass(frozen=True)
 class Entry:
     id: int
@@ -119,11 +121,7 @@ class Library:
         db = connect_shared(self.folder / INDEX)
         try:
             db.row_factory = sqlite3.Row
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                error = sqlite3.DatabaseError(f"database disk image is malformed ({check})")
-                error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
-                raise error
+            check_intact(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone() is not None
             if has_table and version < SCHEMA_VERSION:  # an older layout: the index is rebuilt from the files

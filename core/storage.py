@@ -103,6 +103,16 @@ def is_damaged(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in CORRUPT_CODES
 
 
+def check_intact(db: sqlite3.Connection) -> None:
+    """Raise the damaged-file error (is_damaged says so) when SQLite's quick check finds the file damaged: some
+    damage only shows when the pages are read, long after the file opened."""
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        error = sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+        error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+        raise error
+
+
 def move_aside_damaged(path: Path) -> Path:
     """Keep a damaged SQLite file (and its -wal, -shm) under a new name, nothing deleted; returns the name."""
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")

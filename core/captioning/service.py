@@ -10,22 +10,12 @@ requeues the same job: the state file lets it resume where it stopped. Query {"k
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from urllib.parse import urlparse
 
 from ..errors import Cancelled
 from ..jobs import EventType, Job, Reporter, Service
 from ..prompts import MAX_TOKENS
 
 SERVICE = "core.captioning.service:CaptionService"
-
-
-API_KEY_VARIABLE = "LUMINA_STUDIO_API_KEY"  # where the CLI and the app look for a server's key first
-
-
-def is_loopback(url: str) -> bool:
-    """Whether a server URL names this computer (images sent elsewhere leave it: the app asks first)."""
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @dataclass

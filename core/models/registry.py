@@ -58,30 +58,30 @@ def demo_source() -> ModelSource:
 def add_model(path: str | Path, name: str | None = None, components: str | Path | None = None) -> dict:
     """Validate a source and remember it. A name already given to another model is refused (re-adding the
     same model under its name updates its entry)."""
-    source = resolve_source(path, components, name or default_name(Path(path).expanduser().resolve()))
+    resolved = Path(path).expanduser().resolve()
+    source = resolve_source(path, components, name or default_name(resolved))
     if source.name == DEMO_NAME:
         raise ModelLoadError("'demo' is reserved for the built-in model; choose another name with --name.")
-    resolved = Path(path).expanduser().resolve()
     if resolved == DEMO_FOLDER.resolve():
         raise ModelLoadError("That is the built-in demo model; it is always available as 'demo'.")
-    same = [m["name"] for m in list_models() if Path(m["path"]) == resolved and m["name"] != source.name]
+    models = list_models()
+    same = [m["name"] for m in models if Path(m["path"]) == resolved and m["name"] != source.name]
     if same:  # one model, one name: the library's model filter would otherwise list it twice
         raise ModelLoadError(f"{resolved} is already registered as '{same[0]}' (remove it first to rename it).")
-    taken = [m["path"] for m in list_models() if m["name"] == source.name and Path(m["path"]) != resolved]
+    taken = [m["path"] for m in models if m["name"] == source.name and Path(m["path"]) != resolved]
     if taken:
         raise ModelLoadError(f"A model named '{source.name}' is registered already ({taken[0]}). Give this one "
                              "another name (--name), or remove that one first.")
     check_dit_weights(source)
     entry = {
         "name": source.name,
-        "path": str(Path(path).expanduser().resolve()),
+        "path": str(resolved),
         "components": str(source.components) if source.is_single_file else None,
         "kind": "single-file" if source.is_single_file else "diffusers",
         "size_bytes": sum(f.stat().st_size for f in dit_weight_files(source)),
         "added": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    models = [m for m in list_models() if m["name"] != source.name] + [entry]
-    write_json_atomic(_registry_path(), {"models": models})
+    write_json_atomic(_registry_path(), {"models": [m for m in models if m["name"] != source.name] + [entry]})
     return entry
 
 

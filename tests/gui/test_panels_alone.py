@@ -110,7 +110,8 @@ def test_text_from_files_is_never_drawn_as_markup_in_the_caption_panel(caption_p
     sidecar(image).rename(sidecar(hostile_image))
     caption_panel.open_folder(folder)
     state = caption_panel.dataset.state
-    state.record("run", hostile_image, [{"text": read_captions(hostile_image)[0], "source": HOSTILE, "style": HOSTILE}])
+    written = [{"text": read_captions(hostile_image)[0], "source": HOSTILE, "style": HOSTILE}]
+    state.update_captions("run", hostile_image, written, lambda current: current)  # a captioner named HOSTILE wrote it
     caption_panel.show_image(hostile_image.name)
     assert "TAKEOVER" in caption_panel.image_label.text() and not shows_markup(caption_panel.image_label)
     assert "TAKEOVER" in caption_panel.editor.info.text() and "<h1>" not in caption_panel.editor.info.text()
