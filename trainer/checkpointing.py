@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from core.checked import integer, read_record
 from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.nextdit import NextDiTConfig
-from core.checked import integer, read_record
 from core.storage import human_size, write_json_atomic
 
 from .run_folder import RunFolder
@@ -121,7 +121,7 @@ def read_trainer_state(checkpoint: Path, stages: int) -> dict:
         raise ValueError("; ".join(problems) or f"{path.name} lacks {', '.join(missing)}")
     if state["stage"] >= stages:
         raise ValueError(f"{path.name} names stage {state['stage'] + 1}, and the config has {stages}")
-    return {**json.loads(path.read_text(encoding="utf-8")), **state}
+    return state
 
 
 class CheckpointSpaceError(OSError):

@@ -103,8 +103,7 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
             problems.append(f"stages[{i}]: memory.fused_backward steps each weight during the backward pass, so it "
                             f"cannot accumulate gradients over micro-batches: set micro_batch_size = batch_size "
                             f"({stage.batch_size // world} per process).")
-    memory = config.memory
-    if world > 1 and (memory.weights == "bf16" or memory.fused_backward or config.optimizer.name != "adamw"):
+    if world > 1 and config.steps_one_by_one:
         problems.append("memory.weights = bf16, memory.fused_backward and optimizer.name = adafactor work with one "
                         "process (one GPU, or the CPU) for now; use one GPU, or the default memory settings.")
     if problems:

@@ -70,6 +70,9 @@ class OptimizerConfig:
     grad_clip: float = 2.0
 
 
+OPTIMIZERS = ("adamw", "adafactor")
+
+
 @dataclass
 class MemoryConfig:
     """How the weights, gradients and EMA are held (trainer/low_memory.py explains the techniques)."""
@@ -112,6 +115,12 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+    @property
+    def steps_one_by_one(self) -> bool:
+        """Whether the optimizer steps one weight at a time (trainer/low_memory.OneByOne): every memory setting
+        but the default fp32 weights with AdamW. One process only, for now."""
+        return self.memory.weights == "bf16" or self.memory.fused_backward or self.optimizer.name != "adamw"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,7 +309,7 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         problems.add("optimizer.weight_decay", "must be 0 or more.")
     if opt.grad_clip <= 0:
         problems.add("optimizer.grad_clip", "must be above 0 (the authors clip at 2.0).")
-    if opt.name not in ("adamw", "adafactor"):
+    if opt.name not in OPTIMIZERS:
         problems.add("optimizer.name", "must be adamw or adafactor (a factored second moment: far less memory).")
     if config.memory.weights not in ("fp32", "bf16"):
         problems.add("memory.weights", "must be fp32 or bf16 (no fp32 copy; updates rounded stochastically).")

@@ -93,8 +93,7 @@ class Trainer:
         model.activation_checkpointing = self.config.activation_checkpointing
         self.model_config = model.config
         opt = self.config.optimizer
-        low_memory = memory.weights == "bf16" or memory.fused_backward or opt.name != "adamw"
-        if low_memory:  # one optimizer per weight, stepped one at a time (trainer/low_memory.py)
+        if self.config.steps_one_by_one:  # one optimizer per weight, stepped one at a time (trainer/low_memory.py)
             optimizer = OneByOne(model.parameters(), opt.name, self.config.stages[0].lr, opt.betas, opt.eps,
                                  opt.weight_decay)
         else:
@@ -104,7 +103,7 @@ class Trainer:
         self.fused_norms: list[float] = []  # squared gradient norms the fused backward pass saw this step
         if memory.fused_backward:
             fuse_backward(self._inner, optimizer, opt.grad_clip, self.fused_norms)
-        self.one_by_one = optimizer if low_memory else None
+        self.one_by_one = optimizer if self.config.steps_one_by_one else None
         self.ema = EMA(self._inner, self.config.ema_decay, torch.device("cpu") if memory.ema_on_cpu else None) \
             if self.config.ema_decay > 0 else None
         self.cache = FeatureCache(run.path)

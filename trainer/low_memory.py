@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import torch
 
-OPTIMIZERS = ("adamw", "adafactor")
-
-
 def stochastic_round_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None = None) -> None:
     """Write fp32 `source` into bf16 `target`, each value rounded up or down at random in proportion to how near
     it lies (bf16 keeps the upper 16 bits of an fp32: random lower bits are added, then cut off)."""

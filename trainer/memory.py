@@ -16,6 +16,8 @@ wizard estimates from a model's config.json and safetensors header, without torc
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -48,25 +50,25 @@ class MemoryEstimate:
         return f"stage '{self.stage}': about {human_size(self.total)} per process ({parts})"
 
 
-def parameter_count(config: NextDiTConfig) -> int:
+@functools.cache
+def parameter_shapes(config: NextDiTConfig) -> tuple[tuple[int, ...], ...]:
+    """Every weight tensor's shape, from the model built on the meta device (no memory; once per config)."""
     import torch
 
     from core.models.nextdit import NextDiT
 
     with torch.device("meta"):
-        return sum(p.numel() for p in NextDiT(config).parameters())
+        return tuple(tuple(p.shape) for p in NextDiT(config).parameters())
+
+
+def parameter_count(config: NextDiTConfig) -> int:
+    return sum(math.prod(shape) for shape in parameter_shapes(config))
 
 
 def optimizer_bytes(model: NextDiTConfig, name: str) -> int:
-    """The optimizer's fp32 state for the whole model, from its parameter shapes (built on the meta device):
-    AdamW two moments per weight; Adafactor a row and a column per matrix (a vector: one per weight); and each
-    tensor's step count."""
-    import torch
-
-    from core.models.nextdit import NextDiT
-
-    with torch.device("meta"):
-        shapes = [tuple(p.shape) for p in NextDiT(model).parameters()]
+    """The optimizer's fp32 state for the whole model, from its parameter shapes: AdamW two moments per
+    weight; Adafactor a row and a column per matrix (a vector: one per weight); and each tensor's step count."""
+    shapes = parameter_shapes(model)
     if name == "adafactor":
         elements = sum(math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1] if len(s) >= 2 else math.prod(s) for s in shapes)
     else:
@@ -170,14 +172,14 @@ def lighter_settings(model: NextDiTConfig, params: int, run: RunConfig, gpu_size
         state = optimizer_state(trial.optimizer.name) if optimizer_state else None
         need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
                    for stage in trial.stages)
-        if need <= gpu_size:
-            lines = [f'[optimizer] name = "{trial.optimizer.name}"'] if optimizer else []
-            lines += [f"[memory] {key} = {str(value).lower() if isinstance(value, bool) else repr(value)}"
-                      for key, value in memory.items()]
+        if need <= gpu_size:  # the settings as config lines (JSON writes TOML's strings and booleans alike)
+            lines = [f"[{table}] {key} = {json.dumps(value)}" for table, values in (("optimizer", optimizer),
+                                                                                  ("memory", memory))
+                     for key, value in values.items()]
             extra = (f"; and batch_size = micro_batch_size = {batch} in every stage" if batch else
                      "; and micro_batch_size = batch_size in every stage" if fused else "")
             return (f"{label} would fit (about {human_size(need)} of {human_size(gpu_size)}, estimated): "
-                    + ", ".join(lines).replace("'", '"') + extra)
+                    + ", ".join(lines) + extra)
     return (f"no memory setting fits {human_size(gpu_size)} (the lightest needs more, estimated): lower the "
             "stages' resolution or micro-batch, or use a larger GPU or several")
 

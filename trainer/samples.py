@@ -58,9 +58,9 @@ class SampleMaker:
         written = []
         negative_prompt = _encoded(negative)
         model_info = {"name": f"training step {step}", "hash": ""}
+        chosen = self.settings
         for index, (text, features) in enumerate(prompts):
-            seed = self.settings.seed + index
-            chosen = self.settings
+            seed = chosen.seed + index
             request = GenerationRequest(text, negative_prompt=chosen.negative_prompt, width=width, height=height,
                                         steps=chosen.steps, guidance=chosen.guidance, cfg_trunc=chosen.cfg_trunc,
                                         cfg_renorm=chosen.cfg_renorm, solver=chosen.solver, seed=seed,
