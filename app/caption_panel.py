@@ -22,7 +22,8 @@ from PySide6.QtWidgets import (
 
 from core.caption_review import CaptionDataset, Filter, ReviewError
 from core.caption_state import REVIEW_STATUSES, damaged_state_message
-from core.captioning.service import API_KEY_VARIABLE, SERVICE, CaptionerOptions, is_loopback
+from core.captioning import API_KEY_VARIABLE, is_loopback
+from core.captioning.service import SERVICE, CaptionerOptions
 from core.captioning.styles import STYLES
 from core.datasets import split_captions
 from core.errors import LuminaError
@@ -564,8 +565,9 @@ class CaptionPanel(QWidget):
                                  "left as it is; convert it to edit it."), True
         elif image in dataset.unreadable:
             held = f"This caption file cannot be read ({dataset.unreadable[image]}); it is left as it is."
-        if len(texts) > EDITOR_LINES or sum(map(len, texts)) > EDITOR_CHARACTERS:
-            held = (f"This caption file has {len(texts):,} lines ({sum(map(len, texts)):,} characters): too long to "
+        characters = sum(map(len, texts))
+        if len(texts) > EDITOR_LINES or characters > EDITOR_CHARACTERS:
+            held = (f"This caption file has {len(texts):,} lines ({characters:,} characters): too long to "
                     f"edit here. The first {EDITOR_LINES} are shown; the file is left as it is.") + \
                    (" " + held if held else "")
             texts, convertible = [t[:EDITOR_CHARACTERS // EDITOR_LINES] for t in texts[:EDITOR_LINES]], False

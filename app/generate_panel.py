@@ -26,7 +26,7 @@ from core.storage import library_dir
 from .background import run_in_background
 from .image_view import ImageView
 from .job_queue import JobQueueView
-from .plain_text import plain_label
+from .plain_text import plain_label, tooltip
 from .wheel_guard import guard_wheel
 
 SEED_MODES = ("random", "fixed", "increment")
@@ -65,7 +65,8 @@ class GeneratePanel(QWidget):
         self.model = QComboBox()
         self.model.setMinimumContentsLength(16)
         self.model.activated.connect(lambda _: self.model_changed.emit(self.model.currentData() or ""))
-        self.model.currentTextChanged.connect(self.model.setToolTip)  # the whole name, where the box cuts it
+        # the whole name, where the box cuts it (a name a person chose: shown as written)
+        self.model.currentTextChanged.connect(lambda name: self.model.setToolTip(tooltip(name)))
         manage = QPushButton("Manage…")
         manage.clicked.connect(self.model_manager_requested)
         row = QHBoxLayout()

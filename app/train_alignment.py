@@ -67,10 +67,17 @@ class AlignmentMeter(QObject):
     @property
     def busy(self) -> bool:
         """Measuring, or models waiting to be measured."""
-        return bool(self.queue) or self.process is not None and self.process.state() != QProcess.NotRunning
+        return bool(self.queue) or self._running
+
+    @property
+    def _running(self) -> bool:
+        return self.process is not None and self.process.state() != QProcess.NotRunning
+
+    def _label(self, name: str) -> str:
+        return f"measuring {name} (model {self.measured + 1} of {self.measured + len(self.queue)})"
 
     def _next(self) -> None:
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self._running:
             return
         if not self.queue:
             self.measured = 0
@@ -84,7 +91,7 @@ class AlignmentMeter(QObject):
         self.process.finished.connect(lambda code, _status: self._done(code))
         self.process.readyReadStandardError.connect(self._read_progress)
         self._started, self._errors = time.monotonic(), b""
-        self.progress.emit(f"measuring {name} (model {self.measured + 1} of {self.measured + len(self.queue)})…")
+        self.progress.emit(f"{self._label(name)}…")
         self.process.start(sys.executable, ["-m", "lumina_studio", "evaluate", "--model", model, "--count",
                                             str(self.prompts), "--device", "cpu", "--json"])
 
@@ -99,8 +106,7 @@ class AlignmentMeter(QObject):
                 self._errors += line + b"\n"
                 continue
             left = (time.monotonic() - self._started) / max(done, 1) * (total - done)
-            self.progress.emit(f"measuring {name} (model {self.measured + 1} of {self.measured + len(self.queue)}): "
-                               f"{done}/{total} prompts, {int(left) // 60}:{int(left) % 60:02d} left")
+            self.progress.emit(f"{self._label(name)}: {done}/{total} prompts, {int(left) // 60}:{int(left) % 60:02d} left")
 
     def _done(self, code: int) -> None:
         self._read_progress()
@@ -124,7 +130,7 @@ class AlignmentMeter(QObject):
     def stop(self) -> None:
         """Stop measuring: the model being measured and the waiting ones are dropped (scores kept so far stay)."""
         self.queue.clear()
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self._running:
             self.process.finished.disconnect()
             self.process.kill()
             self.process.waitForFinished(5000)

@@ -23,13 +23,12 @@ from PySide6.QtWidgets import (
 from core.storage import runs_dir
 
 from . import plain_text
-from .plain_text import escape, plain_label
-from .settings_details import details_html
-
+from .background import run_in_background
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
-from .background import run_in_background
 from .loss_plot import SERIES, LossPlot, PlotPoints
+from .plain_text import escape, plain_label, tooltip
+from .settings_details import details_html
 from .train_alignment import AlignmentMeter, describe, on_scene_world
 from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_runs, summarise, tail
 
@@ -236,7 +235,7 @@ class TrainPanel(QWidget):
 
     def refresh_runs(self) -> None:
         selected = self.run.path if self.run else None
-        found = scan_runs(runs_dir(), {f for f, process in self._started.items() if process.poll() is None})
+        found = scan_runs(runs_dir(), {folder for folder in self._started if self._launcher_running(folder)})
         self._active |= {str(summary.path) for summary in found if summary.state in ACTIVE}
         self.runs.blockSignals(True)
         header = self.runs.horizontalHeader()
@@ -251,9 +250,9 @@ class TrainPanel(QWidget):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, str(summary.path))
                 if summary.problems:
-                    item.setToolTip("\n".join(summary.problems))
+                    item.setToolTip(tooltip("\n".join(summary.problems)))
                 elif column == 2 and summary.stage:
-                    item.setToolTip(f"stage {summary.stage}")
+                    item.setToolTip(tooltip(f"stage {summary.stage}"))  # a name from the run's files
                 self.runs.setItem(row, column, item)
             if selected is not None and summary.path == selected:
                 self.runs.selectRow(row)
@@ -264,8 +263,7 @@ class TrainPanel(QWidget):
         """A run seen training that has ended is announced in the status bar (and the window asks for
         attention), so nobody has to watch the Train tab to know."""
         for folder in list(self._active):
-            started = self._started.get(folder)
-            state = summarise(Path(folder), launcher_running=started is not None and started.poll() is None).state
+            state = summarise(Path(folder), self._launcher_running(folder)).state
             if state in ACTIVE:
                 continue
             self._active.discard(folder)
@@ -275,6 +273,11 @@ class TrainPanel(QWidget):
             QApplication.alert(self.window())
             if self.isVisible():
                 self.refresh_runs()
+
+    def _launcher_running(self, folder: str) -> bool:
+        """Whether the `lumina-studio train` this app started for `folder` still runs (checking its config)."""
+        started = self._started.get(folder)
+        return started is not None and started.poll() is None
 
     def select_run(self, folder: Path) -> None:
         self.refresh_runs()
@@ -425,8 +428,7 @@ class TrainPanel(QWidget):
         dialog.show()
 
     def _describe(self) -> None:
-        started = self._started.get(str(self.run.path))
-        summary = summarise(self.run.path, launcher_running=started is not None and started.poll() is None)
+        summary = summarise(self.run.path, self._launcher_running(str(self.run.path)))
         status = self.run.status()
         state = summary.state
         parts = [f"<b>{escape(self.run.path.name)}</b> · {state}"]

@@ -31,7 +31,7 @@ from core.models.layouts import header_tensors, known_architecture
 from core.models.registry import DEMO_NAME, available_models, find_model
 from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
-from trainer.config import ConfigError, parse_config
+from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
 from trainer.memory import MemoryEstimate, lighter_settings, ram_size, stage_estimates
 
@@ -228,8 +228,7 @@ class DataPage(_Page):
         add_folder, add_file, remove = QPushButton("Add folder…"), QPushButton("Add .jsonl…"), QPushButton("Remove")
         self.check_button, self.stop_button = QPushButton("Check again"), QPushButton("Stop checking")
         self.review = QComboBox()  # the Caption tab's review marks, for every dataset folder
-        for key, label in (("not_rejected", "Leave out images marked rejected"), ("approved", "Approved images only"),
-                           ("all", "All images, whatever their review mark")):
+        for key, label in REVIEW_FILTERS.items():
             self.review.addItem(label, key)
         self.review.setToolTip("Which images of a folder reviewed in the Caption tab train (its ✓ ✎ ✗ marks); "
                                "the report counts what is left out")
@@ -246,7 +245,7 @@ class DataPage(_Page):
         buttons.addWidget(self.check_button)
         buttons.addWidget(self.stop_button)
         review_row = QHBoxLayout()
-        review_row.addWidget(QLabel("Review marks:"))
+        review_row.addWidget(QLabel("Images that train, by their review marks:"))
         review_row.addWidget(self.review)
         review_row.addStretch(1)
         layout = QVBoxLayout(self)
