@@ -33,7 +33,8 @@ from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import MemoryEstimate, lighter_settings, ram_size, stage_estimates
+from trainer.memory import (MEMORY_MODES, MemoryEstimate, ModeFit, in_mode, lighter_settings, mode_fits,
+                            mode_label, ram_size, stage_estimates)
 
 from .background import run_in_background
 from .plain_text import plain_label
@@ -523,9 +524,26 @@ class HardwarePage(_Page):
         self.estimate.setWordWrap(True)
         self.estimate.setTextFormat(Qt.RichText)
         self.device.currentIndexChanged.connect(self._chosen)
+        # How weights, gradients, optimizer and EMA are held (trainer/memory.py's modes, least costly first)
+        self.mode = QComboBox()
+        self.mode.setToolTip("Lighter memory modes let a smaller GPU train the whole model; each item says what it "
+                             "costs. The estimate is for one GPU, the largest stage.")
+        self.mode.activated.connect(self._use_mode)
+        self.fit_button = QPushButton("Fit to my GPU")
+        self.fit_button.setToolTip("Choose the least costly memory mode that fits the chosen GPU")
+        self.fit_button.clicked.connect(self._fit)
+        self.mode_note = plain_label()
+        self.mode_note.setWordWrap(True)
+        self.fits: list[ModeFit] = []
+        self.choices: list = []  # (mode, the config's stages in it) per item of the list
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(self.mode, 1)
+        mode_row.addWidget(self.fit_button)
         form = QFormLayout(self)
         form.addRow("Device", self.device)
         form.addRow("GPUs", gpu_list)
+        form.addRow("Memory mode", mode_row)
+        form.addRow("", self.mode_note)
         form.addRow("Memory needed", self.estimate)
         form.addRow(self.problem)
 
@@ -560,8 +578,68 @@ class HardwarePage(_Page):
             self.estimate.setText("")
             return ["Choose at least one GPU."]
         found = super().problems()
+        self._show_modes(chosen)
+        if len(chosen) > 1 and self.current_mode() != MEMORY_MODES[0]:
+            found.append("The lighter memory modes work with one GPU for now: choose one GPU, or today's mode "
+                         "(several GPUs share the model instead).")
         over = self._show_estimate(device, chosen) if not found else []
         return found + over
+
+    def current_mode(self):
+        """The config's memory mode, or None where its settings are not one of the modes."""
+        found = wizard_model(self.owner.config)
+        if found is None:
+            return None
+        run = found[2]
+        return next((mode for mode in MEMORY_MODES if mode.optimizer == run.optimizer.name
+                     and run.memory == in_mode(run, mode).memory), None)
+
+    def _show_modes(self, chosen: list[GPU]) -> None:
+        """Every memory mode, with its estimate against the chosen GPU where one is chosen (the modes are for
+        one GPU); the config's own settings where they are none of the modes."""
+        found = wizard_model(self.owner.config)
+        self.fits = mode_fits(*found, chosen[0].memory) if found and len(chosen) == 1 else []
+        self.choices = [(fit.mode, fit.run) for fit in self.fits]
+        if found and not self.fits:  # the CPU: the modes without an estimate
+            self.choices = [(mode, in_mode(found[2], mode)) for mode in MEMORY_MODES]
+        current = self.current_mode()
+        self.mode.blockSignals(True)
+        self.mode.clear()
+        for i, (mode, run) in enumerate(self.choices):
+            fit = self.fits[i] if self.fits else None
+            self.mode.addItem(mode_label(run) + (f": about {human_size(fit.need)}, "
+                                                 f"{'fits' if fit.fits else 'too big'}" if fit else ""))
+        index = MEMORY_MODES.index(current) if current in MEMORY_MODES else -1
+        if index < 0 and found:
+            self.mode.addItem(f"this config's own: {mode_label(found[2])}")
+            index = self.mode.count() - 1
+        self.mode.setCurrentIndex(index)
+        self.mode.blockSignals(False)
+        self.mode.setEnabled(found is not None)
+        self.fit_button.setEnabled(bool(self.fits))
+        self.mode_note.setText(MEMORY_MODES[index].cost if 0 <= index < len(MEMORY_MODES) else "")
+
+    def _use_mode(self, index: int) -> None:
+        """Write the chosen mode's settings into the config, with the activation checkpointing and batches it
+        needs (the Stages page shows them)."""
+        if not 0 <= index < len(self.choices):
+            return
+        mode, run = self.choices[index]
+        config = self.owner.config
+        config["memory"] = dict(mode.memory)
+        config["optimizer"] = {**config.get("optimizer", {}), "name": mode.optimizer}
+        config["activation_checkpointing"] = run.activation_checkpointing
+        for stage, changed in zip(config.get("stages", []), run.stages):
+            stage["batch_size"], stage["micro_batch_size"] = changed.batch_size, changed.micro_batch_size
+        self.changed()
+
+    def _fit(self) -> None:
+        fitting = [i for i, fit in enumerate(self.fits) if fit.fits]
+        if not fitting:
+            self.mode_note.setText("No memory mode fits this GPU: lower the stages' resolution on the Stages page, "
+                                   "or choose a larger GPU or several.")
+            return
+        self._use_mode(fitting[0])
 
     def _show_estimate(self, device: str, chosen: list[GPU]) -> list[str]:
         """Each stage's memory against the smallest chosen GPU, or the computer's memory on the CPU (red when
@@ -588,9 +666,9 @@ class HardwarePage(_Page):
                             f"{' per GPU' if chosen else ''}, but {holder} has {human_size(limit)}: lower its "
                             f"micro-batch on the Stages page, {fix}.")
             lines.append(line)
-        if over and len(chosen) == 1:  # one GPU: which lighter memory settings would fit it
-            over.append(lighter_settings(*wizard_model(self.owner.config), limit) + ". Add it to the config, then "
-                        "launch from the command line (the wizard has no page for memory settings yet).")
+        if over and len(chosen) == 1:  # one GPU: which memory mode would fit it
+            over.append(lighter_settings(*wizard_model(self.owner.config), limit)
+                        + ": choose it under Memory mode, or press Fit to my GPU.")
         self.estimate.setText("<br>".join(lines) + f"<br><small>{where}</small>")
         return over
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from core.checked import integer, read_record
+from core.checked import integer, read_record, text
 from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.nextdit import NextDiTConfig
 from core.storage import human_size, write_json_atomic
@@ -121,7 +121,14 @@ def read_trainer_state(checkpoint: Path, stages: int) -> dict:
         raise ValueError("; ".join(problems) or f"{path.name} lacks {', '.join(missing)}")
     if state["stage"] >= stages:
         raise ValueError(f"{path.name} names stage {state['stage'] + 1}, and the config has {stages}")
-    return state
+    return {name: state[name] for name in TRAINER_STATE_FIELDS}
+
+
+def saved_optimizer_state(checkpoint: Path) -> str:
+    """What the checkpoint's optimizer state holds (RunConfig.optimizer_state_kind); runs saved before it was
+    recorded held AdamW for the model."""
+    record, _ = read_record(checkpoint / "state" / "trainer_state.json", {"optimizer_state": text()})
+    return record.get("optimizer_state", "adamw, one for the model")
 
 
 class CheckpointSpaceError(OSError):

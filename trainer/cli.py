@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from core.cli import OneLineParser, report_errors
 from core.prompts import MAX_TOKENS
+from core.storage import human_size
 
 from .config import ConfigError, RunConfig, load_config
 from .launch import Topology, accelerate_command, log_tail, run_processes
@@ -38,6 +40,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--presets", action="store_true", help="list the preset configs that ship with Lumina Studio")
     parser.add_argument("--check", action="store_true",
                         help="check the config and datasets and print the memory estimate; train nothing")
+    parser.add_argument("--gpu-memory", type=float, metavar="GB",
+                        help="with --check: estimate for one GPU with this much memory (GiB, as nvidia-smi counts) "
+                             "and list the memory modes that fit it, e.g. to plan for a card this machine lacks")
     parser.add_argument("--gpus", type=int, help="GPUs to use on this machine (default: all it has)")
     parser.add_argument("--gpu-ids", help="which GPUs, as nvidia-smi numbers them, e.g. 0,2 (default: all)")
     parser.add_argument("--cpu-processes", type=int, default=1,
@@ -104,8 +109,8 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
                             f"cannot accumulate gradients over micro-batches: set micro_batch_size = batch_size "
                             f"({stage.batch_size // world} per process).")
     if world > 1 and config.steps_one_by_one:
-        problems.append("memory.weights = bf16, memory.fused_backward and optimizer.name = adafactor work with one "
-                        "process (one GPU, or the CPU) for now; use one GPU, or the default memory settings.")
+        problems.append("memory.weights = bf16, memory.fused_backward and optimizer.name = adamw8bit or adafactor "
+                        "work with one process (one GPU, or the CPU) for now; use one GPU, or the default memory settings.")
     if problems:
         raise ConfigError("\n".join(problems))
     return steps
@@ -148,12 +153,17 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     from core.storage import write_json_atomic
 
     from .datasets import check_datasets
-    from .memory import (check_fit, check_ram, gpu_memory, lighter_settings, optimizer_bytes, parameter_count,
-                         ram_size, stage_estimates)
+    from .memory import (check_fit, check_ram, describe_fits, gpu_memory, lighter_settings, mode_fits, mode_label,
+                         optimizer_bytes, parameter_count, ram_size, stage_estimates)
 
     source = find_model(config.base_model, config.components or None)
-    topology = choose_topology(config, args)
-    precision = mixed_precision(config, topology.device)
+    planned = int(args.gpu_memory * 2**30) if args.gpu_memory else None
+    if planned:  # a plan for one GPU of that size, wherever this runs
+        topology = Topology("cuda", 1, 1, 0, "", 0)
+        precision = "no" if config.precision == "no" else "bf16"
+    else:
+        topology = choose_topology(config, args)
+        precision = mixed_precision(config, topology.device)
     accumulation = accumulation_steps(config, topology.world)
 
     data = check_datasets(config)
@@ -168,14 +178,19 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
                                 optimizer_bytes(model_config, config.optimizer.name))
     print(f"model: {params / 1e6:.1f}M parameters; {topology.world} {topology.device} process(es), "
           f"mixed precision {precision}", file=report)
+    print(f"memory mode: {mode_label(config)}", file=report)
     for estimate in estimates:
         print("memory: " + estimate.describe(), file=report)
     if topology.device == "cuda":
-        gpus = gpu_memory()[:topology.processes_per_machine]
+        gpus = [planned] if planned else gpu_memory()[:topology.processes_per_machine]
         warnings = check_fit(estimates, gpus)
-        if warnings and topology.world == 1:  # one GPU: say which lighter memory settings would fit it
-            warnings.append(lighter_settings(model_config, params, config, min(gpus),
-                                             lambda name: optimizer_bytes(model_config, name)))
+        if topology.world == 1:  # one GPU: every memory mode against it, and the one that would fit
+            exact = functools.partial(optimizer_bytes, model_config)
+            print(f"memory modes for one GPU of {human_size(gpus[0])} (estimated, the largest stage):", file=report)
+            for line in describe_fits(mode_fits(model_config, params, config, gpus[0], exact), config, gpus[0]):
+                print(f"  {line}", file=report)
+            if warnings:
+                warnings.append(lighter_settings(model_config, params, config, gpus[0], exact))
     else:
         warnings = check_ram(estimates, topology.processes_per_machine, ram_size())
     for warning in warnings:
@@ -235,6 +250,14 @@ def resume_run(args) -> int:
         raise ConfigError(f"{run.path} is finished: every step of it is trained. {finished_note(run)} To train "
                           "more, start a new run from its config.toml (Clone in the Train tab).")
     config = load_config(run.config)
+    from .checkpointing import saved_optimizer_state
+
+    saved = saved_optimizer_state(run.latest_checkpoint())
+    if saved != config.optimizer_state_kind:
+        raise ConfigError(f"{run.path}'s checkpoints hold the optimizer state of {saved}, and its config.toml now "
+                          f"asks for {config.optimizer_state_kind}: that state cannot carry over. Put "
+                          "[optimizer] name and [memory] back as they were, or start a new run with the newest "
+                          "checkpoint's folder as its base_model (the optimizer starts afresh).")
     plan = run.read_plan()
     missing = [name for name in ("processes", "mixed_precision", "device") if name not in plan]
     if missing:
@@ -316,6 +339,8 @@ def choose_gpus(args) -> None:
 def run_command(args) -> int:
     if args.presets:
         return list_presets()
+    if args.gpu_memory is not None and (not args.check or args.gpu_memory <= 0):
+        raise ConfigError("--gpu-memory GB plans for a GPU: give it with --check and a size above 0 (e.g. 12).")
     if args.gpu_ids:
         choose_gpus(args)
     for folder, flag, what in ((args.stop, "stop_flag", "save a checkpoint and stop"),

@@ -63,14 +63,14 @@ class StageConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # adamw | adafactor (a factored second moment: a row and a column per matrix)
+    name: str = "adamw"  # adamw | adamw8bit (both moments in 8 bits) | adafactor (a row and a column per matrix)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-15
     weight_decay: float = 0.0
     grad_clip: float = 2.0
 
 
-OPTIMIZERS = ("adamw", "adafactor")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 
 
 @dataclass
@@ -121,6 +121,12 @@ class RunConfig:
         """Whether the optimizer steps one weight at a time (trainer/low_memory.OneByOne): every memory setting
         but the default fp32 weights with AdamW. One process only, for now."""
         return self.memory.weights == "bf16" or self.memory.fused_backward or self.optimizer.name != "adamw"
+
+    @property
+    def optimizer_state_kind(self) -> str:
+        """What a checkpoint's optimizer state holds, for resuming: the optimizer, and whether it is one per
+        weight (bf16 or fp32 weights, fused or not, the EMA anywhere: those change no saved state)."""
+        return f"{self.optimizer.name}, {'one per weight' if self.steps_one_by_one else 'one for the model'}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -310,7 +316,8 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
     if opt.grad_clip <= 0:
         problems.add("optimizer.grad_clip", "must be above 0 (the authors clip at 2.0).")
     if opt.name not in OPTIMIZERS:
-        problems.add("optimizer.name", "must be adamw or adafactor (a factored second moment: far less memory).")
+        problems.add("optimizer.name", "must be adamw, adamw8bit (its moments in 8 bits: a quarter of the memory) "
+                     "or adafactor (a factored second moment: far less memory).")
     if config.memory.weights not in ("fp32", "bf16"):
         problems.add("memory.weights", "must be fp32 or bf16 (no fp32 copy; updates rounded stochastically).")
 

@@ -284,7 +284,8 @@ class Trainer:
         weights = self._weights()
         if acc.is_main_process:
             checkpointing.write_model_folder(partial / "model", weights, self.model_config, self.components)
-            final = checkpointing.commit(self.run, partial, step, dict(self.state), self.config.keep_checkpoints)
+            final = checkpointing.commit(self.run, partial, step, {**self.state, "optimizer_state": self.config.optimizer_state_kind},
+                                           self.config.keep_checkpoints)
             self._event("checkpoint", step=step, path=str(final.relative_to(self.run.path)),
                         replicas_in_sync=in_sync)
         acc.wait_for_everyone()

@@ -16,7 +16,13 @@ micro_batch_size = batch_size).
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
+
+from .memory import EIGHT_BIT_BLOCK
+
 
 def stochastic_round_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None = None) -> None:
     """Write fp32 `source` into bf16 `target`, each value rounded up or down at random in proportion to how near
@@ -29,42 +35,82 @@ def stochastic_round_(target: torch.Tensor, source: torch.Tensor, generator: tor
 def make_optimizer(name: str, params, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adafactor":  # factored second moment: a row and a column per matrix, no first moment
         return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw8bit":  # both moments in 8 bits (blockwise), from torchao: small, runs on CPU and CUDA
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                         block_size=EIGHT_BIT_BLOCK)
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
+def adafactor_lr_scale(p: torch.Tensor) -> float:
+    """torch's Adafactor moves a weight by lr times the weight's own RMS (at least 1e-3): dividing the stage's
+    rate by that RMS at the start makes its steps the size AdamW's are at the same rate, so one recipe serves
+    both."""
+    return 1.0 / max(1e-3, p.detach().float().square().mean().sqrt().item())
+
+
+@contextlib.contextmanager
+def eager_steps_on_cpu(p: torch.Tensor):
+    """torchao compiles its 8-bit step per weight shape: worth it on a GPU; on the CPU it needs a C++ compiler
+    and seconds per shape, so there it runs eagerly (a CPU run trains a small model)."""
+    if p.device.type != "cpu" or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
+        yield
+        return
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TORCHDYNAMO_DISABLE"]
+
+
 class OneByOne(torch.optim.Optimizer):
-    """An optimizer per parameter, stepped one at a time, its maths in fp32 (its states are fp32: Adafactor's
-    are a row and a column per matrix). A bf16 parameter is copied to fp32 for its step and rounded back
-    stochastically. `param_groups` holds one group per parameter, so a learning-rate change reaches them all;
-    `state_dict` holds each one's state, in parameter order, for a checkpoint."""
+    """An optimizer per parameter, stepped one at a time, its maths in fp32 (its states are fp32, or 8-bit:
+    Adafactor's are a row and a column per matrix). A bf16 parameter is copied to fp32 for its step and rounded
+    back stochastically. `param_groups` holds one group per parameter (its `lr` is what the loop sets; Adafactor's
+    `lr_scale` evens out its relative steps); `state_dict` holds each one's state, in parameter order."""
 
     def __init__(self, params, name: str, lr: float, betas=(0.9, 0.95), eps: float = 1e-15,
                  weight_decay: float = 0.0):
         params = [p for p in params if p.requires_grad]
-        super().__init__(params, {"lr": lr})
+        super().__init__([{"params": [p]} for p in params], {"lr": lr})
+        self.name = name
         self.inners = [make_optimizer(name, [p], lr, betas, eps, weight_decay) for p in params]
-        self.param_groups = [inner.param_groups[0] for inner in self.inners]
+        for group, p in zip(self.param_groups, params):
+            group["lr_scale"] = adafactor_lr_scale(p) if name == "adafactor" else 1.0
         self.index = {p: i for i, p in enumerate(params)}
         self.generator: torch.Generator | None = None  # set per step (set_seed): the rounding is repeatable
 
     def set_seed(self, seed: int, device: torch.device) -> None:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
+    def _set_inner_lr(self, index: int) -> None:
+        group = self.param_groups[index]
+        inner = self.inners[index].param_groups[0]
+        value = group["lr"] * group["lr_scale"]
+        if torch.is_tensor(inner["lr"]):  # torchao keeps its rate as a tensor (its compiled step reads it)
+            inner["lr"].fill_(value)
+        else:
+            inner["lr"] = value
+
     @torch.no_grad()
     def step_parameter(self, p: torch.nn.Parameter) -> None:
-        inner = self.inners[self.index[p]]
-        if p.dtype == torch.float32:
-            inner.step()
-            return
-        weights, grad = p.data, p.grad
-        p.data = weights.float()
-        p.grad = grad.float()
-        try:
-            inner.step()
-            stochastic_round_(weights, p.data, self.generator)
-        finally:
-            p.data = weights
-            p.grad = grad
+        index = self.index[p]
+        self._set_inner_lr(index)
+        inner = self.inners[index]
+        with eager_steps_on_cpu(p):
+            if p.dtype == torch.float32:
+                inner.step()
+                return
+            weights, grad = p.data, p.grad
+            p.data = weights.float()
+            p.grad = grad.float()
+            try:
+                inner.step()
+                stochastic_round_(weights, p.data, self.generator)
+            finally:
+                p.data = weights
+                p.grad = grad
 
     def step(self, closure=None):  # noqa: D102 - every parameter with a gradient
         for p in self.index:
@@ -76,13 +122,16 @@ class OneByOne(torch.optim.Optimizer):
             p.grad = None
 
     def state_dict(self) -> dict:
-        return {"parameters": [inner.state_dict() for inner in self.inners]}
+        return {"optimizer": self.name, "lr_scales": [group["lr_scale"] for group in self.param_groups],
+                "parameters": [inner.state_dict() for inner in self.inners]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict.get("parameters") if isinstance(state_dict, dict) else None
-        if not isinstance(saved, list) or len(saved) != len(self.inners):
-            raise ValueError("the optimizer state was saved by another memory mode or model; resume the run in "
-                             "the mode it was started with")
+        if not isinstance(saved, list) or len(saved) != len(self.inners) or state_dict.get("optimizer") != self.name:
+            raise ValueError("the optimizer state was saved by another optimizer, memory mode or model; resume "
+                             "the run with the settings it was started with")
+        for group, scale in zip(self.param_groups, state_dict.get("lr_scales") or []):
+            group["lr_scale"] = float(scale)  # the scales of the run's start, not of today's weights
         for (p, index), state in zip(self.index.items(), saved):
             weights = p.data  # torch casts loaded states to the parameter's dtype: they stay fp32, as saved
             p.data = weights.float()

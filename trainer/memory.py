@@ -3,11 +3,12 @@
 Static: fp32 weights (4 bytes per parameter), fp32 gradients (4), AdamW's two moments (8), the EMA
 copy (4), all divided by the process count under FSDP full sharding; the memory settings change them: bf16
 weights and gradients (2 + 2), no gradients held with the fused backward pass, Adafactor's factored moment
-(a row and a column per matrix), the EMA in the computer's memory. Activations at the micro-batch:
-with activation checkpointing each joint block keeps only its input and one block's inside is live at a
-time; without it every block keeps its inside. The inside of a block is counted as ~10 hidden-width
-and 3 FFN-width tensors per token (attention through SDPA keeps no L x L matrix). It is an estimate,
-good to about 20%: allocator slack and CUDA context come on top (+1.5 GB is added for them).
+(a row and a column per matrix), 8-bit AdamW's moments (two bytes a weight), the EMA in the computer's memory.
+Activations at the micro-batch (activation_estimate): what a block keeps per token is counted from the model's
+code and held to saved-tensor hooks by a test; with activation checkpointing each joint block keeps only its
+input and one block's inside is live at a time (attention through SDPA keeps no L x L matrix); bf16 autocast
+over fp32 weights adds a bf16 copy of the weights during the forward pass. Allocator slack and the CUDA
+context come on top (+1.5 GB is added for them).
 
 Torch is imported only to count a built model's parameters and ask CUDA for its GPUs: the Train tab's
 wizard estimates from a model's config.json and safetensors header, without torch. On the CPU the estimate
@@ -27,6 +28,8 @@ from core.storage import human_size
 from .config import MemoryConfig, RunConfig, StageConfig
 
 CUDA_OVERHEAD = int(1.5 * 2**30)
+# torchao's 8-bit AdamW quantizes tensors of 4096 values or more, in blocks of 256 with an fp32 scale each.
+EIGHT_BIT_MIN, EIGHT_BIT_BLOCK = 4096, 256
 CAPTION_TOKENS = 256
 
 
@@ -66,14 +69,50 @@ def parameter_count(config: NextDiTConfig) -> int:
 
 
 def optimizer_bytes(model: NextDiTConfig, name: str) -> int:
-    """The optimizer's fp32 state for the whole model, from its parameter shapes: AdamW two moments per
-    weight; Adafactor a row and a column per matrix (a vector: one per weight); and each tensor's step count."""
+    """The optimizer's state for the whole model, from its parameter shapes: AdamW two fp32 moments per weight;
+    8-bit AdamW two bytes per weight of the tensors it quantizes (with an fp32 scale per block and a 256-entry
+    code map per moment), fp32 for the small rest; Adafactor a row and a column per matrix (a vector: one per
+    weight); and each tensor's step count."""
     shapes = parameter_shapes(model)
     if name == "adafactor":
-        elements = sum(math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1] if len(s) >= 2 else math.prod(s) for s in shapes)
-    else:
-        elements = 2 * sum(math.prod(s) for s in shapes)
-    return 4 * (elements + len(shapes))
+        return 4 * sum(math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1] + 1 if len(s) >= 2 else math.prod(s) + 1
+                       for s in shapes)
+    if name == "adamw8bit":
+        return sum(2 * (n + 4 * n // EIGHT_BIT_BLOCK + 4 * 256) + 4 if n >= EIGHT_BIT_MIN and n % EIGHT_BIT_BLOCK == 0
+                   else 8 * n + 4 for n in (math.prod(s) for s in shapes))
+    return sum(8 * math.prod(s) + 4 for s in shapes)
+
+
+def block_activation_bytes(model: NextDiTConfig, activation_bytes: int) -> int:
+    """Bytes one transformer block keeps per token for its backward pass, counted from core/models/nextdit.py's
+    Block (a test holds it to saved-tensor hooks): 18 hidden-wide tensors (the norms' inputs and outputs, the
+    projections' inputs, q, attention's output), 4 K/V-wide (k and v, before and after RoPE and norm), 3 FFN-wide
+    (the SwiGLU halves and their product); the RMS norms and the SiLU work in fp32, so under bf16 they keep fp32
+    copies of their inputs (5 hidden-wide, 1 K/V-wide, the SiLU's FFN-wide one always), and a few numbers per head."""
+    h, f, d = model.hidden_size, model.ffn_inner_dim, activation_bytes
+    kv = model.num_kv_heads * model.head_dim
+    fp32_copies = 4 * (5 * h + kv) if d < 4 else 0
+    return d * (18 * h + 4 * kv + 3 * f) + 4 * f + fp32_copies + 4 * (4 + 2 * model.num_attention_heads
+                                                                        + model.num_kv_heads)
+
+
+def activation_estimate(model: NextDiTConfig, resolution: int, micro_batch: int, checkpointing: bool,
+                        activation_bytes: int, caption_tokens: int = CAPTION_TOKENS) -> tuple[int, int]:
+    """(kept, peak): what the forward pass keeps for the backward pass, and the most live at once, the backward
+    pass's working set added: one block's recomputed inside (with checkpointing) and the gradients flowing
+    through one block. The noise refiner runs on the image tokens, the context refiner on the caption's, the final
+    layer on the image's; the joint blocks on both; with checkpointing each joint block keeps only its input."""
+    image = micro_batch * (resolution // 16) ** 2
+    caption = micro_batch * caption_tokens
+    block = block_activation_bytes(model, activation_bytes)
+    refiners = model.num_refiner_layers * block * (image + caption)
+    refiners += 4 * model.hidden_size * activation_bytes * image  # and the final layer's norm and projection
+    joint = image + caption
+    if checkpointing:
+        kept = model.num_layers * joint * model.hidden_size * activation_bytes + refiners
+        return kept, kept + 2 * joint * block
+    kept = model.num_layers * joint * block + refiners
+    return kept, kept + joint * block
 
 
 def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: StageConfig, processes: int,
@@ -81,21 +120,19 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
                    optimizer_state: int | None = None) -> MemoryEstimate:
     """`optimizer_state`: optimizer_bytes() where torch may be imported; else it is estimated from `params`."""
     share = processes if sharded else 1
-    tokens = (stage.resolution // 16) ** 2 + CAPTION_TOKENS
-    per_token = activation_bytes * (10 * model.hidden_size + 3 * model.ffn_inner_dim)
-    inside = stage.micro_batch_size * tokens * per_token
-    block_input = stage.micro_batch_size * tokens * model.hidden_size * activation_bytes
-    refiners = 2 * model.num_refiner_layers * inside  # not checkpointed (small)
-    if run.activation_checkpointing:
-        activations = model.num_layers * block_input + inside + refiners
-    else:
-        activations = model.num_layers * inside + refiners
+    kept, peak = activation_estimate(model, stage.resolution, stage.micro_batch_size, run.activation_checkpointing,
+                                     activation_bytes)
+    # bf16 autocast over fp32 weights keeps a bf16 copy of each weight until the forward pass ends
+    casts = 2 * params // share if activation_bytes < 4 and run.memory.weights == "fp32" else 0
+    activations = max(kept + casts, peak)
     memory = run.memory
     weight_bytes = 2 if memory.weights == "bf16" else 4
     if optimizer_state is not None:
         optimizer = optimizer_state
     elif run.optimizer.name == "adafactor":  # about a row and a column per (hidden x hidden) matrix, fp32
         optimizer = 4 * 2 * params // model.hidden_size
+    elif run.optimizer.name == "adamw8bit":  # two bytes and two blocks' scales per weight
+        optimizer = 2 * params + 8 * params // EIGHT_BIT_BLOCK
     else:  # AdamW's two fp32 moments (kept fp32 for bf16 weights too)
         optimizer = 8 * params
     ema_here = run.ema_decay > 0 and not (memory.ema_on_cpu and cuda)  # on the CPU it is the same memory
@@ -145,43 +182,128 @@ def check_ram(estimates: list[MemoryEstimate], processes: int, ram: int) -> list
     ]
 
 
-# Lower-memory settings to try, in order of what they cost (trainer/low_memory.py); each is the one before plus more.
-LADDER = (
-    ("bf16 weights, EMA on the CPU", {"weights": "bf16", "ema_on_cpu": True}, {}),
-    ("bf16 weights, Adafactor, EMA on the CPU", {"weights": "bf16", "ema_on_cpu": True}, {"name": "adafactor"}),
-    ("bf16 weights, Adafactor, fused backward, EMA on the CPU",
-     {"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, {"name": "adafactor"}),
+OPTIMIZER_LABELS = {"adamw": "AdamW", "adamw8bit": "8-bit AdamW", "adafactor": "Adafactor"}
+
+
+def mode_label(run: RunConfig) -> str:
+    """A run's memory settings in words, e.g. "bf16 weights, Adafactor, fused backward, EMA on the CPU"."""
+    memory = run.memory
+    parts = [f"{memory.weights} weights", OPTIMIZER_LABELS[run.optimizer.name]]
+    if memory.fused_backward:
+        parts.append("fused backward")
+    if run.ema_decay > 0:
+        parts.append("EMA on the CPU" if memory.ema_on_cpu else "EMA on the GPU")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class MemoryMode:
+    memory: dict  # [memory] settings
+    optimizer: str  # [optimizer] name
+    cost: str  # what it costs against today's settings, in quality and speed
+
+
+# The memory modes, from the least costly in quality and speed to the lightest (trainer/low_memory.py;
+# bench/RESULTS.md, bench_quality.py and bench_memory.py measure them).
+MEMORY_MODES = (
+    MemoryMode({}, "adamw", "today's settings: the reference"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adamw",
+               "bf16 weights with stochastic rounding: the same loss on the demo; the EMA is copied to the "
+               "computer's memory each step (slower on a slow PCIe link)"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adamw8bit",
+               "8-bit moments: the same loss on the demo; a slightly slower optimizer step"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adafactor",
+               "a factored second moment and no momentum: a slightly different path, the same loss on the demo"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adamw8bit",
+               "no gradient accumulation: a step per micro-batch (a smaller batch, a noisier step)"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adafactor",
+               "the lightest: no gradient accumulation (a step per micro-batch) and Adafactor"),
 )
+
+
+@dataclass
+class ModeFit:
+    mode: MemoryMode
+    run: RunConfig  # the config in this mode, its stages' batches changed where the mode needs it
+    need: int  # the largest stage's estimate, bytes
+    fits: bool
+
+    @property
+    def label(self) -> str:
+        return mode_label(self.run)
+
+    def changes(self, original: RunConfig) -> str:
+        """What else the mode changed in the config, in words ("" when nothing did)."""
+        said = ["activation checkpointing on"] if self.run.activation_checkpointing > original.activation_checkpointing \
+            else []
+        said += [f"stage '{stage.name}': batch {stage.batch_size}, micro-batch {stage.micro_batch_size}"
+                 for before, stage in zip(original.stages, self.run.stages)
+                 if (before.batch_size, before.micro_batch_size) != (stage.batch_size, stage.micro_batch_size)]
+        return "; ".join(said)
+
+
+def in_mode(run: RunConfig, mode: MemoryMode, micro_batch: int | None = None,
+            checkpointing: bool = False) -> RunConfig:
+    """`run` in `mode`, each stage's micro-batch `micro_batch` if given (the batch is kept: gradients are
+    accumulated), activation checkpointing switched on if asked; the fused backward pass cannot accumulate, so
+    there each batch is its micro-batch."""
+    from dataclasses import replace
+
+    fused = mode.memory.get("fused_backward", False)
+    stages = []
+    for stage in run.stages:
+        micro = min(micro_batch or stage.micro_batch_size, stage.micro_batch_size)
+        stages.append(replace(stage, micro_batch_size=micro, batch_size=micro if fused else stage.batch_size))
+    return replace(run, stages=stages, memory=MemoryConfig(**mode.memory),
+                   optimizer=replace(run.optimizer, name=mode.optimizer),
+                   activation_checkpointing=run.activation_checkpointing or checkpointing)
+
+
+def mode_fits(model: NextDiTConfig, params: int, run: RunConfig, gpu_size: int, optimizer_state=None) -> list[ModeFit]:
+    """Every memory mode on one GPU of `gpu_size` bytes: as the config is, or else with activation checkpointing
+    on (slower), or else at micro-batch 1 too (slower still, the same batch by accumulation).
+    `optimizer_state(name)` counts exactly where torch may be imported."""
+    fits = []
+    for mode in MEMORY_MODES:
+        for micro, checkpointing in ((None, False), (None, True), (1, True)):
+            trial = in_mode(run, mode, micro, checkpointing)
+            state = optimizer_state(mode.optimizer) if optimizer_state else None
+            need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
+                       for stage in trial.stages)
+            if need <= gpu_size:
+                break
+        fits.append(ModeFit(mode, trial, need, need <= gpu_size))
+    return fits
+
+
+def mode_settings(fit: ModeFit, original: RunConfig) -> str:
+    """The config lines that choose this mode (JSON writes TOML's strings and booleans alike)."""
+    lines = [f'[optimizer] name = "{fit.mode.optimizer}"']
+    lines += [f"[memory] {key} = {json.dumps(value)}" for key, value in fit.mode.memory.items()]
+    changes = fit.changes(original)
+    return ", ".join(lines) + (f"; and {changes}" if changes else "")
+
+
+def describe_fits(fits: list[ModeFit], original: RunConfig, gpu_size: int) -> list[str]:
+    """One line per mode: whether it fits, its estimate, what else changes and what it costs."""
+    lines = []
+    for fit in fits:
+        changes = fit.changes(original)
+        lines.append(f"{'fits' if fit.fits else 'too big'}: {fit.label}: about {human_size(fit.need)} of "
+                     f"{human_size(gpu_size)}{f' ({changes})' if changes else ''}; {fit.mode.cost}")
+    return lines
 
 
 def lighter_settings(model: NextDiTConfig, params: int, run: RunConfig, gpu_size: int,
                      optimizer_state=None) -> str:
-    """For one GPU too small for `run`: the first memory settings of LADDER that fit it, written as the config
-    lines to add (with the estimate), or why none does. `optimizer_state(name)` counts exactly where torch
-    may be imported."""
-    from dataclasses import replace
-
-    tries = [(label, memory, optimizer, None) for label, memory, optimizer in LADDER]
-    tries.append((*tries[-1][:3], 1))  # the fused backward pass cannot accumulate: a batch of 1, if need be
-    for label, memory, optimizer, batch in tries:
-        fused = memory.get("fused_backward")
-        stages = [replace(s, batch_size=batch or s.batch_size, micro_batch_size=batch or s.batch_size) if fused
-                  else s for s in run.stages]  # fused: one micro-batch per step
-        trial = replace(run, stages=stages, memory=MemoryConfig(**memory),
-                        optimizer=replace(run.optimizer, **optimizer) if optimizer else run.optimizer)
-        state = optimizer_state(trial.optimizer.name) if optimizer_state else None
-        need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
-                   for stage in trial.stages)
-        if need <= gpu_size:  # the settings as config lines (JSON writes TOML's strings and booleans alike)
-            lines = [f"[{table}] {key} = {json.dumps(value)}" for table, values in (("optimizer", optimizer),
-                                                                                  ("memory", memory))
-                     for key, value in values.items()]
-            extra = (f"; and batch_size = micro_batch_size = {batch} in every stage" if batch else
-                     "; and micro_batch_size = batch_size in every stage" if fused else "")
-            return (f"{label} would fit (about {human_size(need)} of {human_size(gpu_size)}, estimated): "
-                    + ", ".join(lines) + extra)
-    return (f"no memory setting fits {human_size(gpu_size)} (the lightest needs more, estimated): lower the "
-            "stages' resolution or micro-batch, or use a larger GPU or several")
+    """For one GPU too small for `run`: the least costly memory mode that fits it, as the config lines to set
+    (with the estimate), or why none does."""
+    fit = next((f for f in mode_fits(model, params, run, gpu_size, optimizer_state) if f.fits), None)
+    if fit is None:
+        return (f"no memory mode fits {human_size(gpu_size)} (the lightest needs more, estimated): lower the "
+                "stages' resolution, or use a larger GPU or several")
+    return (f"{fit.label} would fit (about {human_size(fit.need)} of {human_size(gpu_size)}, estimated): "
+            + mode_settings(fit, run))
 
 
 def check_fit(estimates: list[MemoryEstimate], gpu_sizes: list[int]) -> list[str]:

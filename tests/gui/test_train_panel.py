@@ -294,6 +294,45 @@ def test_hardware_page_ticks_gpus_and_refuses_a_stage_over_memory(window, qtbot,
     wizard.reject()
 
 
+def test_fit_to_my_gpu_chooses_a_memory_mode_for_the_full_model_on_a_12_gb_card(window, qtbot, tmp_path,
+                                                                               monkeypatch, full_size_model):
+    from core.models.registry import add_model
+
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, [("NVIDIA GeForce RTX 3060", 12288)])
+    add_model(full_size_model, name="full-size")
+    wizard = wizard_for(window, scenes(tmp_path / "scenes", 8))
+    advance(wizard, qtbot, 2)
+    page = wizard.currentPage()
+    page.model.setCurrentIndex(page.model.findData("full-size"))
+    advance(wizard, qtbot, 1)
+    stages = wizard.currentPage()
+    wizard.config["stages"] = [dict(wizard.config["stages"][0], resolution=1024, batch_size=4, micro_batch_size=1)]
+    stages.initializePage()
+    advance(wizard, qtbot, 1)
+    hardware = wizard.currentPage()
+    hardware.device.setCurrentIndex(hardware.device.findData("cuda"))
+    refused(hardware, qtbot, "would fit")  # today's settings need ~81 GiB; the page names the mode that fits
+    assert "bf16 weights, Adafactor, fused backward, EMA on the CPU would fit" in hardware.problem.text()
+    items = [hardware.mode.itemText(i) for i in range(hardware.mode.count())]
+    assert items[0].startswith("fp32 weights, AdamW, EMA on the GPU: about 57") and items[0].endswith("too big")
+    assert not wizard.config["activation_checkpointing"]  # the demo preset's: a tiny model needs none
+    assert [item.endswith(", fits") for item in items] == [False] * 5 + [True]
+    assert hardware.mode.currentIndex() == 0 and "reference" in hardware.mode_note.text()
+    qtbot.mouseClick(hardware.fit_button, Qt.LeftButton)
+    qtbot.waitUntil(hardware.isComplete)
+    assert wizard.config["memory"] == {"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}
+    assert wizard.config["optimizer"]["name"] == "adafactor"
+    assert (wizard.config["stages"][0]["batch_size"], wizard.config["stages"][0]["micro_batch_size"]) == (1, 1)
+    assert wizard.config["activation_checkpointing"]
+    assert hardware.mode.currentIndex() == 5 and "no gradient accumulation" in hardware.mode_note.text()
+    assert "#c83c3c" not in hardware.estimate.text()
+    hardware.mode.setCurrentIndex(0)
+    hardware.mode.activated.emit(0)  # back to today's settings, as a person picking it from the list
+    refused(hardware, qtbot, "would fit")
+    assert wizard.config["memory"] == {} and wizard.config["optimizer"]["name"] == "adamw"
+    wizard.reject()
+
+
 def test_hardware_page_estimates_a_single_file_base_model(window, qtbot, tmp_path, tiny_model):
     from core.models.checkpoints import original_layout, read_state_dict
     from core.models.registry import add_model
