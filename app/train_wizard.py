@@ -33,8 +33,8 @@ from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import (MEMORY_MODES, MemoryEstimate, ModeFit, in_mode, lighter_settings, mode_fits,
-                            mode_label, ram_size, stage_estimates)
+from trainer.memory import (MEMORY_MODES, MemoryEstimate, ModeFit, in_mode, mode_fits, mode_label, ram_size,
+                            stage_estimates)
 
 from .background import run_in_background
 from .plain_text import plain_label
@@ -526,6 +526,8 @@ class HardwarePage(_Page):
         self.device.currentIndexChanged.connect(self._chosen)
         # How weights, gradients, optimizer and EMA are held (trainer/memory.py's modes, least costly first)
         self.mode = QComboBox()
+        self.mode.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)  # long items: no wider page
+        self.mode.setMinimumContentsLength(40)
         self.mode.setToolTip("Lighter memory modes let a smaller GPU train the whole model; each item says what it "
                              "costs. The estimate is for one GPU, the largest stage.")
         self.mode.activated.connect(self._use_mode)
@@ -536,6 +538,7 @@ class HardwarePage(_Page):
         self.mode_note.setWordWrap(True)
         self.fits: list[ModeFit] = []
         self.choices: list = []  # (mode, the config's stages in it) per item of the list
+        self.applied = ""  # what the last mode chosen changed besides the memory settings
         mode_row = QHBoxLayout()
         mode_row.addWidget(self.mode, 1)
         mode_row.addWidget(self.fit_button)
@@ -607,8 +610,9 @@ class HardwarePage(_Page):
         self.mode.clear()
         for i, (mode, run) in enumerate(self.choices):
             fit = self.fits[i] if self.fits else None
-            self.mode.addItem(mode_label(run) + (f": about {human_size(fit.need)}, "
-                                                 f"{'fits' if fit.fits else 'too big'}" if fit else ""))
+            changes = fit.changes(found[2]) if fit else ""
+            self.mode.addItem(mode_label(run) + (f": about {human_size(fit.need)}, {'fits' if fit.fits else 'too big'}"
+                                                 if fit else "") + (f" (with {changes})" if changes else ""))
         index = MEMORY_MODES.index(current) if current in MEMORY_MODES else -1
         if index < 0 and found:
             self.mode.addItem(f"this config's own: {mode_label(found[2])}")
@@ -617,7 +621,8 @@ class HardwarePage(_Page):
         self.mode.blockSignals(False)
         self.mode.setEnabled(found is not None)
         self.fit_button.setEnabled(bool(self.fits))
-        self.mode_note.setText(MEMORY_MODES[index].cost if 0 <= index < len(MEMORY_MODES) else "")
+        cost = MEMORY_MODES[index].cost if 0 <= index < len(MEMORY_MODES) else ""
+        self.mode_note.setText(f"{cost}. {self.applied}" if self.applied else cost)
 
     def _use_mode(self, index: int) -> None:
         """Write the chosen mode's settings into the config, with the activation checkpointing and batches it
@@ -626,6 +631,9 @@ class HardwarePage(_Page):
             return
         mode, run = self.choices[index]
         config = self.owner.config
+        found = wizard_model(config)
+        changes = ModeFit(mode, run, 0, True).changes(found[2]) if found else ""
+        self.applied = f"Changed with it: {changes} (the Stages page shows the batches)." if changes else ""
         config["memory"] = dict(mode.memory)
         config["optimizer"] = {**config.get("optimizer", {}), "name": mode.optimizer}
         config["activation_checkpointing"] = run.activation_checkpointing
@@ -666,9 +674,12 @@ class HardwarePage(_Page):
                             f"{' per GPU' if chosen else ''}, but {holder} has {human_size(limit)}: lower its "
                             f"micro-batch on the Stages page, {fix}.")
             lines.append(line)
-        if over and len(chosen) == 1:  # one GPU: which memory mode would fit it
-            over.append(lighter_settings(*wizard_model(self.owner.config), limit)
-                        + ": choose it under Memory mode, or press Fit to my GPU.")
+        fitting = next((fit for fit in self.fits if fit.fits), None)
+        if over and fitting:  # one GPU: which memory mode would fit it
+            over.append(f"{fitting.label} would fit (about {human_size(fitting.need)}, estimated): press Fit to my "
+                        "GPU, or choose it under Memory mode.")
+        elif over and len(chosen) == 1:
+            over.append("No memory mode fits this GPU: lower the stages' resolution, or choose a larger GPU.")
         self.estimate.setText("<br>".join(lines) + f"<br><small>{where}</small>")
         return over
 

@@ -26,7 +26,10 @@ SHAPE = dict(hidden_size=1152, num_layers=8, num_attention_heads=12, num_kv_head
 SETTINGS = {  # label: ([memory], [optimizer], EMA)
     "today: fp32 weights, AdamW, EMA": ({}, {}, True),
     "bf16 weights, AdamW, EMA": ({"weights": "bf16"}, {}, True),
+    "bf16 weights, 8-bit AdamW, EMA": ({"weights": "bf16"}, {"name": "adamw8bit"}, True),
     "bf16 weights, Adafactor, EMA": ({"weights": "bf16"}, {"name": "adafactor"}, True),
+    "bf16 weights, 8-bit AdamW, fused backward, EMA": ({"weights": "bf16", "fused_backward": True},
+                                                       {"name": "adamw8bit"}, True),
     "bf16 weights, Adafactor, fused backward, EMA": ({"weights": "bf16", "fused_backward": True},
                                                      {"name": "adafactor"}, True),
     "bf16 weights, Adafactor, fused backward, no EMA": ({"weights": "bf16", "fused_backward": True},

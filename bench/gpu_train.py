@@ -9,12 +9,14 @@ MFU against the bf16 matmul peak measured on this GPU in the same run, peak memo
 estimate beside it. Writes $OUT/gpu_train.json (or bench/out/) and prints a table last.
 
     python bench/gpu_train.py             # on the GPU machine
+    python bench/gpu_train.py --modes     # each memory mode at 1024x1024, micro-batch 1: peak memory, s/step
     python bench/gpu_train.py --small     # the same code on a CPU with a small configuration
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -30,10 +32,15 @@ from gpu_backends import SMALL, pass_flops, sync  # noqa: E402
 from core.models.nextdit import NextDiT, NextDiTConfig  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.ema import EMA  # noqa: E402
-from trainer.memory import estimate_stage, parameter_count  # noqa: E402
+from trainer.low_memory import fuse_backward, training_optimizer  # noqa: E402
+from trainer.memory import MEMORY_MODES, estimate_stage, mode_label, optimizer_bytes, parameter_count  # noqa: E402
 from trainer.objective import flow_matching_loss, noisy_inputs  # noqa: E402
 
 CAPTION_TOKENS = 128
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
@@ -51,19 +58,31 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
-def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps: int, warmup: int, device):
+def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps: int, warmup: int, device,
+                run=None):
+    """Median seconds per step and peak GiB (CUDA) of the trainer's step in `run`'s memory settings (a RunConfig;
+    None: today's)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision="bf16" if device.type == "cuda" else "no", cpu=device.type == "cpu")
+    run = run or parse_config(run_config_for(resolution, micro_batch))
+    memory = run.memory
     torch.manual_seed(0)
-    model = NextDiT(config).train()
+    with torch.device(device):  # built where it trains, in its dtype: no fp32 copy of bf16 weights on the way
+        torch.set_default_dtype(torch.bfloat16 if memory.weights == "bf16" else torch.float32)
+        model = NextDiT(config).train()
+        torch.set_default_dtype(torch.float32)
     model.activation_checkpointing = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-15, weight_decay=0.0)
+    optimizer = training_optimizer(model, run)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema = EMA(accelerator.unwrap_model(model), 0.95)
+    norms: list[float] = []
+    if memory.fused_backward:
+        fuse_backward(accelerator.unwrap_model(model), optimizer.optimizer, 2.0, norms)
+    ema = EMA(accelerator.unwrap_model(model), 0.95, torch.device("cpu") if memory.ema_on_cpu else None)
+    dtype = next(model.parameters()).dtype
     latent = resolution // 8
     latents = torch.randn(micro_batch, config.in_channels, latent, latent, device=device)
-    features = torch.randn(micro_batch, CAPTION_TOKENS, config.cap_feat_dim, device=device)
+    features = torch.randn(micro_batch, CAPTION_TOKENS, config.cap_feat_dim, device=device, dtype=dtype)
     mask = torch.ones(micro_batch, CAPTION_TOKENS, dtype=torch.long, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -71,21 +90,48 @@ def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps:
     for step in range(warmup + steps):
         sync(device)
         started = time.perf_counter()
+        if run.steps_one_by_one:
+            optimizer.optimizer.set_seed(step, device)
         x_t, t, target = noisy_inputs(latents, torch.Generator().manual_seed(step))
-        loss = flow_matching_loss(model(x_t, t, features, mask), target, 1.0)
+        loss = flow_matching_loss(model(x_t.to(dtype), t, features, mask).float(), target, 1.0)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 2.0)
-        optimizer.step()
+        if not memory.fused_backward:
+            accelerator.clip_grad_norm_(model.parameters(), 2.0)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(accelerator.unwrap_model(model))
         sync(device)
         durations.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     del model, optimizer, ema
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     durations = sorted(durations[warmup:])
     return durations[len(durations) // 2], peak
+
+
+def run_config_for(resolution: int, micro_batch: int, memory: dict | None = None, optimizer: str = "adamw") -> dict:
+    return {"version": 1, "base_model": "m", "datasets": [{"path": "d"}], "memory": memory or {},
+            "optimizer": {"name": optimizer}, "stages": [{"name": str(resolution), "resolution": resolution,
+                                                          "steps": 1, "batch_size": micro_batch,
+                                                          "micro_batch_size": micro_batch}]}
+
+
+def memory_modes(config: NextDiTConfig, resolution: int, micro_batch: int, steps: int, warmup: int, device) -> list:
+    """Every memory mode of trainer/memory.py at one size: peak memory and speed beside the estimate."""
+    params = parameter_count(config)
+    rows = []
+    for mode in MEMORY_MODES:
+        run = parse_config(run_config_for(resolution, micro_batch, mode.memory, mode.optimizer))
+        seconds, peak_gib = train_steps(config, resolution, micro_batch, steps, warmup, device, run)
+        estimate = estimate_stage(config, params, run, run.stages[0], 1, False, 2,
+                                  optimizer_state=optimizer_bytes(config, mode.optimizer))
+        rows.append({"mode": mode_label(run), "seconds_per_step": seconds, "peak_memory_gib": peak_gib,
+                     "estimated_memory_gib": estimate.total / 2**30})
+        print(f"{rows[-1]['mode']:58} {seconds:7.3f} s/step  peak {peak_gib or 0:6.1f} GiB  "
+              f"estimate {rows[-1]['estimated_memory_gib']:6.1f} GiB", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -94,6 +140,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", default="512:16,1024:4", help="resolution:micro_batch pairs")
+    parser.add_argument("--modes", metavar="RESOLUTION:MICRO_BATCH", nargs="?", const="1024:1",
+                        help="instead: every memory mode at this size (default 1024:1), peak memory and speed")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = NextDiTConfig(**SMALL) if args.small else NextDiTConfig()
@@ -101,14 +149,22 @@ def main() -> None:
     peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32,
                        8192 if device.type == "cuda" else 1024)
     params = parameter_count(config)
+    out = Path(os.environ.get("OUT", Path(__file__).parent / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.modes:
+        resolution, micro_batch = (256, 1) if args.small else map(int, args.modes.split(":"))
+        rows = memory_modes(config, resolution, micro_batch, args.steps, args.warmup, device)
+        result = {"date": time.strftime("%Y-%m-%d"), "device": device_name(device), "parameters": params,
+                  "versions": {"torch": torch.__version__, "cuda": torch.version.cuda}, "resolution": resolution,
+                  "micro_batch": micro_batch, "caption_tokens": CAPTION_TOKENS, "modes": rows}
+        (out / "gpu_train_modes.json").write_text(json.dumps(result, indent=2))
+        return
     rows = []
     for resolution, micro_batch in runs:
         image_tokens = (resolution // 16) ** 2
         seconds, peak_gib = train_steps(config, resolution, micro_batch, args.steps, args.warmup, device)
         flops = 3 * pass_flops(config, image_tokens, CAPTION_TOKENS) * micro_batch
-        run_config = parse_config({"version": 1, "base_model": "m", "datasets": [{"path": "d"}], "stages": [
-            {"name": str(resolution), "resolution": resolution, "steps": 1, "batch_size": micro_batch,
-             "micro_batch_size": micro_batch}]})
+        run_config = parse_config(run_config_for(resolution, micro_batch))
         estimate = estimate_stage(config, params, run_config, run_config.stages[0], 1, False, 2)
         rows.append({
             "resolution": resolution, "micro_batch": micro_batch, "seconds_per_step": seconds,
@@ -118,12 +174,10 @@ def main() -> None:
         })
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
         "parameters": params, "measured_matmul_peak_tflops": peak, "caption_tokens": CAPTION_TOKENS, "runs": rows,
     }
-    out = Path(os.environ.get("OUT", Path(__file__).parent / "out"))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_train.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"\nmatmul peak {peak:.1f} TFLOP/s on {result['device']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -29,33 +28,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def full_size_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model's folder with the 2.6B release's transformer: its config.json, and a weights file whose
-    header declares every bf16 tensor while its data is a hole (a sparse file: no disk used). Good for what
-    reads only configs and headers (memory estimates, --check); nothing may load its weights."""
-    import json
-    import shutil
+    """The 2.6B release's shape with no weights (core.models.scaffold.full_size_stand_in): for estimates only."""
+    from core.models.scaffold import full_size_stand_in
 
-    import torch
-
-    from core.models.nextdit import NextDiT
-    from core.models.nextdit_config import NextDiTConfig
-
-    folder = tmp_path_factory.mktemp("models") / "full-size"
-    shutil.copytree(tiny_model, folder)
-    config = folder / "transformer" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), **NextDiTConfig().to_diffusers_dict()}))
-    with torch.device("meta"):
-        shapes = {name: list(p.shape) for name, p in NextDiT(NextDiTConfig()).named_parameters()}
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = 2 * math.prod(shape)
-        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header).encode()
-    with open(folder / "transformer" / "diffusion_pytorch_model.safetensors", "wb") as weights:
-        weights.write(len(text).to_bytes(8, "little") + text)
-        weights.truncate(8 + len(text) + offset)
-    return folder
+    return full_size_stand_in(tiny_model, tmp_path_factory.mktemp("models") / "full-size")
 
 
 @pytest.fixture(scope="session")

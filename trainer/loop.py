@@ -34,7 +34,7 @@ from . import checkpointing
 from .batches import StageData, _generator
 from .config import RunConfig, load_config
 from .ema import EMA, full_tensor
-from .low_memory import OneByOne, fuse_backward
+from .low_memory import fuse_backward, training_optimizer
 from .features import FeatureCache
 from .objective import flow_matching_loss, noisy_inputs
 from .run_folder import RunFolder
@@ -92,17 +92,11 @@ class Trainer:
         model.train().requires_grad_(True)
         model.activation_checkpointing = self.config.activation_checkpointing
         self.model_config = model.config
-        opt = self.config.optimizer
-        if self.config.steps_one_by_one:  # one optimizer per weight, stepped one at a time (trainer/low_memory.py)
-            optimizer = OneByOne(model.parameters(), opt.name, self.config.stages[0].lr, opt.betas, opt.eps,
-                                 opt.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.stages[0].lr, betas=tuple(opt.betas),
-                                          eps=opt.eps, weight_decay=opt.weight_decay)
+        optimizer = training_optimizer(model, self.config)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.fused_norms: list[float] = []  # squared gradient norms the fused backward pass saw this step
         if memory.fused_backward:
-            fuse_backward(self._inner, optimizer, opt.grad_clip, self.fused_norms)
+            fuse_backward(self._inner, optimizer, self.config.optimizer.grad_clip, self.fused_norms)
         self.one_by_one = optimizer if self.config.steps_one_by_one else None
         self.ema = EMA(self._inner, self.config.ema_decay, torch.device("cpu") if memory.ema_on_cpu else None) \
             if self.config.ema_decay > 0 else None

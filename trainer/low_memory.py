@@ -64,6 +64,16 @@ def eager_steps_on_cpu(p: torch.Tensor):
         del os.environ["TORCHDYNAMO_DISABLE"]
 
 
+def training_optimizer(model: torch.nn.Module, run) -> torch.optim.Optimizer:
+    """The optimizer a run's settings ask for (a RunConfig): torch's AdamW over the whole model for today's
+    settings, else one per weight (OneByOne), at the first stage's rate."""
+    opt, lr = run.optimizer, run.stages[0].lr
+    if run.steps_one_by_one:
+        return OneByOne(model.parameters(), opt.name, lr, opt.betas, opt.eps, opt.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(opt.betas), eps=opt.eps,
+                             weight_decay=opt.weight_decay)
+
+
 class OneByOne(torch.optim.Optimizer):
     """An optimizer per parameter, stepped one at a time, its maths in fp32 (its states are fp32, or 8-bit:
     Adafactor's are a row and a column per matrix). A bf16 parameter is copied to fp32 for its step and rounded

@@ -150,3 +150,35 @@ def build_model_folder(path: str | Path, spec: ScaffoldSpec = ScaffoldSpec(), co
     path = Path(path)
     build_pipeline(spec, corpus, seed).save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def full_size_stand_in(small_model: str | Path, path: str | Path) -> Path:
+    """A copy of a small model folder whose transformer is the 2.6B release's in shape only: its config.json, and
+    a weights file whose header declares every bf16 tensor while its data is a hole (a sparse file: no disk
+    used). For what reads only configs and headers (memory estimates, `train --check`, the wizard); loading its
+    weights reads zeros."""
+    import json
+    import math
+    import shutil
+
+    import torch
+
+    from .nextdit import NextDiT
+    from .nextdit_config import NextDiTConfig
+
+    path = Path(path)
+    shutil.copytree(small_model, path)
+    config = path / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **NextDiTConfig().to_diffusers_dict()}))
+    with torch.device("meta"):
+        shapes = {name: list(p.shape) for name, p in NextDiT(NextDiTConfig()).named_parameters()}
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    with open(path / "transformer" / "diffusion_pytorch_model.safetensors", "wb") as weights:
+        weights.write(len(text).to_bytes(8, "little") + text)
+        weights.truncate(8 + len(text) + offset)
+    return path

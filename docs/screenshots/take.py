@@ -1,6 +1,6 @@
 """Take the README's screenshots of the real app with the built-in demo model (run under Xvfb):
 
-    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption|train]
+    xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots/take.py [--only caption|train|memory]
 """
 
 import contextlib
@@ -146,6 +146,44 @@ def train_shots(app):
     window.close()
 
 
+def memory_shots(app):
+    """The hardware page with the 2.6B model's shape (no weights) on one 12 GB card, after Fit to my GPU."""
+    from app.main_window import MainWindow, settings_store
+    from app.train_wizard import TrainWizard
+    from core.models.registry import add_model
+    from core.models.scaffold import build_model_folder, full_size_stand_in
+    from core.scenes.world import write_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="lumina-shots-memory-"))
+    add_model(full_size_stand_in(build_model_folder(work / "small"), work / "lumina-2.6b"), name="Lumina-Image 2.0")
+    write_dataset(work / "photos", 16, seed=4)
+    window = MainWindow(device="cpu")
+    with scripted_gpus(("NVIDIA GeForce RTX 3060", 12288)):
+        wizard = TrainWizard(settings_store(), dataset=work / "photos", parent=window)
+    wizard.resize(900, 640)
+    wizard.show()
+    for _ in range(2):
+        wait(app, wizard.currentPage().isComplete, 60)
+        wizard.next()
+    model_page = wizard.currentPage()
+    model_page.model.setCurrentIndex(model_page.model.findData("Lumina-Image 2.0"))
+    wait(app, model_page.isComplete, 60)
+    wizard.next()
+    wizard.config["stages"] = [dict(wizard.config["stages"][0], name="high-res", resolution=1024, batch_size=16,
+                                    micro_batch_size=1)]
+    wizard.currentPage().initializePage()
+    wait(app, wizard.currentPage().isComplete, 60)
+    wizard.next()
+    hardware = wizard.currentPage()
+    hardware.device.setCurrentIndex(hardware.device.findData("cuda"))
+    shoot(app, wizard, "train-memory-before", 0.5)
+    hardware.fit_button.click()
+    shoot(app, wizard, "train-memory", 0.5)
+    wizard.reject()
+    window.client.stop()
+    window.close()
+
+
 def main():
     from app.main_window import MainWindow, apply_theme
     from app.model_manager import ModelManager
@@ -192,10 +230,11 @@ def main():
     window.close()
     caption_shots(app)
     train_shots(app)
+    memory_shots(app)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--only"]:
-        {"caption": caption_shots, "train": train_shots}[sys.argv[2]](QApplication([]))
+        {"caption": caption_shots, "train": train_shots, "memory": memory_shots}[sys.argv[2]](QApplication([]))
     else:
         main()

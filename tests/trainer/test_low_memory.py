@@ -260,3 +260,28 @@ def test_train_check_plans_the_full_model_at_1024_for_a_home_gpu(full_size_model
     fitting = [line.strip() for line in out.splitlines() if line.strip().startswith("fits: ")]
     assert fitting and fitting[0].startswith(f"fits: {chosen}: about ")
     assert f"warning: {chosen} would fit" in err  # today's settings do not: the one to use is named
+
+
+@pytest.mark.parametrize("gigabytes", [12, 16, 24])
+def test_each_home_gpu_preset_fits_its_card(full_size_model, tmp_path, capsys, gigabytes):
+    import tomllib
+
+    import tomli_w
+
+    from core.scenes.world import write_dataset
+    from trainer.cli import PRESETS, main
+    from trainer.config import parse_config
+    from trainer.memory import mode_label
+
+    config = tomllib.loads((PRESETS / f"lumina2-1024-{gigabytes}gb.toml").read_text())
+    config["base_model"] = str(full_size_model)
+    for dataset in config["datasets"]:
+        dataset["path"] = str(tmp_path / dataset["name"])
+        write_dataset(tmp_path / dataset["name"], 4, seed=0)
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps(config))
+    assert main([str(path), "--check", "--gpu-memory", str(gigabytes)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err, err  # every stage fits
+    label = mode_label(parse_config(config))
+    assert f"memory mode: {label}" in out and f"fits: {label}: about " in out

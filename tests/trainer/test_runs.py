@@ -392,3 +392,29 @@ def test_the_lowest_memory_settings_train_stop_resume_and_make_a_loadable_model(
     import torch
 
     load_dit(resolve_source(run.latest_checkpoint() / "model"), torch.float32, torch.device("cpu"))
+
+
+def test_eight_bit_adamw_resumes_exactly_and_a_run_keeps_its_optimizer(tiny_model, shapes_dataset, tmp_path):
+    """A stop and resume in 8-bit AdamW with bf16 weights gives the losses of the same run uninterrupted (its
+    8-bit moments and the rounding's seeds come back); a run whose config now names another optimizer is refused."""
+    changes = {"optimizer": {"name": "adamw8bit"}, "memory": {"weights": "bf16"}, "samples": {"prompts": []},
+               "stages": {0: {"steps": 6, "checkpoint_every": 3}, 1: {"steps": 2}}}
+    whole = RunFolder(tmp_path / "whole")
+    result = train(write_config(tmp_path / "a", tiny_model, shapes_dataset, **changes), "--run-dir", whole.path,
+                   home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    run = RunFolder(tmp_path / "run")
+    process = start(write_config(tmp_path / "b", tiny_model, shapes_dataset, **changes), "--run-dir", run.path,
+                    home=tmp_path / "home")
+    wait_for(lambda: reached_step(run, 2))
+    run.request_stop()
+    assert process.wait(timeout=120) == 0 and run.status()["state"] == "stopped"
+    config = run.config.read_text()
+    run.config.write_text(config.replace('name = "adamw8bit"', 'name = "adafactor"'))
+    refused = train("--resume", run.path, home=tmp_path / "home")
+    assert refused.returncode == 1 and "hold the optimizer state of adamw8bit" in refused.stderr
+    assert "Put [optimizer] name and [memory] back" in refused.stderr
+    run.config.write_text(config)
+    result = train("--resume", run.path, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert losses(run) == pytest.approx(losses(whole), rel=1e-6)
