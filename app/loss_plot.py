@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the first points are not dragged to 0)
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
+COMPARISON_COLOUR = QColor("#e07b00")  # orange: apart from the highlight colour in both themes
 
 
 TICKS = 4  # value labels on the y-axis: 5, the lowest and highest among them
@@ -63,11 +64,18 @@ class LossPlot(QWidget):
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.series = "loss"
         self.log_scale = False
+        self.comparison: PlotPoints | None = None
+        self.comparison_name = ""
         self.clear()
 
     def clear(self) -> None:
         self.set_points(PlotPoints())
         self.stages: list[tuple[int, str]] = []
+
+    def set_comparison(self, points: PlotPoints | None, name: str = "") -> None:
+        """Another run's smoothed loss drawn dashed over this one's (the loss series only), or none."""
+        self.comparison, self.comparison_name = points, name
+        self.update()
 
     def set_points(self, points: PlotPoints) -> None:
         self.points = points
@@ -107,6 +115,19 @@ class LossPlot(QWidget):
             self._arrays = np.asarray(self.steps, dtype=float), values, smooth
         return self._arrays
 
+    def _comparison_curve(self):
+        """(steps, smoothed loss) of the run compared with, on this plot's scale; None when there is none."""
+        import numpy as np
+
+        if self.comparison is None or self.series != "loss" or not self.comparison.smoothed:
+            return None
+        steps = np.asarray(self.comparison.steps, dtype=float)
+        smooth = np.asarray(self.comparison.smoothed, dtype=float)
+        keep = np.isfinite(smooth) & ((smooth > 0) if self.log_scale else True)
+        if not keep.any():
+            return None
+        return steps[keep], (np.log10(smooth[keep]) if self.log_scale else smooth[keep])
+
     def paintEvent(self, event):  # noqa: N802 (Qt naming)
         import numpy as np
 
@@ -123,8 +144,13 @@ class LossPlot(QWidget):
             painter.drawText(area, Qt.AlignCenter, "No steps logged yet" if not len(steps) else "Nothing to plot")
             return
         shown = np.log10(values) if self.log_scale else values
-        lowest, highest = value_range(float(shown[keep].min()), float(shown[keep].max()))
+        lowest, highest = float(shown[keep].min()), float(shown[keep].max())
         first, last = float(steps[0]), float(max(steps[-1], steps[0] + 1))
+        other = self._comparison_curve()
+        if other is not None:
+            lowest, highest = min(lowest, float(other[1].min())), max(highest, float(other[1].max()))
+            first, last = min(first, float(other[0][0])), max(last, float(other[0][-1]))
+        lowest, highest = value_range(lowest, highest)
 
         def x_of(step):
             return area.left() + (step - first) / (last - first) * area.width()
@@ -159,6 +185,13 @@ class LossPlot(QWidget):
                 path.moveTo(point) if i == 0 else path.lineTo(point)
             painter.setPen(QPen(palette.color(palette.ColorRole.Highlight).darker(130), 2))
             painter.drawPath(path)
+        if other is not None:  # another run's smoothed loss, dashed, in a colour apart from the highlight
+            path = QPainterPath()
+            for i, (step, value) in enumerate(zip(*other)):
+                point = QPointF(x_of(float(step)), y_of(float(value)))
+                path.moveTo(point) if i == 0 else path.lineTo(point)
+            painter.setPen(QPen(COMPARISON_COLOUR, 2, Qt.DashLine))
+            painter.drawPath(path)
         painter.setPen(QPen(text, 1, Qt.DashLine))
         metrics = painter.fontMetrics()
         for step, name in self.stages:
@@ -182,6 +215,7 @@ class LossPlot(QWidget):
             painter.drawText(QRectF(0, y - 8, 52, 16), Qt.AlignRight | Qt.AlignVCenter, label(value))
         painter.drawText(QRectF(area.left(), area.bottom() + 4, 120, 16), Qt.AlignLeft, f"step {int(first)}")
         painter.drawText(QRectF(area.right() - 120, area.bottom() + 4, 120, 16), Qt.AlignRight, f"step {int(last)}")
-        painter.drawText(QRectF(area.left() + 8, area.bottom() - 22, 420, 16), Qt.AlignLeft,
+        painter.drawText(QRectF(area.left() + 8, area.bottom() - 22, area.width() - 16, 16), Qt.AlignLeft,
                          SERIES[self.series] + (" (log scale)" if self.log_scale else "")
-                         + ("; thin: each step, thick: smoothed" if len(smooth) == len(steps) else ""))
+                         + ("; thin: each step, thick: smoothed" if len(smooth) == len(steps) else "")
+                         + (f"; dashed: {self.comparison_name}" if other is not None else ""))

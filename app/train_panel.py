@@ -163,10 +163,17 @@ class TrainPanel(QWidget):
         self.series.currentIndexChanged.connect(lambda _: self.plot.set_series(self.series.currentData()))
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.toggled.connect(self.plot.set_log_scale)
+        self.compare = QComboBox()  # another run's loss over this one's: the same recipe in another memory mode
+        self.compare.setToolTip("Draw another run's smoothed loss, dashed, over this one's")
+        self.compare.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.compare.setMinimumContentsLength(12)
+        self.compare.activated.connect(lambda _: self._compare(self.compare.currentData()))
         plot_row = QHBoxLayout()
         plot_row.addWidget(QLabel("Plot"))
         plot_row.addWidget(self.series)
         plot_row.addWidget(self.log_scale)
+        plot_row.addWidget(QLabel("Compare with"))
+        plot_row.addWidget(self.compare, 1)
         plot_row.addStretch(1)
         self.samples = QListWidget()
         self.samples.setViewMode(QListWidget.IconMode)
@@ -258,6 +265,31 @@ class TrainPanel(QWidget):
                 self.runs.selectRow(row)
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         self.runs.blockSignals(False)
+        compared = self.compare.currentData()
+        self.compare.clear()
+        self.compare.addItem("no other run", None)
+        for summary in found:
+            self.compare.addItem(summary.name, str(summary.path))
+        self.compare.setCurrentIndex(max(0, self.compare.findData(compared)))
+
+    def _compare(self, folder: str | None) -> None:
+        """Read the chosen run's losses off the GUI thread and draw them over the selected run's."""
+        if folder is None:
+            self.plot.set_comparison(None)
+            return
+
+        def work() -> PlotPoints:
+            points = PlotPoints()
+            for record in EventTail(RunFolder(Path(folder)).events).read():
+                if record.get("event") == "step":
+                    points.add(record)
+            return points
+
+        def done(points: PlotPoints) -> None:
+            if self.compare.currentData() == folder:  # not another choice meanwhile
+                self.plot.set_comparison(points, Path(folder).name)
+
+        run_in_background(work, done, lambda exc: self.status.emit(f"Could not read {folder}: {exc}"))
 
     def announce_ended(self) -> None:
         """A run seen training that has ended is announced in the status bar (and the window asks for

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,9 +45,13 @@ COLOURS = ["#222222", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728"]
 SMOOTH_LAST = 50  # the final loss: the mean of the last 50 steps' losses (the same batches in every setting)
 
 
+# OpenMP threads that spin while waiting collapse under any other load (issue 26); results do not depend on it.
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def run(command: list[str], log: Path) -> None:
     with log.open("w") as out:
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
 
@@ -74,7 +79,7 @@ def alignment(model: Path, prompts: int, work: Path) -> dict:
     log = work / f"evaluate-{model.parent.parent.parent.name or model.name}.json"
     with log.open("w") as out:
         subprocess.run(CLI + ["evaluate", "--model", str(model), "--count", str(prompts), "--json"], stdout=out,
-                       stderr=subprocess.DEVNULL, check=True, cwd=ROOT)
+                       stderr=subprocess.DEVNULL, check=True, cwd=ROOT, env=ENV)
     report = json.loads(log.read_text())
     return {"single": report["single"]["all"], "pair": report["pair"]["all"]}
 

@@ -192,7 +192,7 @@ def mode_label(run: RunConfig) -> str:
     if memory.fused_backward:
         parts.append("fused backward")
     if run.ema_decay > 0:
-        parts.append("EMA on the CPU" if memory.ema_on_cpu else "EMA on the GPU")
+        parts.append("EMA on the CPU" if memory.ema_on_cpu else "EMA")  # else beside the weights
     return ", ".join(parts)
 
 

@@ -176,7 +176,6 @@ def memory_shots(app):
     wizard.next()
     hardware = wizard.currentPage()
     hardware.device.setCurrentIndex(hardware.device.findData("cuda"))
-    shoot(app, wizard, "train-memory-before", 0.5)
     hardware.fit_button.click()
     shoot(app, wizard, "train-memory", 0.5)
     wizard.reject()

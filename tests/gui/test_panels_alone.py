@@ -336,3 +336,37 @@ def test_captions_say_where_they_came_from_and_an_empty_filter_says_so(caption_p
     caption_panel.apply_filter()
     assert caption_panel.model.rowCount() == 0
     assert caption_panel.image_view.text() == "No image matches the filter."
+
+
+def test_another_runs_loss_is_drawn_over_the_selected_ones(qtbot):
+    """The same recipe in two memory modes, side by side in the monitor."""
+    from app.main_window import settings_store
+    from app.train_panel import TrainPanel
+
+    for name, offset in (("fp32-adamw", 0.0), ("bf16-adafactor", 0.01)):
+        run = RunFolder(runs_dir() / name)
+        run.path.mkdir(parents=True)
+        run.config.write_text("name = 'x'\n")
+        run.set_status("finished", step=50)
+        run.events.write_text("".join(json.dumps({"event": "step", "step": s, "stage": "a", "loss": 1 / s + offset})
+                                      + "\n" for s in range(1, 51)))
+    panel = TrainPanel(settings_store())
+    qtbot.addWidget(panel)
+    panel.resize(900, 600)
+    panel.show()
+    panel.select_run(runs_dir() / "bf16-adafactor")
+    qtbot.waitUntil(lambda: len(panel.plot.steps) == 50)
+    assert [panel.compare.itemText(i) for i in range(panel.compare.count())][0] == "no other run"
+    index = panel.compare.findData(str(runs_dir() / "fp32-adamw"))
+    panel.compare.setCurrentIndex(index)
+    panel.compare.activated.emit(index)
+    qtbot.waitUntil(lambda: panel.plot.comparison is not None)
+    assert panel.plot.comparison_name == "fp32-adamw" and len(panel.plot.comparison.smoothed) == 50
+    steps, curve = panel.plot._comparison_curve()
+    assert len(steps) == 50 and curve[-1] < panel.plot.points.smoothed[-1]  # the other run's loss is lower
+    panel.plot.grab()
+    panel.refresh_runs()  # the choice survives a refresh of the list
+    assert panel.compare.currentData() == str(runs_dir() / "fp32-adamw")
+    panel.compare.setCurrentIndex(0)
+    panel.compare.activated.emit(0)
+    assert panel.plot.comparison is None and panel.plot._comparison_curve() is None

@@ -254,7 +254,7 @@ def test_train_check_plans_the_full_model_at_1024_for_a_home_gpu(full_size_model
                       'steps = 10\nbatch_size = 4\nmicro_batch_size = 1\n')
     assert main([str(config), "--check", "--gpu-memory", str(gigabytes)]) == 0
     out, err = capsys.readouterr()
-    assert "memory mode: fp32 weights, AdamW, EMA on the GPU" in out
+    assert "memory mode: fp32 weights, AdamW, EMA" in out
     assert "weights 9.72 GiB, gradients 9.72 GiB, optimizer 19.4 GiB, ema 9.72 GiB" in out  # per category
     assert f"memory modes for one GPU of {gigabytes} GiB" in out
     fitting = [line.strip() for line in out.splitlines() if line.strip().startswith("fits: ")]
