@@ -33,8 +33,8 @@ from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import (MEMORY_MODES, MemoryEstimate, ModeFit, in_mode, mode_fits, mode_label, ram_size,
-                            stage_estimates)
+from trainer.memory import (MEMORY_MODES, MemoryEstimate, MemoryMode, ModeFit, in_mode, mode_fits, mode_label,
+                            ram_size, stage_estimates)
 
 from .background import run_in_background
 from .plain_text import plain_label
@@ -581,31 +581,25 @@ class HardwarePage(_Page):
             self.estimate.setText("")
             return ["Choose at least one GPU."]
         found = super().problems()
-        self._show_modes(chosen)
-        if len(chosen) > 1 and self.current_mode() != MEMORY_MODES[0]:
+        model = wizard_model(self.owner.config)  # read once: the model's config and header
+        current = self._show_modes(chosen, model)
+        if len(chosen) > 1 and model and current != MEMORY_MODES[0]:
             found.append("The lighter memory modes work with one GPU for now: choose one GPU, or today's mode "
                          "(several GPUs share the model instead).")
-        over = self._show_estimate(device, chosen) if not found else []
+        over = self._show_estimate(device, chosen, model) if not found else []
         return found + over
 
-    def current_mode(self):
-        """The config's memory mode, or None where its settings are not one of the modes."""
-        found = wizard_model(self.owner.config)
-        if found is None:
-            return None
-        run = found[2]
-        return next((mode for mode in MEMORY_MODES if mode.optimizer == run.optimizer.name
-                     and run.memory == in_mode(run, mode).memory), None)
-
-    def _show_modes(self, chosen: list[GPU]) -> None:
+    def _show_modes(self, chosen: list[GPU], found) -> MemoryMode | None:
         """Every memory mode, with its estimate against the chosen GPU where one is chosen (the modes are for
-        one GPU); the config's own settings where they are none of the modes."""
-        found = wizard_model(self.owner.config)
+        one GPU); the config's own settings where they are none of the modes. Returns the config's mode (None:
+        none of them)."""
         self.fits = mode_fits(*found, chosen[0].memory) if found and len(chosen) == 1 else []
         self.choices = [(fit.mode, fit.run) for fit in self.fits]
         if found and not self.fits:  # the CPU: the modes without an estimate
             self.choices = [(mode, in_mode(found[2], mode)) for mode in MEMORY_MODES]
-        current = self.current_mode()
+        run = found[2] if found else None
+        current = next((mode for mode in MEMORY_MODES if run and mode.optimizer == run.optimizer.name
+                        and run.memory == in_mode(run, mode).memory), None)
         self.mode.blockSignals(True)
         self.mode.clear()
         for i, (mode, run) in enumerate(self.choices):
@@ -623,6 +617,7 @@ class HardwarePage(_Page):
         self.fit_button.setEnabled(bool(self.fits))
         cost = MEMORY_MODES[index].cost if 0 <= index < len(MEMORY_MODES) else ""
         self.mode_note.setText(f"{cost}. {self.applied}" if self.applied else cost)
+        return current
 
     def _use_mode(self, index: int) -> None:
         """Write the chosen mode's settings into the config, with the activation checkpointing and batches it
@@ -649,10 +644,10 @@ class HardwarePage(_Page):
             return
         self._use_mode(fitting[0])
 
-    def _show_estimate(self, device: str, chosen: list[GPU]) -> list[str]:
+    def _show_estimate(self, device: str, chosen: list[GPU], found) -> list[str]:
         """Each stage's memory against the smallest chosen GPU, or the computer's memory on the CPU (red when
         over); the problems that makes."""
-        estimates = wizard_estimates(self.owner.config, device, max(1, len(chosen)))
+        estimates = wizard_estimates(found, device, max(1, len(chosen)))
         if estimates is None:
             self.estimate.setText("The Review page's check estimates memory for this model.")
             return []
@@ -695,9 +690,8 @@ def wizard_model(config: dict):
     return (model, model_bytes(config) // 4, run) if model is not None else None
 
 
-def wizard_estimates(config: dict, device: str, processes: int) -> list[MemoryEstimate] | None:
-    """The trainer's memory estimate per stage, without torch; None where wizard_model has none."""
-    found = wizard_model(config)
+def wizard_estimates(found, device: str, processes: int) -> list[MemoryEstimate] | None:
+    """The trainer's memory estimate per stage, without torch, from what wizard_model found (None: none)."""
     if found is None:
         return None
     model, params, run = found

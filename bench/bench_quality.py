@@ -5,7 +5,7 @@ on held-out prompts. Every setting sees the same data, timesteps and noise in th
 them by step), so the loss curves are paired: a difference is the setting's. Run at the preset's rate and at
 10x it (where the model moves far and a lossy setting would show).
 
-    python bench/bench_quality.py [--scenes 256] [--prompts 200]
+    python bench/bench_quality.py [--scenes 256] [--prompts 600]
         (writes bench/out/bench_quality.json and bench/out/bench_quality.png)
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -45,13 +44,9 @@ COLOURS = ["#222222", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728"]
 SMOOTH_LAST = 50  # the final loss: the mean of the last 50 steps' losses (the same batches in every setting)
 
 
-# OpenMP threads that spin while waiting collapse under any other load (issue 26); results do not depend on it.
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-
-
 def run(command: list[str], log: Path) -> None:
     with log.open("w") as out:
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
 
@@ -79,7 +74,7 @@ def alignment(model: Path, prompts: int, work: Path) -> dict:
     log = work / f"evaluate-{model.parent.parent.parent.name or model.name}.json"
     with log.open("w") as out:
         subprocess.run(CLI + ["evaluate", "--model", str(model), "--count", str(prompts), "--json"], stdout=out,
-                       stderr=subprocess.DEVNULL, check=True, cwd=ROOT, env=ENV)
+                       stderr=subprocess.DEVNULL, check=True, cwd=ROOT)
     report = json.loads(log.read_text())
     return {"single": report["single"]["all"], "pair": report["pair"]["all"]}
 
@@ -130,7 +125,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=256)
-    parser.add_argument("--prompts", type=int, default=200, help="held-out prompts for the alignment")
+    parser.add_argument("--prompts", type=int, default=600, help="held-out prompts for the alignment")
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 10.0], help="times the preset's rate")
     args = parser.parse_args()
     import torch
@@ -157,7 +152,8 @@ def main() -> None:
                 print(f"{rate:8} {label:58} loss {row['final_loss']:.4f}  single {row['alignment']['single']:.1%}"
                       f"  pairs {row['alignment']['pair']:.1%}  {seconds:.0f} s", flush=True)
     plot(results, OUT / "bench_quality.png")
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+               f"Python {platform.python_version()}")
     save_results("bench_quality", {"machine": machine, "scenes": args.scenes, "prompts": args.prompts,
                                    "base_alignment": base, "results": results})
     for rate, rows in results.items():

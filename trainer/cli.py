@@ -110,7 +110,8 @@ def accumulation_steps(config: RunConfig, world: int) -> list[int]:
                             f"({stage.batch_size // world} per process).")
     if world > 1 and config.steps_one_by_one:
         problems.append("memory.weights = bf16, memory.fused_backward and optimizer.name = adamw8bit or adafactor "
-                        "work with one process (one GPU, or the CPU) for now; use one GPU, or the default memory settings.")
+                        "work with one process (one GPU, or the CPU) for now; use one GPU, or the default memory "
+                        "settings.")
     if problems:
         raise ConfigError("\n".join(problems))
     return steps

@@ -208,16 +208,16 @@ class MemoryMode:
 MEMORY_MODES = (
     MemoryMode({}, "adamw", "today's settings: the reference"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adamw",
-               "bf16 weights with stochastic rounding: the same loss on the demo; the EMA is copied to the "
-               "computer's memory each step (slower on a slow PCIe link)"),
+               "bf16 weights with stochastic rounding: the loss within 0.3% of today's on the demo; the EMA is "
+               "copied to the computer's memory every step (slower over a slow PCIe link)"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adamw8bit",
-               "8-bit moments: the same loss on the demo; a slightly slower optimizer step"),
+               "8-bit moments: the loss within 0.3% of today's on the demo; a slower optimizer step"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True}, "adafactor",
-               "a factored second moment and no momentum: a slightly different path, the same loss on the demo"),
+               "a factored second moment and no momentum: the loss within 1.1% of today's on the demo"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adamw8bit",
                "no gradient accumulation: a step per micro-batch (a smaller batch, a noisier step)"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adafactor",
-               "the lightest: no gradient accumulation (a step per micro-batch) and Adafactor"),
+               "the lightest: Adafactor, and no gradient accumulation (a step per micro-batch)"),
 )
 
 
@@ -234,8 +234,8 @@ class ModeFit:
 
     def changes(self, original: RunConfig) -> str:
         """What else the mode changed in the config, in words ("" when nothing did)."""
-        said = ["activation checkpointing on"] if self.run.activation_checkpointing > original.activation_checkpointing \
-            else []
+        switched_on = self.run.activation_checkpointing and not original.activation_checkpointing
+        said = ["activation checkpointing on"] if switched_on else []
         said += [f"stage '{stage.name}': batch {stage.batch_size}, micro-batch {stage.micro_batch_size}"
                  for before, stage in zip(original.stages, self.run.stages)
                  if (before.batch_size, before.micro_batch_size) != (stage.batch_size, stage.micro_batch_size)]
