@@ -17,6 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 
+OPENAI_CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
+                      "stop", "seed", "stream", "frequency_penalty", "presence_penalty", "response_format"}
+
+
 class Script:
     def __init__(self):
         self.fail_first = 0  # this many chat requests answer 500 first
@@ -28,6 +32,7 @@ class Script:
         self.retry_after = "1"
         self.endless = ""  # "models" or "chat": that answer's body never ends; "drip": one byte every 2 s
         self.gone = False  # chat requests get their connection closed without an answer (the server died)
+        self.strict = False  # refuse fields OpenAI does not define with 422, as `transformers serve` does
         self.requests = []  # the chat bodies received
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
@@ -91,6 +96,9 @@ def make_handler(script: Script):
                 script.most_in_flight = max(script.most_in_flight, script.in_flight)
             try:
                 time.sleep(script.delay)
+                unexpected = set(body) - OPENAI_CHAT_FIELDS
+                if script.strict and unexpected:  # transformers serve's own answer, word for word
+                    return self._reply(422, {"detail": f"Unexpected fields in the request: {unexpected}"})
                 if failing:
                     return self._reply(500, {"error": {"message": "busy"}})
                 if len(script.requests) <= script.busy_first:

@@ -516,3 +516,27 @@ def test_a_caption_that_repeats_itself_is_cut_and_its_image_marked_for_review(tm
     state = CaptionState(folder)
     assert state.statuses() == {"scene-00000.png": "needs fixing"}
     state.close()
+
+
+def test_a_strict_openai_server_is_asked_again_without_the_fields_it_refuses(tmp_path, server):
+    """transformers serve answers 422 to top_k and repetition_penalty: the first request is sent again
+    without them, the summary says so, and the next job asks without them from the start."""
+    from core.captioning.server import ServerCaptioner, servers_file
+
+    server.script.strict = True
+    folder = folder_of_colours(tmp_path / "set", 6)
+    captioner = ServerCaptioner(server.url, concurrency=2)
+    summary, outcomes = run_job(folder, captioner)
+    assert summary.captioned == 6 and not summary.failed
+    assert any("does not take top_k and repetition_penalty" in w for w in summary.warnings)
+    refused = [r for r in server.script.requests if "top_k" in r]
+    assert 1 <= len(refused) <= 2  # the requests in flight when the refusal came; none after
+    assert json.loads(servers_file().read_text())[server.url]["refused"] == ["repetition_penalty", "top_k"]
+    server.script.requests.clear()
+    again, _ = run_job(folder, ServerCaptioner(server.url), mode="overwrite")
+    assert again.captioned == 6 and not any("top_k" in r for r in server.script.requests)
+    assert not any("does not take" in w for w in again.warnings)  # remembered: nothing new to say
+    server.script.strict = False  # a lenient server still gets the fields
+    other = ServerCaptioner(server.url.replace("127.0.0.1", "localhost"))
+    run_job(folder, other, mode="overwrite")
+    assert any("top_k" in r for r in server.script.requests[-6:])

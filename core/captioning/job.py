@@ -207,6 +207,7 @@ class CaptionRun:
                     on_progress(done_count, len(todo), elapsed / done_count * (len(todo) - done_count))
             if not summary.stopped:
                 state.finish_run(key)
+            summary.warnings.extend(getattr(self.captioner, "notes", []))  # e.g. fields a server refused
             summary.seconds = time.perf_counter() - started
             return summary
         except sqlite3.Error as exc:

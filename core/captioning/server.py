@@ -4,6 +4,11 @@
 image sent as a data URI. Requests run concurrently (the server batches them); a failed request is retried
 on connection errors, 429 and 5xx, with a back-off (ServerCaptioner says more: deadlines, Stop). An answer's
 `<think>...</think>` part is removed, and an empty answer is that image's error, not a caption.
+
+Sampling fields: OpenAI's (temperature, top_p) always; top_k and repetition_penalty, which vLLM, LM Studio and
+llama.cpp take but OpenAI does not define, until a server refuses them: a 400/422 naming them is retried at once
+without them, the job's summary says so, and the refusal is remembered for that server (servers.json in the
+data folder), so strict servers (transformers serve) work from the first caption.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from ..errors import Cancelled, LuminaError
+from ..storage import data_dir, read_json, write_json_atomic
 from .styles import DEFAULT_MAX_TOKENS, DEFAULT_SAMPLING
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"  # vLLM's; llama.cpp 8080, LM Studio 1234, Ollama 11434
@@ -30,6 +36,7 @@ CONNECT_TIMEOUT = 10.0
 RETRY_AFTER_CAP = 60.0  # a 429/503's Retry-After is honoured up to this (and within the request's deadline)
 DOWN_AFTER = 3  # requests in a row without an answer: the server is gone, the job stops with one message
 POLL_S = 0.1  # how often waiting code looks at Stop
+EXTRA_SAMPLING = ("top_k", "repetition_penalty")  # not OpenAI's fields: sent until a server refuses them
 _THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
@@ -109,6 +116,8 @@ class ServerCaptioner:
         self.should_stop = lambda: False  # the job sets its own: Stop then ends requests in flight
         self._unanswered = 0  # requests in a row that got no answer at all
         self._lock = threading.Lock()
+        self.refused = set(refused_fields().get(self.base_url, []))  # sampling fields this server refuses
+        self.notes: list[str] = []  # what the job's summary should say about this server
         self.model = model or self.models()[0]
 
     @property
@@ -175,7 +184,9 @@ class ServerCaptioner:
         if "repetition_penalty" in settings:
             body["repetition_penalty"] = settings["repetition_penalty"]
         try:
-            response = self._send("POST", "/chat/completions", json=body)
+            response = self._send("POST", "/chat/completions", json=self._without_refused(body))
+            if response.status_code in (400, 422) and self._learn_refusal(body, response.text):
+                response = self._send("POST", "/chat/completions", json=self._without_refused(body))
         except (ServerError, Cancelled) as exc:
             return CaptionFailed(str(exc))
         if response.status_code >= 400:
@@ -188,6 +199,28 @@ class ServerCaptioner:
             return CaptionFailed("the server's answer holds no message")
         caption = strip_thinking(text)
         return caption if caption else CaptionFailed("the server gave an empty caption")
+
+    def _without_refused(self, body: dict) -> dict:
+        return {k: v for k, v in body.items() if k not in self.refused}
+
+    def _learn_refusal(self, body: dict, answer: str) -> bool:
+        """Whether a 400/422 `answer` names sampling fields beyond OpenAI's that `body` sent (now refused,
+        remembered for this server and noted for the summary): then the request is worth sending again."""
+        named = [f for f in EXTRA_SAMPLING if f in body and f in answer]
+        if not named:
+            return False
+        with self._lock:  # requests in flight may learn the same at once: it is noted and written once
+            fresh = [f for f in named if f not in self.refused]
+            self.refused.update(named)
+            if fresh:
+                note = (f"{self.base_url} does not take {' and '.join(fresh)} (not OpenAI fields): captions are "
+                        "asked for without them")
+                try:
+                    remember_refusal(self.base_url, sorted(self.refused))
+                    self.notes.append(note + ", and this server is remembered.")
+                except OSError as exc:
+                    self.notes.append(note + f" (not remembered: {exc}).")
+        return True
 
     def _send(self, method: str, path: str, **kwargs) -> Reply:
         """The whole answer within `timeout` (retries and waits included), retried on connection errors,
@@ -247,3 +280,22 @@ class ServerCaptioner:
     def _count_unanswered(self, unanswered: bool) -> None:
         with self._lock:
             self._unanswered = self._unanswered + 1 if unanswered else 0
+
+
+def servers_file():
+    return data_dir() / "servers.json"
+
+
+def refused_fields() -> dict[str, list[str]]:
+    """Per server address, the sampling fields it refused (a damaged file counts as none remembered)."""
+    data = read_json(servers_file(), {})
+    if not isinstance(data, dict):
+        return {}
+    return {url: [f for f in entry.get("refused", []) if f in EXTRA_SAMPLING]
+            for url, entry in data.items() if isinstance(entry, dict) and isinstance(entry.get("refused"), list)}
+
+
+def remember_refusal(base_url: str, fields: list[str]) -> None:
+    remembered = {url: {"refused": refused} for url, refused in refused_fields().items()}
+    remembered[base_url] = {"refused": fields}
+    write_json_atomic(servers_file(), remembered)
