@@ -540,3 +540,43 @@ def test_a_strict_openai_server_is_asked_again_without_the_fields_it_refuses(tmp
     other = ServerCaptioner(server.url.replace("127.0.0.1", "localhost"))
     run_job(folder, other, mode="overwrite")
     assert any("top_k" in r for r in server.script.requests[-6:])
+
+
+def test_transformers_serve_captions_a_folder_with_the_demo_captioner(tmp_path):
+    """A real strict OpenAI-compatible server, not our stub: `transformers serve` with the shipped demo captioner
+    (a LLaVA). It refuses top_k and repetition_penalty with 422; the job learns that and captions every image."""
+    import socket
+    import urllib.request
+
+    from core.captioning.server import ServerCaptioner
+    from core.scenes.world import write_dataset
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    captioner_folder = Path(__file__).resolve().parents[1] / "resources" / "demo-captioner"
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(captioner_folder),
+               "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 180  # a safety net: the loop ends as soon as the server answers
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "transformers serve did not start"
+                time.sleep(0.5)
+        folder = tmp_path / "scenes"
+        write_dataset(folder, 4, seed=3, captions=False)
+        summary, outcomes = run_job(folder, ServerCaptioner(url, concurrency=2))
+        assert summary.captioned == 4 and not summary.failed, summary.describe()
+        assert any("does not take top_k and repetition_penalty" in w for w in summary.warnings)
+        captions = [read_captions(image)[0] for image in sorted(folder.glob("*.png"))]
+        assert all(any(shape in c for shape in ("circle", "square", "triangle")) for c in captions), captions
+    finally:
+        server.terminate()
+        server.wait(30)
