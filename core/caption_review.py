@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .caption_state import FROM_FILE, HAND, REVIEW_STATUSES, CaptionState, folder_lock
-from .datasets import decode_legacy, list_images, read_captions, sidecar, split_captions, write_captions
+from .datasets import (clean_caption, decode_legacy, list_images, read_captions, sidecar, split_captions,
+                       write_captions)
 from .errors import LuminaError
 from .exports import building_folder, check_file_target, check_folder_target
 from .exports import reason as export_reason
@@ -140,7 +141,7 @@ class CaptionDataset:
         if image in self.unreadable:
             raise ReviewError(f"{sidecar(self.path(image)).name} cannot be read ({self.unreadable[image]}), so it "
                               "is left as it is.")
-        self._write(image, [" ".join(c.split()) for c in captions if c.strip()])
+        self._write(image, [line for line in map(clean_caption, captions) if line])
 
     def _write(self, image: str, lines: list[str]) -> None:
         with folder_lock(self.folder):  # a captioning run writes one image at a time under the same lock

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +50,16 @@ def detect_format(path: Path) -> str:
     return "folder"
 
 
+def clean_caption(text: str) -> str:
+    """One caption as one line: a byte-order mark (PowerShell 5 begins its UTF-8 files with one), NUL and other
+    control characters (an editor's or a model's) dropped, each run of white space one space."""
+    kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(kept.replace("\ufeff", "").split())
+
+
 def split_captions(text: str) -> list[str]:
-    """A sidecar's alternative captions: its non-empty lines, stripped."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """A sidecar's alternative captions: its non-empty lines, cleaned (clean_caption)."""
+    return [caption for caption in map(clean_caption, text.splitlines()) if caption]
 
 
 def read_dataset_captions(path: Path, fmt: str = "auto") -> Listing:
@@ -110,8 +118,9 @@ def decode_legacy(data: bytes) -> str:
 
 def write_captions(image: Path, captions: list[str]) -> None:
     """Write the image's `.txt` atomically (temp file, fsync, rename: a crash leaves the old captions or the
-    new ones). One caption per line; a caption's own line breaks become spaces. Errors are raised."""
-    lines = [" ".join(c.split()) for c in captions]
+    new ones). One caption per line, cleaned (a caption's own line breaks become spaces, control characters
+    go). Errors are raised."""
+    lines = [clean_caption(c) for c in captions]
     write_text_atomic(sidecar(image), "".join(line + "\n" for line in lines if line))
 
 
@@ -170,7 +179,7 @@ def _read_jsonl(path: Path) -> Listing:
 def _jsonl_records(path: Path, listing: Listing):
     """(line number, record) for each JSON object; a .json file may hold one list of them."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark first is no part of the JSON
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} cannot be read ({exc}).") from None
     if path.suffix == ".json":

@@ -580,3 +580,19 @@ def test_transformers_serve_captions_a_folder_with_the_demo_captioner(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_byte_order_mark_and_control_characters_never_reach_a_caption(tmp_path):
+    """PowerShell 5 writes UTF-8 with a byte-order mark; a model can answer NUL or other control characters."""
+    from core.captioning.styles import Prompt
+    from core.datasets import read_dataset_captions
+
+    folder = folder_of_colours(tmp_path / "set", 2)
+    (folder / "img-00.txt").write_bytes("\ufeffa red square\r\nred, square\r\n".encode("utf-8"))
+    (folder / "metadata.jsonl").write_bytes("\ufeff".encode() + b'{"path": "img-01.png", "prompt": "x"}\n')
+    assert read_captions(folder / "img-00.png") == ["a red square", "red, square"]
+    assert Prompt("tags", "", "q").finish("a\x00 blue\x07 square\x1b[0m") == "a blue square[0m"
+    write_captions(folder / "img-01.png", ["one\x00 caption\x0b", "\ufeffother"])
+    assert (folder / "img-01.txt").read_text(encoding="utf-8") == "one caption\nother\n"
+    listing = read_dataset_captions(folder / "metadata.jsonl")  # a JSON file beginning with a mark reads too
+    assert listing.pairs and not listing.unreadable

@@ -62,7 +62,9 @@ class Prompt:
 
     def finish(self, text: str) -> str:
         """The caption as written: one line (a line of a .txt is one alternative caption), prefix and suffix."""
-        line = " ".join(text.split())
+        from ..datasets import clean_caption  # here: the CLI's parser reads this module's style names
+
+        line = clean_caption(text)
         return f"{self.prefix}{line}{self.suffix}".strip() if line else ""
 
 
