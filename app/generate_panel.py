@@ -387,7 +387,8 @@ class GeneratePanel(QWidget):
         self.apply_values(settings)
         if isinstance(settings.get("seed"), int):
             self.use_seed(settings["seed"])
-        self.say(f"Loaded the settings of {Path(path).name} ({settings['source']}).")
+        note = f"; {settings['note']}" if settings.get("note") else ""
+        self.say(f"Loaded the settings of {Path(path).name} ({settings['source']}){note}.")
         self.settings_loaded.emit(path)
 
 

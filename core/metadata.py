@@ -158,9 +158,24 @@ def read_settings(path: str | Path) -> dict:
         raise MetadataError(f"{path} has generation settings that could not be parsed ({type(exc).__name__}: "
                             f"{str(exc)[:200]}).") from None
     try:
-        return checked_settings(settings)
+        return checked_settings(nearest_valid_size(settings))
     except RequestError as exc:
         raise MetadataError(f"{path}: {exc}") from None
+
+
+def nearest_valid_size(settings: dict) -> dict:
+    """A size that is not a multiple of 16 (1368x768 from SD 1.5) becomes the nearest that is, with a note
+    saying so, so the prompt, seed and the rest still load."""
+    size = [settings.get("width"), settings.get("height")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size if v is not None):
+        return settings  # the request's own check names what is wrong
+    nearest = [max(16, round(v / 16) * 16) if v is not None else None for v in size]
+    if nearest == size:
+        return settings
+    shown = lambda values: "x".join(str(v) for v in values if v is not None)  # noqa: E731
+    return {**settings, "width": nearest[0], "height": nearest[1],
+            "note": f"its size {shown(size)} is not a multiple of 16 pixels: the nearest that is, "
+                    f"{shown(nearest)}, is proposed"}
 
 
 def _json_object(text: str) -> dict:
@@ -173,7 +188,7 @@ def _json_object_of(value) -> dict:
     return value
 
 
-_TEXT_KEYS = ("source", "sampler", "model", "model_hash", "system_prompt_text")
+_TEXT_KEYS = ("source", "sampler", "model", "model_hash", "system_prompt_text", "note")
 
 
 def checked_settings(settings: dict) -> dict:
@@ -234,15 +249,19 @@ def _a1111_pairs(line: str) -> list[tuple[str, str]] | None:
     return pairs
 
 
+_A1111_KEYS_ANY_CASE = {key.lower(): target for key, target in _A1111_KEYS.items()}  # "CFG Scale" too
+
+
 def _a1111_value(settings: dict, key: str, raw: str) -> None:
     value = json.loads(raw) if raw.startswith('"') and raw.endswith('"') and len(raw) > 1 else raw
-    if key == "Size":
+    key = key.lower()
+    if key == "size":
         width, height = str(value).split("x")
         settings["width"], settings["height"] = int(width), int(height)
-    elif key == "Sampler":
+    elif key == "sampler":
         settings["solver" if value in ("euler", "midpoint", "dpm") else "sampler"] = str(value)
-    elif key in _A1111_KEYS:
-        name, kind = _A1111_KEYS[key]
+    elif key in _A1111_KEYS_ANY_CASE:
+        name, kind = _A1111_KEYS_ANY_CASE[key]
         settings[name] = kind(value)
 
 
@@ -283,8 +302,8 @@ def _parse_invokeai(data: dict) -> dict:
     for key, name in names.items():
         if key in data:
             settings[name] = data[key]
-    if isinstance(data.get("model"), dict):
-        settings["model"] = data["model"].get("name")
+    if isinstance(data.get("model"), dict):  # InvokeAI 4 names it "name", 3.x "model_name"
+        settings["model"] = data["model"].get("name") or data["model"].get("model_name")
     return settings
 
 

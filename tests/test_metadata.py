@@ -132,3 +132,22 @@ def test_every_request_field_has_a_label():
     from core.request import FIELD_LABELS, request_fields
 
     assert tuple(FIELD_LABELS) == request_fields()
+
+
+def test_small_gaps_in_other_tools_files_are_read(tmp_path):
+    """'CFG Scale' with a capital S, InvokeAI 3.x's model_name, and a size that is not a multiple of 16 (which
+    lost the whole file): the prompt, seed and the rest load, and the nearest valid size is proposed."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a lighthouse at dusk\nSteps: 30, CFG Scale: 6.5, Seed: 1234, Size: 1368x768")
+    path = tmp_path / "sd15.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    settings = read_settings(path)
+    assert (settings["prompt"], settings["seed"], settings["steps"], settings["guidance"]) == (
+        "a lighthouse at dusk", 1234, 30, 6.5)
+    assert (settings["width"], settings["height"]) == (1376, 768)  # 1360 and 1376 are as near: as Generate rounds
+    assert "1368x768 is not a multiple of 16" in settings["note"] and "1376x768" in settings["note"]
+    invoke = PngImagePlugin.PngInfo()
+    invoke.add_text("invokeai_metadata", json.dumps({"positive_prompt": "a boat", "seed": 7,
+                                                     "model": {"model_name": "sd-1.5", "base_model": "sd-1"}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "invoke3.png", pnginfo=invoke)
+    assert read_settings(tmp_path / "invoke3.png")["model"] == "sd-1.5"
