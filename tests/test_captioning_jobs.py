@@ -532,6 +532,8 @@ def test_a_strict_openai_server_is_asked_again_without_the_fields_it_refuses(tmp
     refused = [r for r in server.script.requests if "top_k" in r]
     assert 1 <= len(refused) <= 2  # the requests in flight when the refusal came; none after
     assert json.loads(servers_file().read_text())[server.url]["refused"] == ["repetition_penalty", "top_k"]
+    same, _ = run_job(folder, captioner, mode="overwrite")  # the app's worker keeps its captioner: said once
+    assert same.captioned == 6 and not any("does not take" in w for w in same.warnings)
     server.script.requests.clear()
     again, _ = run_job(folder, ServerCaptioner(server.url), mode="overwrite")
     assert again.captioned == 6 and not any("top_k" in r for r in server.script.requests)

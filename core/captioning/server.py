@@ -125,8 +125,8 @@ class ServerCaptioner:
         return f"{self.model} at {self.base_url}"
 
     def watch(self, should_stop) -> None:
-        """A job begins: its Stop ends requests in flight, and the server's silence is counted afresh."""
-        self.should_stop, self._unanswered = should_stop, 0
+        """A job begins: its Stop ends requests in flight, and the server's silence and notes start afresh."""
+        self.should_stop, self._unanswered, self.notes = should_stop, 0, []
 
     def close(self) -> None:
         self.client.close()
