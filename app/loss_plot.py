@@ -64,8 +64,7 @@ class LossPlot(QWidget):
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.series = "loss"
         self.log_scale = False
-        self.comparison: PlotPoints | None = None
-        self.comparison_name = ""
+        self.set_comparison(None)
         self.clear()
 
     def clear(self) -> None:
@@ -74,7 +73,11 @@ class LossPlot(QWidget):
 
     def set_comparison(self, points: PlotPoints | None, name: str = "") -> None:
         """Another run's smoothed loss drawn dashed over this one's (the loss series only), or none."""
+        import numpy as np
+
         self.comparison, self.comparison_name = points, name
+        self._comparison_arrays = None if points is None else (
+            np.asarray(points.steps, dtype=float), np.asarray(points.smoothed, dtype=float))  # once, not per paint
         self.update()
 
     def set_points(self, points: PlotPoints) -> None:
@@ -119,10 +122,9 @@ class LossPlot(QWidget):
         """(steps, smoothed loss) of the run compared with, on this plot's scale; None when there is none."""
         import numpy as np
 
-        if self.comparison is None or self.series != "loss" or not self.comparison.smoothed:
+        if self._comparison_arrays is None or self.series != "loss" or not self.comparison.smoothed:
             return None
-        steps = np.asarray(self.comparison.steps, dtype=float)
-        smooth = np.asarray(self.comparison.smoothed, dtype=float)
+        steps, smooth = self._comparison_arrays
         keep = np.isfinite(smooth) & ((smooth > 0) if self.log_scale else True)
         if not keep.any():
             return None

@@ -33,8 +33,8 @@ from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
 from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import (MEMORY_MODES, MemoryEstimate, MemoryMode, ModeFit, in_mode, mode_fits, mode_label,
-                            ram_size, stage_estimates)
+from trainer.memory import (MEMORY_MODES, MemoryEstimate, MemoryMode, ModeFit, in_mode, mode_changes, mode_fits,
+                            mode_label, ram_size, stage_estimates)
 
 from .background import run_in_background
 from .plain_text import plain_label
@@ -604,7 +604,7 @@ class HardwarePage(_Page):
         self.mode.clear()
         for i, (mode, run) in enumerate(self.choices):
             fit = self.fits[i] if self.fits else None
-            changes = fit.changes(found[2]) if fit else ""
+            changes = mode_changes(run, found[2]) if fit else ""
             self.mode.addItem(mode_label(run) + (f": about {human_size(fit.need)}, {'fits' if fit.fits else 'too big'}"
                                                  if fit else "") + (f" (with {changes})" if changes else ""))
         index = MEMORY_MODES.index(current) if current in MEMORY_MODES else -1
@@ -627,7 +627,7 @@ class HardwarePage(_Page):
         mode, run = self.choices[index]
         config = self.owner.config
         found = wizard_model(config)
-        changes = ModeFit(mode, run, 0, True).changes(found[2]) if found else ""
+        changes = mode_changes(run, found[2]) if found else ""
         self.applied = f"Changed with it: {changes} (the Stages page shows the batches)." if changes else ""
         config["memory"] = dict(mode.memory)
         config["optimizer"] = {**config.get("optimizer", {}), "name": mode.optimizer}

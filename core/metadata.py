@@ -172,10 +172,9 @@ def nearest_valid_size(settings: dict) -> dict:
     nearest = [max(16, round(v / 16) * 16) if v is not None else None for v in size]
     if nearest == size:
         return settings
-    shown = lambda values: "x".join(str(v) for v in values if v is not None)  # noqa: E731
+    old, new = ("x".join(str(v) for v in values if v is not None) for values in (size, nearest))
     return {**settings, "width": nearest[0], "height": nearest[1],
-            "note": f"its size {shown(size)} is not a multiple of 16 pixels: the nearest that is, "
-                    f"{shown(nearest)}, is proposed"}
+            "note": f"its size {old} is not a multiple of 16 pixels: the nearest that is, {new}, is proposed"}
 
 
 def _json_object(text: str) -> dict:

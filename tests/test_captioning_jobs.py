@@ -559,13 +559,15 @@ def test_transformers_serve_captions_a_folder_with_the_demo_captioner(tmp_path):
     captioner_folder = Path(__file__).resolve().parents[1] / "resources" / "demo-captioner"
     command = [str(Path(sys.executable).with_name("transformers")), "serve", str(captioner_folder),
                "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    log = tmp_path / "serve.log"  # a file, not a pipe: a pipe nobody reads would stall a chatty server
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 180  # a safety net: the loop ends as soon as the server answers
         while True:
-            assert server.poll() is None, server.stderr.read()
+            assert server.poll() is None, log.read_text()
             try:
                 urllib.request.urlopen(f"{url}/models", timeout=2)
                 break

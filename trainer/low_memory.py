@@ -51,10 +51,10 @@ def adafactor_lr_scale(p: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def eager_steps_on_cpu(p: torch.Tensor):
+def eager_steps_on_cpu(name: str, p: torch.Tensor):
     """torchao compiles its 8-bit step per weight shape: worth it on a GPU; on the CPU it needs a C++ compiler
-    and seconds per shape, so there it runs eagerly (a CPU run trains a small model)."""
-    if p.device.type != "cpu" or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
+    and seconds per shape, so there it runs eagerly (a CPU run trains a small model). Other optimizers: as is."""
+    if name != "adamw8bit" or p.device.type != "cpu" or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
         yield
         return
     os.environ["TORCHDYNAMO_DISABLE"] = "1"
@@ -108,7 +108,7 @@ class OneByOne(torch.optim.Optimizer):
         index = self.index[p]
         self._set_inner_lr(index)
         inner = self.inners[index]
-        with eager_steps_on_cpu(p):
+        with eager_steps_on_cpu(self.name, p):
             if p.dtype == torch.float32:
                 inner.step()
                 return

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core.models.nextdit_config import NextDiTConfig
 from core.storage import human_size
@@ -232,14 +232,15 @@ class ModeFit:
     def label(self) -> str:
         return mode_label(self.run)
 
-    def changes(self, original: RunConfig) -> str:
-        """What else the mode changed in the config, in words ("" when nothing did)."""
-        switched_on = self.run.activation_checkpointing and not original.activation_checkpointing
-        said = ["activation checkpointing on"] if switched_on else []
-        said += [f"stage '{stage.name}': batch {stage.batch_size}, micro-batch {stage.micro_batch_size}"
-                 for before, stage in zip(original.stages, self.run.stages)
-                 if (before.batch_size, before.micro_batch_size) != (stage.batch_size, stage.micro_batch_size)]
-        return "; ".join(said)
+
+def mode_changes(trial: RunConfig, original: RunConfig) -> str:
+    """What a mode changed in the config besides its memory settings, in words ("" when nothing did)."""
+    switched_on = trial.activation_checkpointing and not original.activation_checkpointing
+    said = ["activation checkpointing on"] if switched_on else []
+    said += [f"stage '{stage.name}': batch {stage.batch_size}, micro-batch {stage.micro_batch_size}"
+             for before, stage in zip(original.stages, trial.stages)
+             if (before.batch_size, before.micro_batch_size) != (stage.batch_size, stage.micro_batch_size)]
+    return "; ".join(said)
 
 
 def in_mode(run: RunConfig, mode: MemoryMode, micro_batch: int | None = None,
@@ -247,8 +248,6 @@ def in_mode(run: RunConfig, mode: MemoryMode, micro_batch: int | None = None,
     """`run` in `mode`, each stage's micro-batch `micro_batch` if given (the batch is kept: gradients are
     accumulated), activation checkpointing switched on if asked; the fused backward pass cannot accumulate, so
     there each batch is its micro-batch."""
-    from dataclasses import replace
-
     fused = mode.memory.get("fused_backward", False)
     stages = []
     for stage in run.stages:
@@ -280,7 +279,7 @@ def mode_settings(fit: ModeFit, original: RunConfig) -> str:
     """The config lines that choose this mode (JSON writes TOML's strings and booleans alike)."""
     lines = [f'[optimizer] name = "{fit.mode.optimizer}"']
     lines += [f"[memory] {key} = {json.dumps(value)}" for key, value in fit.mode.memory.items()]
-    changes = fit.changes(original)
+    changes = mode_changes(fit.run, original)
     return ", ".join(lines) + (f"; and {changes}" if changes else "")
 
 
@@ -288,7 +287,7 @@ def describe_fits(fits: list[ModeFit], original: RunConfig, gpu_size: int) -> li
     """One line per mode: whether it fits, its estimate, what else changes and what it costs."""
     lines = []
     for fit in fits:
-        changes = fit.changes(original)
+        changes = mode_changes(fit.run, original)
         lines.append(f"{'fits' if fit.fits else 'too big'}: {fit.label}: about {human_size(fit.need)} of "
                      f"{human_size(gpu_size)}{f' ({changes})' if changes else ''}; {fit.mode.cost}")
     return lines
