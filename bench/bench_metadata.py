@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.metadata import parse_a1111  # noqa: E402
+from core.other_tools import parse_a1111  # noqa: E402
 from results import save_results  # noqa: E402
 
 SIZES = (1 << 10, 16 << 10, 100 << 10, 1 << 20)

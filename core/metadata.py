@@ -1,7 +1,7 @@
 """PNG files with their generation settings, written atomically, and read back.
 
 Each image carries an A1111-style `parameters` text chunk (read by most tools) and a `lumina_studio` JSON
-chunk with every setting. The reader also understands A1111, ComfyUI and InvokeAI images where it can.
+chunk with every setting. The reader also understands other tools' images (core/other_tools.py).
 Text chunks are parsed with Pillow (Qt's reader collapses their newlines).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import MetadataError, OutputError, RequestError
 from .images import open_image
+from .other_tools import parse_comfyui, parse_invokeai, parse_parameters
 from .storage import write_atomic
 
 JSON_KEY = "lumina_studio"
@@ -118,7 +118,7 @@ def read_png_text(path: Path) -> dict[str, str]:
             if not any(key in text for key in _SETTINGS_KEYS):  # chunks may also follow the pixels
                 image.load()
                 text = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
-            return text
+            return {key: _utf8_read_as_latin1(value) for key, value in text.items()}
     except FileNotFoundError:
         raise MetadataError(f"{path} does not exist.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -126,11 +126,21 @@ def read_png_text(path: Path) -> dict[str, str]:
         raise MetadataError(f"{path} is not a readable image ({exc}).") from None
 
 
+def _utf8_read_as_latin1(text: str) -> str:
+    """Undo the mojibake of writers that put UTF-8 into a Latin-1 tEXt chunk (Stability Matrix): `#テスト`
+    comes back. Text that is not such bytes (true Latin-1, iTXt's UTF-8 beyond U+00FF) is kept as it is."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
 def read_settings(path: str | Path) -> dict:
     """Generation settings stored in an image, as GenerationRequest field names where they map.
 
-    Always has "source" (lumina-studio, a1111, comfyui, invokeai); other keys only when found. Every value
-    has passed the request's own checks, so it can go straight into a form. Raises only MetadataError.
+    Always has "source" (lumina-studio, or one of other_tools: a1111, comfyui, invokeai, swarmui, fooocus);
+    other keys only when found. Every value has passed the request's own checks, so it can go straight into a
+    form. Raises only MetadataError.
     """
     path = Path(path)
     text = read_png_text(path)
@@ -149,14 +159,17 @@ def read_settings(path: str | Path) -> dict:
             settings = {**settings, "source": "lumina-studio", "model": model.get("name"),
                         "model_hash": model.get("hash") or None}
         elif key == "parameters":
-            settings = parse_a1111(text[key])
+            settings = parse_parameters(text[key])
         elif key == "invokeai_metadata":
-            settings = _parse_invokeai(_json_object(text[key]))
+            settings = parse_invokeai(_json_object(text[key]))
         else:
-            settings = _parse_comfyui(_json_object(text[key]))
+            settings = parse_comfyui(_json_object(text[key]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
         raise MetadataError(f"{path} has generation settings that could not be parsed ({type(exc).__name__}: "
                             f"{str(exc)[:200]}).") from None
+    if not set(settings) - {"source", "note"}:
+        raise MetadataError(f"{path}: its {settings['source']} data holds no setting this app can use "
+                            f"(no prompt, seed, steps or size was found).")
     try:
         return checked_settings(nearest_valid_size(settings))
     except RequestError as exc:
@@ -173,8 +186,9 @@ def nearest_valid_size(settings: dict) -> dict:
     if nearest == size:
         return settings
     old, new = ("x".join(str(v) for v in values if v is not None) for values in (size, nearest))
+    note = f"its size {old} is not a multiple of 16 pixels: the nearest that is, {new}, is proposed"
     return {**settings, "width": nearest[0], "height": nearest[1],
-            "note": f"its size {old} is not a multiple of 16 pixels: the nearest that is, {new}, is proposed"}
+            "note": f"{settings['note']}; {note}" if settings.get("note") else note}
 
 
 def _json_object(text: str) -> dict:
@@ -206,141 +220,3 @@ def checked_settings(settings: dict) -> dict:
             continue
         checked[key] = value
     return checked
-
-
-_A1111_KEYS = {
-    "Steps": ("steps", int),
-    "CFG scale": ("guidance", float),
-    "Seed": ("seed", int),
-    "Shift": ("shift", float),
-    "CFG truncation": ("cfg_trunc", float),
-    "CFG renorm": ("cfg_renorm", float),
-    "System prompt": ("system_prompt", str),
-    "Compat": ("compat", str),
-    "Cache": ("cache", str),
-    "Model": ("model", str),
-    "Model hash": ("model_hash", str),
-}
-_A1111_KEY = re.compile(r"\w[\w \-/]*")
-# Every alternative consumes at least one character and never backtracks: tokenising is linear.
-_A1111_TOKEN = re.compile(r'\\.|"|,|:|[^\\",:]+|\\')
-
-
-def _a1111_pairs(line: str) -> list[tuple[str, str]] | None:
-    """`Key: value, Key: "quoted, value"` -> [(key, raw value)] in one pass; None when not such a line."""
-    fields, current, quoted = [], [], False
-    for token in _A1111_TOKEN.findall(line):
-        if token == '"':
-            quoted = not quoted
-        elif token == "," and not quoted:
-            fields.append("".join(current))
-            current = []
-            continue
-        current.append(token)
-    fields.append("".join(current))
-    pairs = []
-    for field_text in fields:
-        key, colon, value = field_text.partition(":")
-        key = key.strip()
-        if not colon or not _A1111_KEY.fullmatch(key):
-            return None
-        pairs.append((key, value.strip()))
-    return pairs
-
-
-_A1111_KEYS_ANY_CASE = {key.lower(): target for key, target in _A1111_KEYS.items()}  # "CFG Scale" too
-
-
-def _a1111_value(settings: dict, key: str, raw: str) -> None:
-    value = json.loads(raw) if raw.startswith('"') and raw.endswith('"') and len(raw) > 1 else raw
-    key = key.lower()
-    if key == "size":
-        width, height = str(value).split("x")
-        settings["width"], settings["height"] = int(width), int(height)
-    elif key == "sampler":
-        settings["solver" if value in ("euler", "midpoint", "dpm") else "sampler"] = str(value)
-    elif key in _A1111_KEYS_ANY_CASE:
-        name, kind = _A1111_KEYS_ANY_CASE[key]
-        settings[name] = kind(value)
-
-
-def parse_a1111(text: str) -> dict:
-    lines = text.strip().split("\n")
-    settings: dict = {"source": "a1111"}
-    pairs = _a1111_pairs(lines[-1]) if lines and "Steps:" in lines[-1] else None
-    if pairs is not None:
-        lines.pop()
-        for key, raw in pairs:
-            try:
-                _a1111_value(settings, key, raw)
-            except ValueError:
-                raise ValueError(f"'{key}: {raw[:40]}' is not a usable value") from None
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line[len("Negative prompt:") :].strip()
-        (negative if in_negative else prompt).append(line)
-    settings["prompt"] = "\n".join(prompt)
-    settings["negative_prompt"] = "\n".join(negative)
-    return settings
-
-
-def _parse_invokeai(data: dict) -> dict:
-    settings = {"source": "invokeai"}
-    names = {
-        "positive_prompt": "prompt",
-        "negative_prompt": "negative_prompt",
-        "seed": "seed",
-        "steps": "steps",
-        "cfg_scale": "guidance",
-        "width": "width",
-        "height": "height",
-        "scheduler": "sampler",
-    }
-    for key, name in names.items():
-        if key in data:
-            settings[name] = data[key]
-    if isinstance(data.get("model"), dict):  # InvokeAI 4 names it "name", 3.x "model_name"
-        settings["model"] = data["model"].get("name") or data["model"].get("model_name")
-    return settings
-
-
-_COMFY_SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom"}
-_COMFY_LATENTS = {"EmptyLatentImage", "EmptySD3LatentImage", "EmptyLatentImageAdvanced"}
-
-
-def _parse_comfyui(graph: dict) -> dict:
-    settings: dict = {"source": "comfyui"}
-
-    def text_of(link) -> str | None:
-        if not (isinstance(link, list) and str(link[0]) in graph):
-            return None
-        inputs = graph[str(link[0])].get("inputs", {})
-        value = inputs.get("text", inputs.get("text_g"))
-        if isinstance(value, list):
-            return text_of(value)
-        if value is None and "conditioning" in inputs:
-            return text_of(inputs["conditioning"])
-        return value
-
-    for node in graph.values():
-        kind, inputs = node.get("class_type"), node.get("inputs", {})
-        if kind in _COMFY_SAMPLERS:
-            seed = inputs.get("seed", inputs.get("noise_seed"))
-            for key, name in (("steps", "steps"), ("cfg", "guidance"), ("sampler_name", "sampler")):
-                if not isinstance(inputs.get(key), list) and key in inputs:
-                    settings[name] = inputs[key]
-            if isinstance(seed, int):
-                settings["seed"] = seed
-            for key, name in (("positive", "prompt"), ("negative", "negative_prompt")):
-                found = text_of(inputs.get(key))
-                if found is not None:
-                    settings[name] = found
-        elif kind in _COMFY_LATENTS:
-            for key in ("width", "height"):
-                if isinstance(inputs.get(key), int):
-                    settings[key] = inputs[key]
-        elif kind in ("CheckpointLoaderSimple", "UNETLoader"):
-            settings["model"] = inputs.get("ckpt_name") or inputs.get("unet_name")
-    return settings

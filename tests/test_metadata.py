@@ -9,6 +9,7 @@ from PIL import Image, PngImagePlugin
 from core import metadata
 from core.errors import MetadataError, OutputError
 from core.metadata import a1111_parameters, png_info, read_settings, write_png
+from core.other_tools import parse_a1111
 from core.request import GenerationRequest
 
 SETTINGS = {
@@ -35,7 +36,7 @@ def test_round_trip_of_every_setting(tmp_path):
 def test_a1111_text_is_readable_alone(tmp_path):
     text = a1111_parameters(SETTINGS, MODEL)
     assert text.splitlines()[1] == "Negative prompt: blurry, text"
-    parsed = metadata.parse_a1111(text)
+    parsed = parse_a1111(text)
     assert parsed["prompt"] == SETTINGS["prompt"] and parsed["negative_prompt"] == "blurry, text"
     assert (parsed["steps"], parsed["seed"], parsed["width"], parsed["height"]) == (18, 1234, 1024, 1024)
     assert (parsed["solver"], parsed["guidance"], parsed["model_hash"]) == ("midpoint", 4.0, "0123456789")

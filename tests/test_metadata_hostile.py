@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import MetadataError
-from core.metadata import parse_a1111, read_settings
+from core.metadata import read_settings
+from core.other_tools import parse_a1111
 from core.request import GenerationRequest, request_fields
 
 sys.path.insert(0, str(Path(__file__).parent))
