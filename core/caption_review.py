@@ -25,7 +25,8 @@ from .exports import reason as export_reason
 from .storage import folder_writable, write_json_atomic, write_text_atomic
 
 EXPORT_FORMATS = {"txt": "a .txt beside each image (in a new folder, images copied)",
-                  "imagefolder": "Hugging Face imagefolder: metadata.jsonl with file_name and text",
+                  "imagefolder": "Hugging Face imagefolder: metadata.jsonl with file_name, text (the first caption) "
+                                 "and captions (all of them)",
                   "jsonl": "the Lumina authors' jsonl: {\"path\", \"prompt\"}"}
 
 
@@ -258,7 +259,9 @@ class CaptionDataset:
                     if fmt == "txt":
                         write_captions(target, self.captions(image))
                     else:
-                        records.append(json.dumps({"file_name": image, "text": "\n".join(self.captions(image))},
+                        # `text` is one caption (trainers read the column as one); `captions` has them all
+                        captions = self.captions(image)
+                        records.append(json.dumps({"file_name": image, "text": captions[0], "captions": captions},
                                                   ensure_ascii=False))
                 if fmt == "imagefolder":
                     write_text_atomic(building / "metadata.jsonl", "".join(r + "\n" for r in records))

@@ -3,7 +3,8 @@ the trainer, and the one atomic caption writer.
 
 Formats:
   folder       images with a `.txt` beside each (each non-empty line is an alternative caption)
-  imagefolder  Hugging Face imagefolder: `metadata.jsonl` with `file_name` and a text column
+  imagefolder  Hugging Face imagefolder: `metadata.jsonl` with `file_name` and a text column, or a `captions`
+               list of alternative captions (our exports: `text` the first, `captions` all)
   jsonl        the authors' files: {"path", "prompt"} (system prompt "base") or
                {"image_path", "super_high_quality_caption"} (system prompt "align")
 Nothing here raises on a bad item: it is listed with its reason. Only a dataset file that cannot be read at
@@ -147,14 +148,21 @@ def _read_imagefolder(path: Path) -> Listing:
     listing = Listing()
     for number, record in _jsonl_records(path / "metadata.jsonl", listing):
         file_name = record.get("file_name")
-        column = next((c for c in TEXT_COLUMNS if isinstance(record.get(c), str)), None)
         if not isinstance(file_name, str):
             listing.unreadable.append(f"{path / 'metadata.jsonl'} line {number}: no file_name")
-        elif column is None or not split_captions(record[column]):
-            listing.no_caption.append(str(path / file_name))
+        elif captions := _imagefolder_captions(record):
+            listing.pairs.append((path / file_name, captions))
         else:
-            listing.pairs.append((path / file_name, split_captions(record[column])))
+            listing.no_caption.append(str(path / file_name))
     return listing
+
+
+def _imagefolder_captions(record: dict) -> list[str]:
+    """A `captions` list (our exports write every alternative there), else the first text column's lines."""
+    if isinstance(record.get("captions"), list):
+        return [c for c in map(clean_caption, filter(lambda c: isinstance(c, str), record["captions"])) if c]
+    column = next((c for c in TEXT_COLUMNS if isinstance(record.get(c), str)), None)
+    return split_captions(record[column]) if column else []
 
 
 def _read_jsonl(path: Path) -> Listing:

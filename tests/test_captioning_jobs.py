@@ -600,3 +600,22 @@ def test_a_byte_order_mark_and_control_characters_never_reach_a_caption(tmp_path
     assert (folder / "img-01.txt").read_text(encoding="utf-8") == "one caption\nother\n"
     listing = read_dataset_captions(folder / "metadata.jsonl")  # a JSON file beginning with a mark reads too
     assert listing.pairs and not listing.unreadable
+
+
+def test_imagefolder_export_has_one_caption_per_text_and_every_alternative_in_captions(tmp_path):
+    """Hugging Face trainers read `text` as one caption: it holds the first, `captions` holds all; Hugging Face
+    `datasets` loads the export, and our own reader gets every alternative back."""
+    import datasets
+
+    from core.caption_review import CaptionDataset
+    from core.datasets import read_dataset_captions
+
+    folder = folder_of_colours(tmp_path / "set", 2)
+    write_captions(folder / "img-00.png", ["a red card", "red, card"])
+    write_captions(folder / "img-01.png", ["a green card"])
+    CaptionDataset(folder).export("imagefolder", tmp_path / "hf", approved_only=False)
+    rows = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "hf"), split="train")
+    assert sorted(zip(rows["text"], rows["captions"])) == [("a green card", ["a green card"]),
+                                                           ("a red card", ["a red card", "red, card"])]
+    listing = read_dataset_captions(tmp_path / "hf")
+    assert sorted(captions for _, captions in listing.pairs) == [["a green card"], ["a red card", "red, card"]]
