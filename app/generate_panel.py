@@ -45,6 +45,7 @@ class GeneratePanel(QWidget):
         self._running_job: int | None = None  # the job whose images and previews are on screen
         self._last_image = None  # (pixmap, its parameters text): the running job's last finished image
         self.client = client
+        self.store_model_path = False  # File → "Store the model's path in new images"
         self.setAcceptDrops(True)
         self._token_request: int | None = None
         self._build()
@@ -269,7 +270,8 @@ class GeneratePanel(QWidget):
             self.say(str(exc), error=True)
             return
         label = f"{request.prompt[:60] or '(empty prompt)'}  ·  {request.count} image(s)"
-        job = self.client.submit({"request": request.to_dict(), "out_dir": str(library_dir())}, label)
+        job = self.client.submit({"request": request.to_dict(), "out_dir": str(library_dir()),
+                                  "model_path": self.store_model_path}, label)
         if job is None:
             self.say("No model is loaded: choose one with File → Models…", error=True)
             return

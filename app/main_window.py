@@ -102,12 +102,20 @@ class MainWindow(QMainWindow):
             return item
 
         file_menu = self.menuBar().addMenu("&File")
+        file_menu.setToolTipsVisible(True)
         action(file_menu, "&Open image to load its settings…", self.open_image, QKeySequence.Open)
         action(file_menu, "&Models…", self.manage_models)
         action(file_menu, "&Export selected images…", self.gallery.export_dialog, "Ctrl+E")
         action(file_menu, "Open a folder to &caption…", lambda: (self.tabs.setCurrentWidget(self.caption),
                                                                  self.caption.choose_folder()))
         action(file_menu, "&Rebuild library from files", self.rebuild_library)
+        file_menu.addSeparator()
+        self.store_model_path = action(file_menu, "Store the model's &path in new images", self._store_model_path)
+        self.store_model_path.setCheckable(True)
+        self.store_model_path.setToolTip("Off: new images name their model by name and hash only, so an image you "
+                                         "share does not show your folders")
+        self.store_model_path.setChecked(self.settings.value("store_model_path", "false") == "true")
+        self._store_model_path(self.store_model_path.isChecked())
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.Quit)
         edit_menu = self.menuBar().addMenu("&Edit")
@@ -182,6 +190,10 @@ class MainWindow(QMainWindow):
         self.show_banner("")  # the loading state goes to the status bar: a banner would push the window down
         self.statusBar().showMessage(f"Loading {model}…")
         self.client.start(GenerationOptions(model=model, device=self.device, backend=self.generate.backend.currentText()))
+
+    def _store_model_path(self, checked: bool) -> None:
+        self.generate.store_model_path = checked
+        self.settings.setValue("store_model_path", "true" if checked else "false")
 
     def _engine_ready(self, event: dict) -> None:
         run = event["run"]

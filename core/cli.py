@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compat", default="official", choices=COMPAT_NAMES,
                      help="official sampling, or diffusers' Lumina2Pipeline's to match images made with it")
     gen.add_argument("--out", help="output folder (default: the library folder)")
+    gen.add_argument("--store-model-path", action="store_true",
+                     help="also store the model's file path in each image (default: its name and hash only, so an "
+                          "image you share does not show your folders)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
 
     export = commands.add_parser("export-onnx", help="export a model for the ONNX Runtime backend ahead of time")
@@ -258,7 +261,7 @@ def run_generate(args) -> int:
             start_bar(len(finished))
 
     start_bar(0)
-    engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image)
+    engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image, model_path=args.store_model_path)
     return 0
 
 

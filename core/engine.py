@@ -258,10 +258,14 @@ class Engine:
         should_stop: Callable[[], bool] | None = None,
         on_image: Callable[[GeneratedImage], None] | None = None,
         make_cache: Callable[[], StepCache] | None = None,
+        model_path: bool = False,
     ) -> list[GeneratedImage]:
         """Make request.count images with seeds seed, seed+1, ...; save each to out_dir if given.
 
-        make_cache replaces the request's cache with one of the caller's (cache_fit records with it)."""
+        make_cache replaces the request's cache with one of the caller's (cache_fit records with it).
+        Images name the model by name and hash; its local path only with model_path (a shared image would
+        show the folders of the person who made it)."""
+        model = self.model_info if model_path else {k: v for k, v in self.model_info.items() if k != "path"}
         req = self.resolve(request)
         if out_dir is not None:
             check_writable(out_dir)
@@ -296,11 +300,11 @@ class Engine:
             pixels = self.decode(latent)
             timings["decode_s"] = time.perf_counter() - tick
             settings = {**req.to_dict(), "seed": seed, "count": 1, "system_prompt_text": req.system_prompt_text}
-            result = self._finish(pixels, settings, denoiser, timings, warnings)
+            result = self._finish(pixels, settings, model, denoiser, timings, warnings)
             if out_dir is not None:
                 tick = time.perf_counter()
                 stem = time.strftime("%Y%m%d-%H%M%S") + f"-{seed}"
-                info = png_info(a1111_parameters(settings, self.model_info), result.record)
+                info = png_info(a1111_parameters(settings, model), result.record)
                 result.path = write_png(result.image, out_dir, stem, info)
                 timings["save_s"] = time.perf_counter() - tick
             timings["total_s"] = sum(timings.values())
@@ -309,7 +313,7 @@ class Engine:
                 on_image(result)
         return results
 
-    def _finish(self, pixels, settings, denoiser: StagedDenoiser, timings, warnings) -> GeneratedImage:
+    def _finish(self, pixels, settings, model: dict, denoiser: StagedDenoiser, timings, warnings) -> GeneratedImage:
         image = Image.fromarray((pixels * 255).round().astype(np.uint8))
         run = {
             **self.run_info,
@@ -319,7 +323,7 @@ class Engine:
             "cache_coefficients": denoiser.cache.coefficients_used if denoiser.cache else None,
             "timings": timings,
         }
-        record = {"format": FORMAT, "settings": settings, "model": self.model_info, "run": run}
+        record = {"format": FORMAT, "settings": settings, "model": model, "run": run}
         return GeneratedImage(
             image, pixels, settings, record, denoiser.evaluations, denoiser.joint_evaluations, timings, list(warnings)
         )

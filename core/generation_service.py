@@ -1,6 +1,7 @@
 """Generation as a job-worker service: the DiT engine loaded once in the worker child.
 
-Job payload: {"request": GenerationRequest fields, "out_dir": folder}, or {"kind": "measure_backends"}
+Job payload: {"request": GenerationRequest fields, "out_dir": folder, "model_path": store the model's path
+in the images too}, or {"kind": "measure_backends"}
 (time both backends for `--backend auto` and remember the faster: RESULT {"backend_choice"}). Reports PROGRESS (with "image" and
 "count"), PREVIEW ({"image", "width", "height", "rgb": bytes}) and one RESULT per saved image ({"image",
 "path", "settings", "evaluations"}). Query {"kind": "count_tokens", "prompt", "system_prompt"} answers
@@ -67,7 +68,8 @@ class GenerationService(Service):
             finished.append(result.path)
 
         self.engine.generate(request, out_dir=Path(job.payload["out_dir"]), on_step=on_step,
-                             should_stop=report.should_stop, on_image=on_image)
+                             should_stop=report.should_stop, on_image=on_image,
+                             model_path=job.payload.get("model_path", False))
 
     def answer(self, query: dict) -> dict:
         from .prompts import full_prompt, system_prompt_text

@@ -40,6 +40,10 @@ def test_generate_json_and_files(capsys, tiny_model, tmp_path):
     for record in records:
         settings = read_settings(record["path"])
         assert settings["prompt"] == "a red circle" and settings["seed"] == record["seed"]
+        assert str(tiny_model) not in Path(record["path"]).read_bytes().decode("latin-1")  # name and hash only
+    code, out, err = run_cli(capsys, "generate", "a red circle", "--model", str(tiny_model), *SMALL, "--seed", "5",
+                             "--out", str(tmp_path / "with-path"), "--json", "--store-model-path")
+    assert code == 0 and str(tiny_model) in Path(json.loads(out)["path"]).read_bytes().decode("latin-1")
 
 
 def test_same_seed_same_file_contents(capsys, tiny_model, tmp_path):

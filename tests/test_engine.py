@@ -1,5 +1,6 @@
 """The engine end to end on the tiny model: determinism, seeds, cancel, previews, prompts, devices."""
 
+import json
 import threading
 
 import numpy as np
@@ -144,3 +145,16 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="--device cpu"):
             resolve_device("cuda")
+
+
+def test_images_name_the_model_and_store_its_path_only_when_asked(engine, tmp_path):
+    """A shared image must not show the folders of the person who made it: name and hash by default."""
+    from core.metadata import read_png_text
+
+    folder = str(engine.source.dit if engine.source.is_single_file else engine.source.components)
+    plain = engine.generate(GenerationRequest("a cat", seed=1, **SMALL), out_dir=tmp_path / "plain")[0]
+    asked = engine.generate(GenerationRequest("a cat", seed=1, **SMALL), out_dir=tmp_path / "asked", model_path=True)[0]
+    plain_text = read_png_text(plain.path)
+    assert folder not in "".join(plain_text.values()) and "path" not in plain.record["model"]
+    assert plain.record["model"]["name"] and plain.record["model"]["hash"]
+    assert json.loads(read_png_text(asked.path)["lumina_studio"])["model"]["path"] == folder

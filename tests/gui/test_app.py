@@ -101,6 +101,8 @@ def test_settings_survive_a_restart(window, qtbot):
     from app.main_window import MainWindow
 
     window.generate.apply_values({"prompt": "remember me", "steps": 23, "guidance": 5.5, "solver": "dpm"})
+    assert not window.store_model_path.isChecked()  # images name their model by name and hash by default
+    window.store_model_path.trigger()
     window.close()
     again = MainWindow(device="cpu")
     qtbot.addWidget(again)
@@ -108,6 +110,7 @@ def test_settings_survive_a_restart(window, qtbot):
         values = again.generate.form_values()
         assert (values["prompt"], values["steps"], values["guidance"], values["solver"]) == ("remember me", 23, 5.5, "dpm")
         assert again.generate.model.currentData() == "tiny"
+        assert again.store_model_path.isChecked() and again.generate.store_model_path
     finally:
         again.client.stop()
 
