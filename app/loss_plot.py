@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the first points are not dragged to 0)
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
 COMPARISON_COLOUR = QColor("#e07b00")  # orange: apart from the highlight colour in both themes
+VALIDATION_COLOUR = QColor("#2e9d5b")  # green, for the validation loss's dots
 
 
 TICKS = 4  # value labels on the y-axis: 5, the lowest and highest among them
@@ -42,6 +43,7 @@ class PlotPoints:
         self.values: dict[str, list[float]] = {name: [] for name in SERIES}
         self.smoothed: list[float] = []
         self._average = 0.0
+        self.validation: list[tuple[int, float]] = []  # (step, validation loss)
 
     def add(self, record: dict) -> bool:
         """Takes a step record; False when it has no finite loss (nothing to plot)."""
@@ -55,6 +57,11 @@ class PlotPoints:
         self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
         self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.steps)))
         return True
+
+    def add_validation(self, record: dict) -> None:
+        loss, step = record.get("loss"), record.get("step")
+        if isinstance(loss, (int, float)) and math.isfinite(loss) and isinstance(step, int):
+            self.validation.append((step, float(loss)))
 
 
 class LossPlot(QWidget):
@@ -96,6 +103,22 @@ class LossPlot(QWidget):
     def add_step(self, record: dict) -> None:
         if self.points.add(record):
             self._arrays = None
+
+    def add_validation(self, record: dict) -> None:
+        self.points.add_validation(record)
+        self.update()
+
+    def _validation_dots(self):
+        """(steps, validation losses) on this plot's scale, drawn with the loss only; None when there are none."""
+        import numpy as np
+
+        if self.series != "loss" or not self.points.validation:
+            return None
+        steps, losses = (np.asarray(column, dtype=float) for column in zip(*self.points.validation))
+        keep = (losses > 0) if self.log_scale else np.ones(len(losses), dtype=bool)
+        if not keep.any():
+            return None
+        return steps[keep], (np.log10(losses[keep]) if self.log_scale else losses[keep])
 
     def add_stage(self, step: int, name: str) -> None:
         self.stages.append((step, name))
@@ -148,10 +171,11 @@ class LossPlot(QWidget):
         shown = np.log10(values) if self.log_scale else values
         lowest, highest = float(shown[keep].min()), float(shown[keep].max())
         first, last = float(steps[0]), float(max(steps[-1], steps[0] + 1))
-        other = self._comparison_curve()
-        if other is not None:
-            lowest, highest = min(lowest, float(other[1].min())), max(highest, float(other[1].max()))
-            first, last = min(first, float(other[0][0])), max(last, float(other[0][-1]))
+        other, dots = self._comparison_curve(), self._validation_dots()
+        for curve in (other, dots):
+            if curve is not None:
+                lowest, highest = min(lowest, float(curve[1].min())), max(highest, float(curve[1].max()))
+                first, last = min(first, float(curve[0].min())), max(last, float(curve[0].max()))
         lowest, highest = value_range(lowest, highest)
 
         def x_of(step):
@@ -194,6 +218,15 @@ class LossPlot(QWidget):
                 path.moveTo(point) if i == 0 else path.lineTo(point)
             painter.setPen(QPen(COMPARISON_COLOUR, 2, Qt.DashLine))
             painter.drawPath(path)
+        if dots is not None:  # the validation loss: dots joined by a thin line, over the training loss
+            painter.setPen(QPen(VALIDATION_COLOUR, 1.5))
+            points = [QPointF(x_of(float(step)), y_of(float(value))) for step, value in zip(*dots)]
+            for start, end in zip(points, points[1:]):
+                painter.drawLine(start, end)
+            painter.setBrush(VALIDATION_COLOUR)
+            for point in points:
+                painter.drawEllipse(point, 3.5, 3.5)
+            painter.setBrush(Qt.NoBrush)
         painter.setPen(QPen(text, 1, Qt.DashLine))
         metrics = painter.fontMetrics()
         for step, name in self.stages:
@@ -220,4 +253,5 @@ class LossPlot(QWidget):
         painter.drawText(QRectF(area.left() + 8, area.bottom() - 22, area.width() - 16, 16), Qt.AlignLeft,
                          SERIES[self.series] + (" (log scale)" if self.log_scale else "")
                          + ("; thin: each step, thick: smoothed" if len(smooth) == len(steps) else "")
+                         + ("; green dots: validation loss" if dots is not None else "")
                          + (f"; dashed: {self.comparison_name}" if other is not None else ""))

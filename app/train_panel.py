@@ -16,8 +16,8 @@ from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
-    QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QSplitter, QTableWidget, QTextBrowser,
-    QTableWidgetItem, QVBoxLayout, QWidget,
+    QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QSplitter, QTableWidget, QTabWidget,
+    QTextBrowser, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from core.storage import runs_dir
@@ -30,6 +30,8 @@ from .loss_plot import SERIES, LossPlot, PlotPoints
 from .plain_text import escape, plain_label, tooltip
 from .settings_details import details_html
 from .train_alignment import AlignmentMeter, describe, on_scene_world
+from .train_checkpoints import CheckpointTable
+from .train_export import ExportDialog
 from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_runs, summarise, tail
 
 REFRESH_MS = 1000
@@ -145,12 +147,13 @@ class TrainPanel(QWidget):
         self.align_progress = ""  # what the meter measures now: model i of n, prompts done, time left
         self.align_stop = QPushButton("Stop measuring")
         self.align_stop.setToolTip("Stop measuring alignment (the scores measured so far are kept)")
-        self.use_button = QPushButton("Use this checkpoint")
-        self.use_button.setToolTip("Register the newest checkpoint's model and switch Generate to it")
+        self.use_button = QPushButton("Use in Generate")
+        self.use_button.setToolTip("Register the chosen checkpoint's model (the newest when none is chosen) as "
+                                   "\"RUN step N\" and switch Generate to it")
         controls = QVBoxLayout()  # two rows: one would make the window 1,250 px wide at least
         for row_buttons in ((self.stop_button, self.kill_button, self.resume_button, self.sample_button,
                              self.save_button),
-                            (self.use_button, self.align_button, self.open_button, self.tensorboard_button)):
+                            (self.align_button, self.open_button, self.tensorboard_button)):
             row = QHBoxLayout()
             for button in row_buttons:
                 row.addWidget(button)
@@ -187,6 +190,22 @@ class TrainPanel(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
+        self.checkpoint_table = CheckpointTable()
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Write the chosen checkpoint for ComfyUI, the authors' code or diffusers")
+        self.export_button.clicked.connect(self.export_checkpoint)
+        checkpoint_buttons = QHBoxLayout()
+        checkpoint_buttons.addWidget(self.use_button)
+        checkpoint_buttons.addWidget(self.export_button)
+        checkpoint_buttons.addStretch(1)
+        checkpoints = QWidget()
+        checkpoints_layout = QVBoxLayout(checkpoints)
+        checkpoints_layout.setContentsMargins(0, 0, 0, 0)
+        checkpoints_layout.addWidget(self.checkpoint_table, 1)
+        checkpoints_layout.addLayout(checkpoint_buttons)
+        self.details = QTabWidget()  # the events and the checkpoints share the bottom: the tab fits 700 px
+        self.details.addTab(self.log, "Events")
+        self.details.addTab(checkpoints, "Checkpoints")
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
@@ -200,8 +219,7 @@ class TrainPanel(QWidget):
         right_layout.addLayout(align_row)
         right_layout.addWidget(QLabel("Samples (click to enlarge)"))
         right_layout.addWidget(self.samples)
-        right_layout.addWidget(QLabel("Events"))
-        right_layout.addWidget(self.log, 1)
+        right_layout.addWidget(self.details, 1)
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(right)
@@ -300,8 +318,8 @@ class TrainPanel(QWidget):
                 continue
             self._active.discard(folder)
             name = Path(folder).name
-            self.status.emit(f"Training run {name} finished: Use this checkpoint (Train tab) to generate with it."
-                             if state == "finished" else f"Training run {name} is {state}: see the Train tab.")
+            self.status.emit(f"Training run {name} finished: Use in Generate (Train tab, Checkpoints) to generate "
+                             "with it." if state == "finished" else f"Training run {name} is {state}: see the Train tab.")
             QApplication.alert(self.window())
             if self.isVisible():
                 self.refresh_runs()
@@ -399,9 +417,16 @@ class TrainPanel(QWidget):
             for name in record.get("files", []):
                 self._add_sample(name, record)
             self._line(f"samples at step {record.get('step')}")
+        elif kind == "validation":
+            self.plot.add_validation(record)
+            self._line(f"validation loss {record.get('loss', float('nan')):.5f} at step {record.get('step')} "
+                       f"({record.get('images')} held-out images at {record.get('resolution')} px, "
+                       f"{record.get('seconds', 0):.1f} s)")
         elif kind in ("checkpoint", "checkpoint_damaged", "resumed", "stopped", "finished", "failed", "error"):
             detail = record.get("path") or record.get("checkpoint") or record.get("message") or ""
             self._line(f"{kind} at step {record.get('step', '?')} {detail}".rstrip())
+            if kind == "checkpoint":
+                self.checkpoint_table.show_checkpoints(self.run, self.alignment.scores(self.run))
         # other kinds (a newer trainer's) are ignored
 
     def _line(self, text: str) -> None:
@@ -529,6 +554,7 @@ class TrainPanel(QWidget):
             button.setEnabled(self.run is not None)
         self.delete_button.setEnabled(self.run is not None and not active)
         self.use_button.setEnabled(has_checkpoint)
+        self.export_button.setEnabled(has_checkpoint)
         self.align_button.setVisible(self.run is not None and on_scene_world(self.run))
         self.align_button.setEnabled(has_checkpoint and not self.alignment.busy)
 
@@ -563,6 +589,7 @@ class TrainPanel(QWidget):
         self.align_stop.setVisible(busy)
         self.align_label.setText("Prompt alignment on held-out scenes:\n" + describe(scores)
                                  + (f"\n({self.align_progress or 'measuring…'})" if busy else ""))
+        self.checkpoint_table.show_checkpoints(self.run, scores)
 
     def _ask(self, flag: str, what: str) -> None:
         if self.run is not None:
@@ -595,17 +622,25 @@ class TrainPanel(QWidget):
         from core.errors import LuminaError
         from core.models.registry import add_model
 
-        checkpoint = self.run.latest_checkpoint() if self.run else None
+        checkpoint = self.checkpoint_table.chosen() if self.run else None
         if checkpoint is None:
             return
-        name = f"{self.run.path.name}-{checkpoint.name}"
         try:
-            entry = add_model(checkpoint / "model", name)
+            entry = add_model(checkpoint / "model")  # named "RUN step N"
         except LuminaError as exc:
-            plain_text.message(self, "Use this checkpoint", str(exc))
+            plain_text.message(self, "Use in Generate", str(exc))
             return
         self.use_model.emit(entry["name"])
         self.status.emit(f"Registered {entry['name']}; Generate uses it now.")
+
+    def export_checkpoint(self) -> ExportDialog | None:
+        checkpoint = self.checkpoint_table.chosen() if self.run else None
+        if checkpoint is None:
+            return None
+        dialog = ExportDialog(checkpoint, self)
+        dialog.exported.connect(lambda out: self.status.emit(f"Exported {checkpoint.name} to {out}"))
+        dialog.show()
+        return dialog
 
     def delete_run(self) -> None:
         if self.run is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -119,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--lumina-model", help="whose tokenizer measures caption length (default: the demo model)")
     cap.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
 
+    export_checkpoint = commands.add_parser(
+        "export-checkpoint", help="write a training checkpoint (or any model folder) for ComfyUI, the authors' "
+                                  "code or diffusers")
+    export_checkpoint.add_argument("checkpoint", help="a run's checkpoint folder (RUN/checkpoints/step-N) or a "
+                                                      "diffusers model folder")
+    export_checkpoint.add_argument("--format", required=True, choices=("comfyui", "original", "diffusers"),
+                                   help="comfyui: one file for Load Diffusion Model; original: the authors' layout; "
+                                        "diffusers: a complete folder")
+    export_checkpoint.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"),
+                                   help="precision of the weights written")
+    export_checkpoint.add_argument("--out", help="the file (or folder, for diffusers) to write; it must not exist "
+                                                 "(default: RUN/exports/RUN-step-N-FORMAT-DTYPE.safetensors)")
     export_captions = commands.add_parser("export-captions", help="export a captioned folder for training")
     export_captions.add_argument("folder", help="the captioned images' folder")
     export_captions.add_argument("--format", required=True, choices=("txt", "imagefolder", "jsonl"),
@@ -401,6 +414,16 @@ def run_caption(args) -> int:
     return 4 if summary.failed else 0
 
 
+def run_export_checkpoint(args) -> int:
+    from .models.export import default_output, export_model
+
+    signal.signal(signal.SIGTERM, _interrupt)  # the app's Cancel: the export being written is removed
+    source = Path(args.checkpoint).expanduser()
+    out = Path(args.out).expanduser() if args.out else default_output(source, args.format, args.dtype)
+    print(export_model(source, args.format, args.dtype, out))
+    return 0
+
+
 def run_export_captions(args) -> int:
     from .caption_review import CaptionDataset
 
@@ -427,8 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "train"):  # only through lumina-studio, which dispatches these itself
         parser.error("give a command: generate, caption, export-onnx, models, scenes or evaluate (see --help)")
     commands = {"generate": run_generate, "export-onnx": run_export, "models": run_models, "scenes": run_scenes,
-                "evaluate": run_evaluate, "caption": run_caption, "export-captions": run_export_captions}
+                "evaluate": run_evaluate, "caption": run_caption, "export-captions": run_export_captions,
+                "export-checkpoint": run_export_checkpoint}
     return report_errors(PROG, commands[args.command], args)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def report_errors(prog: str, command, *args) -> int:

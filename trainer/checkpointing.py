@@ -24,7 +24,7 @@ from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.nextdit import NextDiTConfig
 from core.storage import human_size, write_json_atomic
 
-from .run_folder import RunFolder
+from .run_folder import RunFolder, best_checkpoint
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 SHARED_COMPONENTS = ("text_encoder", "tokenizer", "vae", "scheduler")
@@ -88,8 +88,9 @@ def begin(run: RunFolder, step: int) -> Path:
     return partial
 
 
-def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: int) -> Path:
-    """Mark the checkpoint complete and move it into place; older ones beyond `keep` are deleted."""
+def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: int, keep_best: bool = True) -> Path:
+    """Mark the checkpoint complete and move it into place; older ones beyond `keep` are deleted, except the
+    one with the best validation loss when `keep_best`."""
     write_json_atomic(partial / "state" / "trainer_state.json", trainer_state)
     _fsync_tree(partial)
     (partial / "COMPLETE").write_text(str(step))
@@ -97,9 +98,11 @@ def commit(run: RunFolder, partial: Path, step: int, trainer_state: dict, keep: 
     if final.exists():  # the same step saved again (a stop right after a scheduled save)
         shutil.rmtree(final)
     os.replace(partial, final)
-    complete = run.complete_checkpoints()
-    for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    checkpoints = run.checkpoint_list()
+    best = best_checkpoint(checkpoints) if keep_best else None
+    for old in checkpoints[:-keep]:
+        if best is None or old.path != best.path:
+            shutil.rmtree(old.path, ignore_errors=True)
     for leftover in run.checkpoints.glob(".partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     return final

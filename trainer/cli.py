@@ -219,7 +219,7 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
 
     run.set_status("preparing", message="encoding latents and captions")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    job = (run.path, config, source, data.items, topology.device, dtype)
+    job = (run.path, config, source, data.items, topology.device, dtype, data.validation)
     if topology.device == "cuda":
         # In a child process: the VAE, Gemma and the CUDA context are gone before training starts.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -233,12 +233,12 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
               "prompt; their ends are cut, as at generation time.", file=sys.stderr)
     return launch(run, topology, precision, config, resume=False)
 
-def prepare_features(run_path, config, source, items, device: str, dtype) -> tuple[list[str], int]:
+def prepare_features(run_path, config, source, items, device: str, dtype, validation) -> tuple[list[str], int]:
     import torch
 
     from .features import FeatureCache
 
-    return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype)
+    return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype, validation)
 
 
 def resume_run(args) -> int:

@@ -110,6 +110,12 @@ class RunConfig:
     ema_decay: float = 0.95  # per optimizer step, as in the authors' fine-tuning script; 0 = no EMA
     pooled_loss_weight: float = 1.0  # the authors' extra loss on 4x average-pooled latents; 0 = off
     keep_checkpoints: int = 2  # older checkpoints are deleted (the newest few are kept)
+    keep_best: bool = True  # and the one with the lowest validation loss is never deleted
+    # The validation loss (trainer/validation.py): a share of each dataset's images held out of training (0 =
+    # none; unset: 0.05 when the datasets hold at least 100 images), or a dataset used for it alone.
+    validation: float | None = None
+    validation_dataset: str = ""
+    validate_every: int = 0  # steps between validation losses (0: at each checkpoint only)
     log_every: int = 1
     components: str = ""  # for a single-file base model: the diffusers folder with VAE and text encoder
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -305,6 +311,17 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
         problems.add("keep_checkpoints", "must be at least 1 (the newest checkpoint is always kept).")
     if config.log_every < 1:
         problems.add("log_every", "must be at least 1.")
+    if config.validation is not None and not 0 <= config.validation <= 0.5:
+        problems.add("validation", f"{config.validation} must be a share from 0 (no validation loss) to 0.5, "
+                                   "e.g. 0.05 for 5% of each dataset's images.")
+    if config.validation_dataset and config.validation:
+        problems.add("validation", "and validation_dataset are both set: hold out a share of the datasets or "
+                                   "name a validation dataset, not both.")
+    if config.validation_dataset and config.validation_dataset not in [d.name for d in config.datasets]:
+        known = ", ".join(repr(d.name) for d in config.datasets if d.name) or "none are named"
+        problems.add("validation_dataset", f"no dataset is named '{config.validation_dataset}' ({known}).")
+    if config.validate_every < 0:
+        problems.add("validate_every", "must be 0 (at each checkpoint only) or more.")
 
     opt = config.optimizer
     if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):

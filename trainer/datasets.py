@@ -5,6 +5,8 @@ is skipped and listed in the report.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,27 +127,81 @@ def stage_items(stage: StageConfig, items: list[Item]) -> list[Item]:
     return [item for item in items if not stage.datasets or item.dataset in stage.datasets]
 
 
+def stage_validation(config: RunConfig, stage: StageConfig, validation: list[Item]) -> list[Item]:
+    """A stage's validation images: a named validation dataset serves every stage; a held-out share follows
+    the stage's datasets."""
+    return validation if config.validation_dataset else stage_items(stage, validation)
+
+
+VALIDATION_TIMESTEPS = 8  # forward passes per validation image (trainer/validation.py)
+AUTO_VALIDATION = 0.05  # the share held out when `validation` is unset ...
+AUTO_VALIDATION_IMAGES = 100  # ... and the datasets hold at least this many images
+
+
+def validation_share(config: RunConfig, images: int) -> float:
+    if config.validation is not None:
+        return config.validation
+    return AUTO_VALIDATION if images >= AUTO_VALIDATION_IMAGES and not config.validation_dataset else 0.0
+
+
+def split_validation(config: RunConfig, items: list[Item]) -> tuple[list[Item], list[Item]]:
+    """(training items, validation items, each image once). A named validation dataset is all validation;
+    else each dataset gives its share of images (never its last one), chosen by a hash of the dataset's name
+    and the file name: the same images after a resume, a reorder or a moved folder."""
+    if config.validation_dataset:
+        held = {item.image for item in items if item.dataset == config.validation_dataset}
+    else:
+        share = validation_share(config, len({item.image for item in items}))
+        held = set()
+        for dataset in dict.fromkeys(item.dataset for item in items):
+            images = sorted({item.image for item in items if item.dataset == dataset},
+                            key=lambda image: (hashlib.sha1(f"{dataset}/{image.name}".encode()).digest(), str(image)))
+            held.update(images[: min(math.ceil(share * len(images)), len(images) - 1)])
+    training = [item for item in items if item.image not in held]
+    validation = list({item.image: item for item in items if item.image in held}.values())
+    return training, validation
+
+
 @dataclass
 class DatasetCheck:
     """What `lumina-studio train --check` and the Train wizard report about a run's data."""
 
-    items: list[Item]
+    items: list[Item]  # the training items
     reports: list[DatasetReport]
     histograms: dict[str, dict[str, int]]  # per stage: "WxH" -> images
     small_buckets: dict[str, dict[str, int]]  # per stage: the buckets with fewer images than its micro-batch
     empty_stages: list[str]  # a message for each stage left without a usable image
+    validation: list[Item] = field(default_factory=list)  # held out for the validation loss
+    validation_note: str = ""
 
     def text(self) -> str:
-        return format_report(self.reports, self.histograms, self.small_buckets)
+        report = format_report(self.reports, self.histograms, self.small_buckets)
+        return f"{report}\n{self.validation_note}" if self.validation_note else report
+
+
+def validation_note(config: RunConfig, training: list[Item], validation: list[Item]) -> str:
+    """One line: what is held out for the validation loss and what a validation costs, or why there is none."""
+    if not validation:
+        if config.validation == 0:
+            return "validation loss: off (validation = 0)."
+        return ("validation loss: off (fewer than 100 images; set validation = 0.05 to hold 5% out, or name a "
+                "validation_dataset).")
+    where = (f"the dataset '{config.validation_dataset}'" if config.validation_dataset else
+             f"{validation_share(config, len({i.image for i in training}) + len(validation)):.0%} of each dataset")
+    when = f"every {config.validate_every} steps and " if config.validate_every else ""
+    return (f"validation loss: {len(validation)} images held out ({where}), computed {when}at each checkpoint: "
+            f"{len(validation) * VALIDATION_TIMESTEPS} forward passes, about the time of "
+            f"{math.ceil(len(validation) * VALIDATION_TIMESTEPS / 3)} training samples.")
 
 
 def check_datasets(config: RunConfig, should_stop=None) -> DatasetCheck:
-    """Read every dataset, then bucket each stage's images."""
+    """Read every dataset, hold the validation images out, then bucket each stage's images."""
     items, reports = [], []
     for index, dataset in enumerate(config.datasets):
         found, report = read_dataset(dataset, index, should_stop)
         items += found
         reports.append(report)
+    items, validation = split_validation(config, items)
     histograms, small, empty = {}, {}, []
     for index, stage in enumerate(config.stages):
         chosen = stage_items(stage, items)
@@ -155,7 +211,8 @@ def check_datasets(config: RunConfig, should_stop=None) -> DatasetCheck:
             continue
         histograms[stage.name] = bucket_histogram(chosen, stage.resolution)
         small[stage.name] = {size: n for size, n in histograms[stage.name].items() if n < stage.micro_batch_size}
-    return DatasetCheck(items, reports, histograms, small, empty)
+    return DatasetCheck(items, reports, histograms, small, empty, validation,
+                        validation_note(config, items, validation))
 
 
 def bucket_histogram(items: list[Item], resolution: int) -> dict[str, int]:

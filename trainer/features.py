@@ -26,7 +26,7 @@ from core.storage import read_json, write_json_atomic
 
 from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket
 from .config import RunConfig, StageConfig
-from .datasets import Item, stage_items
+from .datasets import Item, stage_items, stage_validation
 
 ENCODE_BATCH = 8
 
@@ -90,9 +90,10 @@ class FeatureCache:
     # ---- computing them (the launcher, before training starts) --------------------------------------
 
     def prepare(self, config: RunConfig, source: ModelSource, items: list[Item], device: torch.device,
-                dtype: torch.dtype) -> tuple[list[str], int]:
-        """Encode every stage's latents and every caption. Returns the images that could not be read
-        (they are left out) and how many captions were cut at the 256-token limit."""
+                dtype: torch.dtype, validation: list[Item] = ()) -> tuple[list[str], int]:
+        """Encode every stage's latents (training and validation images) and every caption. Returns the
+        images that could not be read (they are left out) and how many captions were cut at the 256-token
+        limit."""
         components = source.components
         failed = []
         per_stage = [stage_items(stage, items) for stage in config.stages]
@@ -100,7 +101,8 @@ class FeatureCache:
         vae = loader.load_vae(components, dtype, device)
         try:
             for index, stage in enumerate(config.stages):
-                failed += self._encode_latents(index, stage, per_stage[index], vae)
+                held = stage_validation(config, stage, list(validation))
+                failed += self._encode_latents(index, stage, per_stage[index], vae, held)
         finally:
             del vae
             _free(device)
@@ -110,7 +112,8 @@ class FeatureCache:
             prompts = PromptEncoder(tokenizer, encoder, max_tokens=MAX_TOKENS, cache_size=1)
             texts = {"", *(full_prompt(p, system) for system in sample_systems for p in config.samples.prompts)}
             for index in range(len(config.stages)):
-                for entry in self.manifest(index)["items"]:
+                manifest = self.manifest(index)
+                for entry in [*manifest["items"], *manifest.get("validation", [])]:
                     texts.update(entry["texts"])
             truncated = self._encode_texts(sorted(texts), prompts)
         finally:
@@ -128,12 +131,14 @@ class FeatureCache:
         return items[0].system_prompt if items else system_prompt_text("real")
 
     @torch.no_grad()
-    def _encode_latents(self, index: int, stage: StageConfig, items: list[Item], vae) -> list[str]:
+    def _encode_latents(self, index: int, stage: StageConfig, items: list[Item], vae,
+                        validation: list[Item]) -> list[str]:
         folder = self.root / f"latents-{stage.resolution}"
         folder.mkdir(parents=True, exist_ok=True)
         buckets = bucket_sizes(stage.resolution)
         entries, failed, unreadable, todo = [], [], set(), defaultdict(list)
-        for item in items:
+        held = {str(item.image) for item in validation}
+        for item in [*items, *validation]:
             bucket = nearest_bucket(item.width, item.height, buckets)
             try:
                 stat = item.image.stat()
@@ -168,8 +173,10 @@ class FeatureCache:
                             _save_atomic({"latent": latent.cpu()}, self.root / entry["latent"])
                     bar.update(len(pending[start : start + ENCODE_BATCH]))
         entries = [e for e in entries if e["image"] not in unreadable]
-        write_json_atomic(self.manifest_path(index), {"stage": stage.name, "resolution": stage.resolution,
-                                                      "items": entries, "failed": failed})
+        write_json_atomic(self.manifest_path(index), {
+            "stage": stage.name, "resolution": stage.resolution, "failed": failed,
+            "items": [e for e in entries if e["image"] not in held],
+            "validation": [e for e in entries if e["image"] in held]})
         return failed
 
     def _encode_texts(self, texts: list[str], prompts: PromptEncoder) -> int:
@@ -187,7 +194,7 @@ class FeatureCache:
         """Texts become file names; the stage's sample prompts and the empty caption are added."""
         manifest = self.manifest(index)
         relative = lambda text: str(self.text_path(text).relative_to(self.root))  # noqa: E731
-        for entry in manifest["items"]:
+        for entry in [*manifest["items"], *manifest.get("validation", [])]:
             entry["texts"] = [relative(t) for t in entry["texts"]]
         manifest["samples"] = [relative(t) for t in sample_texts]
         manifest["empty"] = relative("")

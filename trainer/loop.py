@@ -39,6 +39,7 @@ from .features import FeatureCache
 from .objective import flow_matching_loss, noisy_inputs
 from .run_folder import RunFolder
 from .samples import SampleMaker
+from .validation import validation_loss, weights_in
 
 
 def stage_lr(stage, step: int) -> float:
@@ -150,7 +151,9 @@ class Trainer:
                     self._samples(stage_index, stage, manifest)
                 if stop or save_now or end_of_stage or (stage.checkpoint_every and
                                                         self.state["step_in_stage"] % stage.checkpoint_every == 0):
-                    self._checkpoint()
+                    self._checkpoint(stage, manifest)  # with its validation loss
+                elif self.config.validate_every and step % self.config.validate_every == 0:
+                    self._validate(stage, manifest)
                 if stop:
                     self._event("stopped", step=step, message="stop requested: saved a checkpoint and exited")
                     return "stopped"
@@ -251,11 +254,33 @@ class Trainer:
                         files=[str(p.relative_to(self.run.path)) for p in paths])
         self.accelerator.wait_for_everyone()
 
-    def _checkpoint(self) -> None:
+    def _validate(self, stage, manifest: dict, weights: dict[str, torch.Tensor] | None = None) -> dict | None:
+        """The validation loss of the weights a checkpoint saves (the EMA when there is one; with several
+        processes, the training weights), logged as a "validation" event; None without validation images."""
+        entries = manifest.get("validation", [])
+        if not entries:
+            return None
+        tick = time.perf_counter()
+        swap = self.ema is not None and self.world == 1
+        if swap and weights is None:
+            weights = self._weights()
+        with weights_in(self._inner, weights) if swap else contextlib.nullcontext():
+            loss = validation_loss(self.model, self.cache, entries, self.config.seed, stage.micro_batch_size,
+                                   self.accelerator.device, self.weight_dtype, self.config.pooled_loss_weight)
+        result = {"validation_loss": loss, "validation_resolution": stage.resolution}
+        step = self.state["global_step"]
+        self._event("validation", step=step, stage=stage.name, loss=loss, resolution=stage.resolution,
+                    images=len(entries), seconds=round(time.perf_counter() - tick, 3),
+                    weights="ema" if swap else "training" if self.ema is not None else "model")
+        if self.accelerator.is_main_process:
+            self.accelerator.log({f"validation_loss/{stage.resolution}px": loss}, step=step)
+        return result
+
+    def _checkpoint(self, stage, manifest: dict) -> None:
         """Save one checkpoint; on failure its partial folder is removed and a full disk says what it needs."""
         partial = checkpointing.partial_path(self.run, self.state["global_step"])
         try:
-            self._save_checkpoint(partial)
+            self._save_checkpoint(partial, stage, manifest)
         except Exception as exc:
             if self.accelerator.is_main_process:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -265,7 +290,7 @@ class Trainer:
                 raise checkpointing.disk_full_error(self.run, needed) from exc
             raise
 
-    def _save_checkpoint(self, partial: Path) -> None:
+    def _save_checkpoint(self, partial: Path, stage, manifest: dict) -> None:
         acc = self.accelerator
         step = self.state["global_step"]
         if acc.is_main_process:
@@ -276,10 +301,13 @@ class Trainer:
             self.ema.save(partial / "state", self.rank)
         in_sync = self._replicas_in_sync()
         weights = self._weights()
+        validation = self._validate(stage, manifest, weights) or {}
         if acc.is_main_process:
             checkpointing.write_model_folder(partial / "model", weights, self.model_config, self.components)
-            final = checkpointing.commit(self.run, partial, step, {**self.state, "optimizer_state": self.config.optimizer_state_kind},
-                                           self.config.keep_checkpoints)
+            state = {**self.state, "optimizer_state": self.config.optimizer_state_kind, "stage_name": stage.name,
+                     **validation}
+            final = checkpointing.commit(self.run, partial, step, state, self.config.keep_checkpoints,
+                                         self.config.keep_best)
             self._event("checkpoint", step=step, path=str(final.relative_to(self.run.path)),
                         replicas_in_sync=in_sync)
         acc.wait_for_everyone()

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.checked import check_record, integer, list_of, number, one_of, optional, read_record, text
@@ -41,6 +42,10 @@ LAUNCHER_FIELDS = {"pid": integer(2), "pid_start": optional(number(0)), "host": 
 PLAN_FIELDS = {"base_model": text(), "components": text(), "device": one_of("cuda", "cpu"),
                "processes": integer(1, 100_000), "gpu_ids": text(1000), "mixed_precision": one_of("no", "fp16", "bf16"),
                "accumulation": list_of(integer(1)), "parameters": integer(0)}
+# A checkpoint's state/trainer_state.json, as far as the Train tab reads it.
+CHECKPOINT_FIELDS = {"global_step": integer(0), "stage_name": text(200), "validation_loss": number(finite=False),
+                     "validation_resolution": integer(1)}
+TRANSFORMER_WEIGHTS = Path("model") / "transformer" / "diffusion_pytorch_model.safetensors"
 # Every event has a kind and a time; these fields, where present, are checked (others pass as they are).
 EVENT_FIELDS = {"event": text(100), "time": number(0), "step": integer(0), "stage": text(200),
                 "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),
@@ -76,6 +81,37 @@ def same_process(pid: int | None, started: float | None) -> bool:
     return now is not None and abs(now - started) < 1.0
 
 
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    stage: str  # "" for checkpoints saved before it was recorded
+    validation_loss: float | None
+    validation_resolution: int | None
+    size: int  # bytes of its transformer weights (the rest of its model folder links to the base model)
+
+
+def checkpoint_info(path: Path) -> CheckpointInfo:
+    record, _ = read_record(path / "state" / "trainer_state.json", CHECKPOINT_FIELDS)
+    try:
+        size = (path / TRANSFORMER_WEIGHTS).stat().st_size
+    except OSError:
+        size = 0
+    step = record.get("global_step", int(path.name.removeprefix("step-")) if path.name[5:].isdigit() else 0)
+    return CheckpointInfo(path, step, record.get("stage_name", ""), record.get("validation_loss"),
+                          record.get("validation_resolution"), size)
+
+
+def best_checkpoint(checkpoints: list[CheckpointInfo]) -> CheckpointInfo | None:
+    """The lowest validation loss among those validated at the highest resolution (a loss at 512 px is no
+    measure against one at 1024 px); None when none was validated."""
+    validated = [c for c in checkpoints if c.validation_loss is not None and c.validation_resolution]
+    if not validated:
+        return None
+    top = max(c.validation_resolution for c in validated)
+    return min((c for c in validated if c.validation_resolution == top), key=lambda c: (c.validation_loss, -c.step))
+
+
 def clean_event(record: object) -> dict | None:
     """An events.jsonl record with its known fields checked (a bad field is dropped); None when it is not an
     event at all, or a step without a step number or loss."""
@@ -106,10 +142,13 @@ class RunFolder:
         self.log_file = self.path / "train.log"
 
     def log(self, event: str, **fields) -> None:
-        """Append one event; each line is flushed so a reader (or a crash) sees whole lines only."""
+        """Append one event; each line is flushed so a reader (or a crash) sees whole lines only. After a line
+        cut by a crash, the event starts a line of its own (it would be lost in the cut one)."""
         record = {"event": event, "time": round(time.time(), 3), **fields}
-        with self.events.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with self.events.open("a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            cut = end > 0 and handle.seek(end - 1) >= 0 and handle.read(1) != b"\n"
+            handle.write((("\n" if cut else "") + json.dumps(record) + "\n").encode("utf-8"))
 
     def read_events(self) -> list[dict]:
         return EventTail(self.events).read()
@@ -163,6 +202,10 @@ class RunFolder:
         """The newest complete checkpoint."""
         done = self.complete_checkpoints()
         return done[-1] if done else None
+
+    def checkpoint_list(self) -> list[CheckpointInfo]:
+        """Every complete checkpoint with its step, stage and validation loss, oldest first."""
+        return [checkpoint_info(path) for path in self.complete_checkpoints()]
 
     # ---- the launcher: is anybody running this run? ---------------------------------------------------
 

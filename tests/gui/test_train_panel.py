@@ -429,7 +429,7 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     assert not panel.align_stop.isVisible() and "measuring" not in panel.align_label.text()
     assert "base model: single shapes" in panel.align_label.text() and "step-00000200" in panel.align_label.text()
     panel.use_checkpoint()
-    qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith("step-00000200"),
+    qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith(" step 200"),
                     timeout=120_000)
     assert again.tabs.currentWidget() is again.generate
 
@@ -569,3 +569,39 @@ def test_a_run_that_ends_is_announced_whichever_tab_is_shown(window, qtbot):
     assert messages and "ending finished" in messages[0] and "Use this checkpoint" in messages[0]
     panel.announce_ended()
     assert len(messages) == 1  # once
+
+
+def test_every_checkpoint_is_listed_with_its_validation_loss_and_an_older_one_generates(window, qtbot, tiny_model):
+    """The plot shows the validation loss beside the training loss; the Checkpoints tab lists each one with its
+    validation loss, the best marked; Use in Generate takes the chosen (older) one, named "RUN step N"."""
+    run = fake_run("chosen", "finished", None, checkpoint=False)
+    for step, loss in ((4, 0.25), (7, 0.31)):
+        run.log("validation", step=step, stage="only", loss=loss, resolution=64, images=5, seconds=0.4)
+        folder = run.checkpoints / f"step-{step:08d}"
+        shutil.copytree(tiny_model, folder / "model")
+        (folder / "state").mkdir()
+        (folder / "state" / "trainer_state.json").write_text(json.dumps(
+            {"global_step": step, "stage": 0, "step_in_stage": step, "stage_name": "only",
+             "validation_loss": loss, "validation_resolution": 64}))
+        (folder / "COMPLETE").touch()
+    panel = window.train
+    window.tabs.setCurrentWidget(panel)
+    panel.select_run(run.path)
+    assert panel.plot.points.validation == [(4, 0.25), (7, 0.31)]
+    assert "validation loss 0.25000 at step 4 (5 held-out images at 64 px" in panel.log.toPlainText()
+    table = panel.checkpoint_table
+    rows = [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
+    assert [r[0] for r in rows] == ["7", "4"] and rows[1][2].endswith("★ best") and "★" not in rows[0][2]
+    assert rows[1][1] == "only" and rows[1][2].startswith("0.25000 (64 px)") and rows[1][4].endswith("iB")
+    table.selectRow(1)
+    dialog = panel.export_checkpoint()  # the chosen one, for ComfyUI, in a process of its own
+    assert dialog.out.text().endswith("exports/chosen-step-4-comfyui-bf16.safetensors")
+    dialog.start()
+    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=120_000)
+    assert Path(dialog.out.text()).is_file() and not dialog.message.text()
+    panel.use_checkpoint()
+    qtbot.waitUntil(lambda: window.client.info.get("model", {}).get("name") == "chosen step 4", timeout=120_000)
+    window.generate.apply_values({"prompt": "a red circle", "width": 64, "height": 48, "steps": 3})
+    window.generate.request_generation()
+    qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 1, timeout=120_000)
+    assert window.gallery.model.entries[0].model == "chosen step 4"

@@ -163,3 +163,13 @@ def test_kill_ends_the_training_group_and_the_launcher_it_can_prove(tmp_path):
     finally:
         trainer.kill()
         launcher.kill()
+
+
+def test_an_event_after_a_line_cut_by_a_crash_is_not_lost(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.log("step", step=1, loss=0.5)
+    with run.events.open("a") as handle:
+        handle.write('{"event": "step", "step": 2, "lo')  # the process was killed mid-line
+    run.log("resumed", step=1)
+    assert [e["event"] for e in run.read_events()] == ["step", "resumed"]
