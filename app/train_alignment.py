@@ -13,9 +13,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, Signal
 
 from core.storage import read_json, write_json_atomic
-from trainer.run_folder import RunFolder
+from trainer.run_folder import ALIGNMENT_FILE, RunFolder
 
-ALIGNMENT_FILE = "alignment.json"
 PROMPTS = 60  # about 36 single shapes and 24 pairs: a minute on a CPU per checkpoint for the demo model
 
 

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return run_train(argv[1:])
+    if argv[:1] == ["compare"]:  # the trainer's: it reads a run folder
+        from trainer.compare import main as compare_main
+
+        return compare_main(argv[1:])
     if not argv:
         from app.main_window import run  # the app: Qt only, torch stays in the engine process
 

@@ -12,6 +12,9 @@
   stop                 created to ask the run to save and exit
   sample-now, save-now created to ask for samples / a checkpoint at the next step (removed when done)
   launcher.json        while `lumina-studio train` runs: its pid, its training processes' group, the host
+  alignment.json       prompt alignment per model, when measured (the scene world)
+  compare/             the checkpoint comparison: a folder of images per model, grid.json and grid.png
+  exports/             checkpoints written for other tools (export-checkpoint)
   train.log            the training processes' output
 
 No torch here: the app's Train tab reads run folders with this module.
@@ -46,6 +49,7 @@ PLAN_FIELDS = {"base_model": text(), "components": text(), "device": one_of("cud
 CHECKPOINT_FIELDS = {"global_step": integer(0), "stage_name": text(200), "validation_loss": number(finite=False),
                      "validation_resolution": integer(1)}
 TRANSFORMER_WEIGHTS = Path("model") / "transformer" / "diffusion_pytorch_model.safetensors"
+ALIGNMENT_FILE = "alignment.json"  # prompt alignment per model ("base model", "step-NNNNNNNN"): app/train_alignment
 # Every event has a kind and a time; these fields, where present, are checked (others pass as they are).
 EVENT_FIELDS = {"event": text(100), "time": number(0), "step": integer(0), "stage": text(200),
                 "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),

@@ -43,8 +43,11 @@ class SampleMaker:
 
     @torch.no_grad()
     def make(self, weights: dict[str, torch.Tensor], config: NextDiTConfig, prompts: list[tuple[str, torch.Tensor]],
-             negative: torch.Tensor, size: tuple[int, int], folder: Path, step: int) -> list[Path]:
-        """One image per (prompt, caption features) at size (width, height); returns the files written.
+             negative: torch.Tensor, size: tuple[int, int], folder: Path, step: int | None,
+             stem: str | None = None, model_name: str | None = None, rows: list[int] | None = None) -> list[Path]:
+        """One image per (prompt, caption features) at size (width, height), named `{stem}-{row}.png` (stem:
+        `step-NNNNNNNN`) and drawn with seed + row, rows 0, 1, ... unless `rows` says which they are; returns the
+        files written. `step` None: the base model (`model_name` names it).
 
         Sampled by Generate's own path (`sample_latent`) with the model's own defaults (as Generate would) unless
         the config's [samples] sets them, and saved with Generate's metadata, so a sample's settings load into
@@ -57,9 +60,10 @@ class SampleMaker:
         width, height = size
         written = []
         negative_prompt = _encoded(negative)
-        model_info = {"name": f"training step {step}", "hash": ""}
+        model_info = {"name": model_name or f"training step {step}", "hash": ""}
+        stem = stem or f"step-{step:08d}"
         chosen = self.settings
-        for index, (text, features) in enumerate(prompts):
+        for index, (text, features) in zip(rows or range(len(prompts)), prompts):
             seed = chosen.seed + index
             request = GenerationRequest(text, negative_prompt=chosen.negative_prompt, width=width, height=height,
                                         steps=chosen.steps, guidance=chosen.guidance, cfg_trunc=chosen.cfg_trunc,
@@ -71,7 +75,7 @@ class SampleMaker:
             settings = {**request.to_dict(), "system_prompt_text": request.system_prompt_text}
             record = {"format": FORMAT, "settings": settings, "model": model_info, "run": {"training_step": step}}
             info = png_info(a1111_parameters(settings, model_info), record)
-            path = folder / f"step-{step:08d}-{index}.png"
+            path = folder / f"{stem}-{index}.png"
             write_atomic(path, lambda handle, image=image, info=info: image.save(handle, format="PNG", pnginfo=info))
             written.append(path)
         return written
