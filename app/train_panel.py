@@ -31,6 +31,7 @@ from .plain_text import escape, plain_label, tooltip
 from .settings_details import details_html
 from .train_alignment import AlignmentMeter, describe, on_scene_world
 from .train_checkpoints import CheckpointTable
+from .train_compare import CompareDialog
 from .train_export import ExportDialog
 from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_runs, summarise, tail
 
@@ -194,8 +195,13 @@ class TrainPanel(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Write the chosen checkpoint for ComfyUI, the authors' code or diffusers")
         self.export_button.clicked.connect(self.export_checkpoint)
+        self.compare_button = QPushButton("Compare…")
+        self.compare_button.setToolTip("The sample prompts drawn by the base model and every checkpoint with the "
+                                       "same seeds, side by side, with each one's validation loss")
+        self.compare_button.clicked.connect(self.compare_checkpoints)
         checkpoint_buttons = QHBoxLayout()
         checkpoint_buttons.addWidget(self.use_button)
+        checkpoint_buttons.addWidget(self.compare_button)
         checkpoint_buttons.addWidget(self.export_button)
         checkpoint_buttons.addStretch(1)
         checkpoints = QWidget()
@@ -203,7 +209,9 @@ class TrainPanel(QWidget):
         checkpoints_layout.setContentsMargins(0, 0, 0, 0)
         checkpoints_layout.addWidget(self.checkpoint_table, 1)
         checkpoints_layout.addLayout(checkpoint_buttons)
-        self.details = QTabWidget()  # the events and the checkpoints share the bottom: the tab fits 700 px
+        for shrinking in (self.log, self.checkpoint_table):  # a few lines at least: the window fits 700 px
+            shrinking.setMinimumHeight(48)
+        self.details = QTabWidget()  # the events and the checkpoints share the bottom
         self.details.addTab(self.log, "Events")
         self.details.addTab(checkpoints, "Checkpoints")
         right = QWidget()
@@ -453,9 +461,12 @@ class TrainPanel(QWidget):
                 item.setIcon(QIcon(self.loader.get(path, SAMPLE_SIZE)))
 
     def _enlarge_sample(self, item: QListWidgetItem) -> None:
+        self.enlarge(Path(item.data(Qt.UserRole)))
+
+    def enlarge(self, path: Path) -> None:
+        """An image large, with its settings in the Gallery's details format."""
         from core.metadata import MetadataError, read_settings
 
-        path = Path(item.data(Qt.UserRole))
         dialog = QDialog(self)
         dialog.setWindowTitle(path.name)
         view = ImageView("")
@@ -555,6 +566,7 @@ class TrainPanel(QWidget):
         self.delete_button.setEnabled(self.run is not None and not active)
         self.use_button.setEnabled(has_checkpoint)
         self.export_button.setEnabled(has_checkpoint)
+        self.compare_button.setEnabled(has_checkpoint)
         self.align_button.setVisible(self.run is not None and on_scene_world(self.run))
         self.align_button.setEnabled(has_checkpoint and not self.alignment.busy)
 
@@ -632,6 +644,14 @@ class TrainPanel(QWidget):
             return
         self.use_model.emit(entry["name"])
         self.status.emit(f"Registered {entry['name']}; Generate uses it now.")
+
+    def compare_checkpoints(self) -> CompareDialog | None:
+        if self.run is None:
+            return None
+        dialog = CompareDialog(self.run, self.loader, self.enlarge, self)
+        dialog.show()
+        dialog.start()
+        return dialog
 
     def export_checkpoint(self) -> ExportDialog | None:
         checkpoint = self.checkpoint_table.chosen() if self.run else None

@@ -97,13 +97,14 @@ def scripted_gpus(*gpus: tuple[str, int]):
 
 
 def train_shots(app):
-    """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model."""
+    """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model: the
+    plot with its validation loss, the checkpoints list and the comparison grid."""
     from app.main_window import MainWindow, settings_store
     from app.train_wizard import TrainWizard
     from core.scenes.world import write_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="lumina-shots-train-")) / "shapes"
-    write_dataset(folder, 64, seed=4)
+    write_dataset(folder, 120, seed=4)  # 100 images or more: 5% are held out for the validation loss
     window = MainWindow(device="cpu")
     window.resize(1280, 860)
     window.show()
@@ -136,6 +137,12 @@ def train_shots(app):
     wait(app, lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, 900)
     panel.refresh_runs()
     shoot(app, window, "train")
+    panel.details.setCurrentIndex(1)  # the Checkpoints tab
+    shoot(app, window, "train-checkpoints")
+    compared = panel.compare_checkpoints()
+    wait(app, lambda: not compared.busy, 900)
+    shoot(app, compared, "train-compare")
+    compared.close()
     again = TrainWizard(settings_store(), dataset=folder, parent=window)  # the start page, with a run behind it
     again.show()
     again.currentPage().from_earlier.setChecked(True)

@@ -428,6 +428,18 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     qtbot.waitUntil(lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, timeout=300_000)
     assert not panel.align_stop.isVisible() and "measuring" not in panel.align_label.text()
     assert "base model: single shapes" in panel.align_label.text() and "step-00000200" in panel.align_label.text()
+    # the checkpoints side by side with the base model: the same seeds, validation loss and alignment under each
+    compared = panel.compare_checkpoints()
+    qtbot.waitUntil(lambda: not compared.busy, timeout=300_000)
+    headers = [compared.grid.horizontalHeaderItem(c).text() for c in range(compared.grid.columnCount())]
+    assert [h.splitlines()[0] for h in headers] == ["base model", "step 101", "step 200"], compared.message.text()
+    assert all("align" in h for h in headers) and compared.grid.rowCount() == 2
+    qtbot.waitUntil(lambda: not compared.grid.item(1, 2).icon().isNull(), timeout=10_000)
+    compared.grid.cellClicked.emit(1, 2)
+    enlarged = panel.findChildren(QDialog)[-1]
+    assert "step 200" in enlarged.findChildren(QTextBrowser)[0].toPlainText()
+    enlarged.close()
+    compared.close()
     panel.use_checkpoint()
     qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith(" step 200"),
                     timeout=120_000)
@@ -566,7 +578,7 @@ def test_a_run_that_ends_is_announced_whichever_tab_is_shown(window, qtbot):
     trainer.kill()
     trainer.wait()
     panel.announce_ended()
-    assert messages and "ending finished" in messages[0] and "Use this checkpoint" in messages[0]
+    assert messages and "ending finished" in messages[0] and "Use in Generate" in messages[0]
     panel.announce_ended()
     assert len(messages) == 1  # once
 
