@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, QSize, Qt
-from PySide6.QtGui import QIcon
+from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QDialog, QDialogButtonBox, QProgressBar, QTableWidget, QTableWidgetItem, QVBoxLayout,
 )
@@ -24,10 +24,16 @@ from .plain_text import plain_label
 CELL = 160  # pixels per image in the grid
 
 
-def column_header(column: dict) -> str:
+def cell_icon(pixmap: QPixmap) -> QIcon:
+    """The image filling its cell; a small one (the demo's 64 px) enlarged pixel by pixel, so it stays sharp."""
+    mode = Qt.FastTransformation if max(pixmap.width(), pixmap.height()) < CELL else Qt.SmoothTransformation
+    return QIcon(pixmap.scaled(CELL, CELL, Qt.KeepAspectRatio, mode))
+
+
+def column_header(column: dict, best: bool = False) -> str:
     lines = [column["label"]]
     if column.get("validation_loss") is not None:
-        lines.append(f"validation {column['validation_loss']:.5f}")
+        lines.append(f"validation {column['validation_loss']:.5f}" + ("  ★ best" if best else ""))
     report = column.get("alignment")
     if report:
         lines.append(f"align {report.get('single', {}).get('all', 0):.0%} / {report.get('pair', {}).get('all', 0):.0%}")
@@ -118,7 +124,9 @@ class CompareDialog(QDialog):
         columns, prompts = grid["columns"], grid["prompts"]
         self.grid.setColumnCount(len(columns))
         self.grid.setRowCount(len(prompts))
-        self.grid.setHorizontalHeaderLabels([column_header(c) for c in columns])
+        measured = [c["validation_loss"] for c in columns if c.get("validation_loss") is not None]
+        best = min(measured) if measured else None
+        self.grid.setHorizontalHeaderLabels([column_header(c, c.get("validation_loss") == best) for c in columns])
         self.grid.setVerticalHeaderLabels([prompt if len(prompt) < 40 else prompt[:38] + "…" for prompt in prompts])
         self._cells.clear()
         for index, cells in enumerate(grid["cells"]):
@@ -130,14 +138,14 @@ class CompareDialog(QDialog):
                 self._cells[path] = (row, index)
                 pixmap = self.loader.get(path, CELL)
                 if pixmap is not None:
-                    item.setIcon(QIcon(pixmap))
+                    item.setIcon(cell_icon(pixmap))
                 self.grid.setItem(row, index, item)
 
     def _image_loaded(self, path: str, size: int) -> None:
         if size == CELL and path in self._cells:
-            item = self.grid.item(*self._cells[path])
-            if item is not None:
-                item.setIcon(QIcon(self.loader.get(path, CELL)))
+            item, pixmap = self.grid.item(*self._cells[path]), self.loader.get(path, CELL)
+            if item is not None and pixmap is not None:
+                item.setIcon(cell_icon(pixmap))
 
     def _clicked(self, row: int, column: int) -> None:
         item = self.grid.item(row, column)
