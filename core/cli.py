@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from .captioning import API_KEY_VARIABLE
+from .cpu_budget import CpuWork
 from .errors import Cancelled, LuminaError, RequestError
 from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
 
@@ -274,7 +275,9 @@ def run_generate(args) -> int:
             start_bar(len(finished))
 
     start_bar(0)
-    engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image, model_path=args.store_model_path)
+    with CpuWork("generation", engine.device.type):
+        engine.generate(request, out_dir=out_dir, on_step=on_step, on_image=on_image,
+                        model_path=args.store_model_path)
     return 0
 
 
@@ -358,12 +361,14 @@ def run_evaluate(args) -> int:
     engine.load()
     with tqdm(total=args.count, desc="scoring prompts", unit="prompt", file=sys.stderr, disable=args.json) as bar:
         def progress(done: int, total: int) -> None:
+            work.refresh()
             bar.update(done - bar.n)
             if args.json:  # for the app: one JSON line per image on stderr, the report on stdout
                 print(json.dumps({"done": done, "total": total}), file=sys.stderr, flush=True)
 
-        report = evaluate(engine, args.count, args.seed, Path(args.out) if args.out else None, on_progress=progress,
-                          steps=args.steps, guidance=args.guidance, cache=args.cache)
+        with CpuWork("evaluation", engine.device.type) as work:
+            report = evaluate(engine, args.count, args.seed, Path(args.out) if args.out else None,
+                              on_progress=progress, steps=args.steps, guidance=args.guidance, cache=args.cache)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.describe())
     return 0
 
@@ -371,7 +376,7 @@ def run_evaluate(args) -> int:
 def run_caption(args) -> int:
     from .captioning import is_loopback
     from .captioning.job import CaptionRun, CaptionSettings, check_folder
-    from .captioning.service import CaptionerOptions, open_captioner
+    from .captioning.service import CaptionerOptions, device_kind, open_captioner
     from .captioning.tokens import lumina_token_counter
     from .captioning.workers import launch_shards, this_share
 
@@ -403,10 +408,12 @@ def run_caption(args) -> int:
                               "tokens": [w["tokens"] for w in outcome.written]}), flush=True)
 
     def on_progress(done, total, eta):
+        work.refresh()
         bar.total = total
         bar.update(done - bar.n)
 
-    summary = run.run(on_result=on_result, on_progress=on_progress, share=share)
+    with CpuWork("captioning", device_kind(captioner)) as work:
+        summary = run.run(on_result=on_result, on_progress=on_progress, share=share)
     bar.close()
     for line in summary.failed:
         print(f"{PROG}: could not caption {line}", file=sys.stderr)

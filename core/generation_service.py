@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cpu_budget import CpuWork
 from .jobs import EventType, Job, Reporter, Service
 
 SERVICE = "core.generation_service:GenerationService"
@@ -55,6 +56,7 @@ class GenerationService(Service):
         request = GenerationRequest(**job.payload["request"])
 
         def on_step(index, info):
+            work.refresh()
             report.progress(info.step, info.total, info.eta, image=index, count=request.count)
             if self.options.preview:
                 rgb = self.engine.preview(info)
@@ -67,9 +69,10 @@ class GenerationService(Service):
                         evaluations=result.evaluations)
             finished.append(result.path)
 
-        self.engine.generate(request, out_dir=Path(job.payload["out_dir"]), on_step=on_step,
-                             should_stop=report.should_stop, on_image=on_image,
-                             model_path=job.payload.get("model_path", False))
+        with CpuWork("generation", self.engine.device.type) as work:
+            self.engine.generate(request, out_dir=Path(job.payload["out_dir"]), on_step=on_step,
+                                 should_stop=report.should_stop, on_image=on_image,
+                                 model_path=job.payload.get("model_path", False))
 
     def answer(self, query: dict) -> dict:
         from .prompts import full_prompt, system_prompt_text

@@ -236,9 +236,12 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
 def prepare_features(run_path, config, source, items, device: str, dtype, validation) -> tuple[list[str], int]:
     import torch
 
+    from core.cpu_budget import CpuWork
+
     from .features import FeatureCache
 
-    return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype, validation)
+    with CpuWork("feature preparation", device):
+        return FeatureCache(run_path).prepare(config, source, items, torch.device(device), dtype, validation)
 
 
 def resume_run(args) -> int:

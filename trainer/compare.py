@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.cpu_budget import CpuWork
 from core.errors import LuminaError
 from core.storage import read_json, write_atomic, write_json_atomic
 
@@ -193,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not run.config.is_file():
             raise ValueError(f"{run.path} is not a training run folder (no config.toml).")
-        print(compare(run, args.device, args.checkpoints, not args.no_base, progress))
+        from core.devices import resolve_device
+
+        with CpuWork("comparison", resolve_device(args.device).type):
+            print(compare(run, args.device, args.checkpoints, not args.no_base, progress))
         return 0
     except KeyboardInterrupt:
         print("lumina-studio compare: stopped (the images drawn so far are kept)", file=sys.stderr)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from core.cpu_budget import CpuWork
 from core.errors import unreadable_reason
 from core.models import loader
 from core.models.sources import resolve_source
@@ -118,6 +119,10 @@ class Trainer:
 
     def train(self) -> str:
         """Trains until the end or a stop request; returns "finished" or "stopped"."""
+        with CpuWork("training", self.plan["device"]) as self.cpu_work:  # share the cores with the app's others
+            return self._train()
+
+    def _train(self) -> str:
         started = time.perf_counter()
         first_step = self.state["global_step"]
         total = self.config.total_steps
@@ -129,6 +134,7 @@ class Trainer:
             data = StageData(self.cache, manifest, stage.micro_batch_size, self.config.seed, stage_index)
             self._stage_start(stage_index, stage, accumulation, manifest)
             while self.state["step_in_stage"] < stage.steps:
+                self.cpu_work.refresh()
                 tick = time.perf_counter()
                 loss, grad_norm, lr, samples_done = self._step(stage, stage_index, data, accumulation)
                 self.state["step_in_stage"] += 1
@@ -301,9 +307,10 @@ class Trainer:
             self.ema.save(partial / "state", self.rank)
         in_sync = self._replicas_in_sync()
         weights = self._weights()
-        validation = self._validate(stage, manifest, weights) or {}
         if acc.is_main_process:
             checkpointing.write_model_folder(partial / "model", weights, self.model_config, self.components)
+        validation = self._validate(stage, manifest, weights) or {}  # uses the weights up
+        if acc.is_main_process:
             state = {**self.state, "optimizer_state": self.config.optimizer_state_kind, "stage_name": stage.name,
                      **validation}
             final = checkpointing.commit(self.run, partial, step, state, self.config.keep_checkpoints,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.checked import check_record, integer, list_of, number, one_of, optional, read_record, text
+from core.processes import same_process, start_time  # noqa: F401 (start_time: for the tests and the app)
 from core.storage import write_json_atomic
 
 
@@ -64,25 +65,6 @@ def tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def start_time(pid: int) -> float | None:
-    """When the process `pid` started (None when there is none): with the pid, it names one process for good,
-    where a pid alone may be a stranger's after a restart."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, ValueError, OverflowError):
-        return None
-
-
-def same_process(pid: int | None, started: float | None) -> bool:
-    """Whether `pid` is still the process that started at `started` (as recorded by this module)."""
-    if not pid or pid < 2 or started is None:
-        return False
-    now = start_time(pid)
-    return now is not None and abs(now - started) < 1.0
 
 
 @dataclass

@@ -59,20 +59,23 @@ def validation_loss(model, cache: FeatureCache, entries: list[dict], seed: int, 
 
 @contextlib.contextmanager
 def weights_in(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
-    """The model holds `weights` (the EMA a checkpoint saves) inside the block, its own again after it; its
-    own are kept on the CPU meanwhile, so the GPU holds one model."""
-    kept = {}
+    """The model holds `weights` (the EMA a checkpoint saves) inside the block, its own again after it. The two
+    trade places one tensor at a time: meanwhile `weights` holds the model's own (on the CPU), so the GPU holds
+    one model and the computer no third copy (a 2.6B model's is 5-10 GB). `weights` is used up."""
+    parameters = dict(model.named_parameters())
+    swapped = []
     with torch.no_grad():
         try:
-            for name, parameter in model.named_parameters():
+            for name, parameter in parameters.items():
                 if name in weights:
-                    kept[name] = parameter.detach().to("cpu", copy=True)
+                    own = parameter.detach().to("cpu", copy=True)
                     parameter.copy_(weights[name].to(parameter.device, parameter.dtype))
+                    weights[name] = own
+                    swapped.append(name)
             yield model
         finally:
-            for name, parameter in model.named_parameters():
-                if name in kept:
-                    parameter.copy_(kept[name].to(parameter.device))
+            for name in swapped:
+                parameters[name].copy_(weights[name].to(parameters[name].device))
 
 
 def model_validation_loss(model_folder: Path, run_path: Path, stage_index: int, seed: int, device: torch.device,

@@ -40,6 +40,11 @@ def open_captioner(options: CaptionerOptions):
     return load_captioner(options.model, options.device, options.dtype)
 
 
+def device_kind(captioner) -> str:
+    """"cpu" or "cuda" for a local model; "server" for a server's (it uses no cores of ours)."""
+    return getattr(getattr(captioner, "device", None), "type", "server")
+
+
 class CaptionService(Service):
     def load(self) -> dict:
         from .tokens import lumina_token_counter
@@ -50,12 +55,18 @@ class CaptionService(Service):
                 "follows_questions": self.captioner.follows_questions}
 
     def run(self, job: Job, report: Reporter) -> None:
+        from ..cpu_budget import CpuWork
         from .job import CaptionRun, CaptionSettings
 
         run = CaptionRun(CaptionSettings(**job.payload["settings"]), self.captioner, self.counter)
-        summary = run.run(on_result=lambda outcome: report.emit(EventType.RESULT, **asdict(outcome)),
-                          on_progress=lambda done, total, eta: report.progress(done, total, eta),
-                          should_stop=report.should_stop)
+
+        def progress(done, total, eta):
+            work.refresh()
+            report.progress(done, total, eta)
+
+        with CpuWork("captioning", device_kind(self.captioner)) as work:
+            summary = run.run(on_result=lambda outcome: report.emit(EventType.RESULT, **asdict(outcome)),
+                              on_progress=progress, should_stop=report.should_stop)
         report.emit(EventType.RESULT, summary=asdict(summary))
         if summary.stopped:
             raise Cancelled()
