@@ -265,8 +265,8 @@ class Engine:
         make_cache replaces the request's cache with one of the caller's (cache_fit records with it).
         Images name the model by name and hash; its local path only with model_path (a shared image would
         show the folders of the person who made it)."""
+        req = self.resolve(request)  # loads the model on first use
         model = self.model_info if model_path else {k: v for k, v in self.model_info.items() if k != "path"}
-        req = self.resolve(request)
         if out_dir is not None:
             check_writable(out_dir)
         warnings = self.prompt_warnings(req)
