@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from core.caption_review import CaptionDataset, Filter, ReviewError
 from core.caption_state import REVIEW_STATUSES, damaged_state_message
 from core.captioning import API_KEY_VARIABLE, is_loopback
+from core.captioning.messages import CaptionFolder, ImageOutcome, Summary
 from core.captioning.service import SERVICE, CaptionerOptions
 from core.captioning.styles import STYLES
 from core.datasets import split_captions
@@ -735,7 +736,7 @@ class CaptionPanel(QWidget):
         self._ensure_worker()
         settings = {"folder": str(self.dataset.folder), "styles": styles, "mode": mode, "recursive": True,
                     "images": images}
-        self.client.submit({"settings": settings}, label)
+        self.client.submit(CaptionFolder(settings), label)
         self.status.emit(f"Queued captioning: {label}")
 
     def _may_send_images(self) -> bool:
@@ -769,7 +770,7 @@ class CaptionPanel(QWidget):
         self.submit(styles, "overwrite", [image], f"{', '.join(styles)} for {image}")
 
     def _progress(self, event) -> None:
-        done, total, eta = event.data["step"], event.data["total"], event.data["eta"]
+        done, total, eta = event.data.step, event.data.total, event.data.eta
         self.progress.setVisible(True)
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
@@ -777,28 +778,24 @@ class CaptionPanel(QWidget):
 
     def _result(self, event) -> None:
         data = event.data
-        if "summary" in data:
-            summary = data["summary"]
-            text = (f"Captioning finished: {summary['captioned']} captioned, {summary['skipped']} skipped, "
-                    f"{len(summary['failed'])} failed.")
-            if summary.get("repeated"):
-                text += (f" {summary['repeated']} captions repeated themselves: cut, and marked ✎ needs fixing "
+        if isinstance(data, Summary):
+            text = (f"Captioning finished: {data.captioned} captioned, {data.skipped} skipped, "
+                    f"{len(data.failed)} failed.")
+            if data.repeated:
+                text += (f" {data.repeated} captions repeated themselves: cut, and marked ✎ needs fixing "
                          "(filter by it to review them).")
-            if summary.get("downscaled"):
-                text += f" {summary['downscaled']} large images were scaled down for the captioner."
+            if data.downscaled:
+                text += f" {data.downscaled} large images were scaled down for the captioner."
             self.status.emit(text)
-            if summary.get("warnings"):
-                self.show_notice(" ".join(summary["warnings"]), error=True)
-            if summary["failed"]:
-                self.show_notice(text + " Not captioned: " + "; ".join(summary["failed"][:10])
-                                 + (" …" if len(summary["failed"]) > 10 else ""), error=True)
-            return
-        if self.dataset is None or data.get("image") is None:
-            return
-        image = data["image"]
-        self.dataset.forget(image)  # the worker wrote its .txt: read it again when shown
-        if not data.get("error"):
-            self._changed(image)
+            if data.warnings:
+                self.show_notice(" ".join(data.warnings), error=True)
+            if data.failed:
+                self.show_notice(text + " Not captioned: " + "; ".join(data.failed[:10])
+                                 + (" …" if len(data.failed) > 10 else ""), error=True)
+        elif isinstance(data, ImageOutcome) and self.dataset is not None:
+            self.dataset.forget(data.image)  # the worker wrote its .txt: read it again when shown
+            if not data.error:
+                self._changed(data.image)
 
     def _finished(self, job_id: int, outcome: str, message: str) -> None:
         if not self.client.busy:

@@ -14,8 +14,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import LuminaError
+from core.generation_messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, MeasureBackends, Preview
 from core.metadata import read_settings
-from core.prompts import SYSTEM_PROMPTS
+from core.prompts import SYSTEM_PROMPTS, TokenCount
 from core.request import COMPAT_NAMES, MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
 from core.models.registry import DEMO_NAME
@@ -270,8 +271,7 @@ class GeneratePanel(QWidget):
             self.say(str(exc), error=True)
             return
         label = f"{request.prompt[:60] or '(empty prompt)'}  ·  {request.count} image(s)"
-        job = self.client.submit({"request": request.to_dict(), "out_dir": str(library_dir()),
-                                  "model_path": self.store_model_path}, label)
+        job = self.client.submit(GenerateImages(request.to_dict(), str(library_dir()), self.store_model_path), label)
         if job is None:
             self.say("No model is loaded: choose one with File → Models…", error=True)
             return
@@ -282,14 +282,14 @@ class GeneratePanel(QWidget):
     # ---- engine events ------------------------------------------------------------------------------
 
     def ask_token_count(self) -> None:
-        self._token_request = self.client.ask({"kind": "count_tokens", "prompt": self.prompt.toPlainText(),
-                                               "system_prompt": self.system_prompt.currentText()})
+        self._token_request = self.client.ask(CountTokens(self.prompt.toPlainText(),
+                                                          self.system_prompt.currentText()))
 
     def _on_tokens(self, event) -> None:
         answer = event.data
-        if answer["request"] != self._token_request or "count" not in answer:
+        if answer.request != self._token_request or not isinstance(answer.value, TokenCount):
             return
-        count, limit = answer["count"], answer["limit"]
+        count, limit = answer.value.count, answer.value.limit
         unknown = self._vocabulary_warning()
         if count > limit:
             self.tokens.setText(f"{count} / {limit} tokens — the end of the prompt will be cut off")
@@ -307,7 +307,7 @@ class GeneratePanel(QWidget):
     def _on_started(self, job_id: int) -> None:
         job = next((job for job, _ in self.client.jobs() if job.id == job_id), None)
         self.progress.setValue(0)
-        if job is not None and "request" not in job.payload:  # the backend measurement: no image, no preview
+        if job is not None and isinstance(job.payload, MeasureBackends):  # no image, no preview
             self.progress.setFormat(f"Job #{job_id}: {job.label}…")
             return
         self.parameters.setText(f"Generating job #{job_id}…")
@@ -316,33 +316,35 @@ class GeneratePanel(QWidget):
 
     def _on_progress(self, event) -> None:
         """One bar for the whole job: image i of n, step s of t; ETA for the job."""
-        p = event.data
-        self.progress.setMaximum(p["total"] * p["count"])
-        self.progress.setValue(p["image"] * p["total"] + p["step"])
-        steps_left_in_image = p["total"] - p["step"]
-        left = p["eta"]
+        p: ImageProgress = event.data
+        if not isinstance(p, ImageProgress):
+            return
+        self.progress.setMaximum(p.total * p.count)
+        self.progress.setValue(p.image * p.total + p.step)
+        steps_left_in_image = p.total - p.step
+        left = p.eta
         if steps_left_in_image:  # later images take as long as this one: its seconds per step times their steps
-            left += p["eta"] / steps_left_in_image * p["total"] * (p["count"] - p["image"] - 1)
-        image = f"image {p['image'] + 1}/{p['count']}, " if p["count"] > 1 else ""
-        self.progress.setFormat(f"Job #{event.job}: {image}step {p['step']}/{p['total']}, {left:.0f} s left")
-        if p["step"] == 1 and p["image"] > 0:  # the preview is the next image now, not the one named below
-            self.parameters.setText(f"Generating image {p['image'] + 1} of {p['count']} of job #{event.job}…")
+            left += p.eta / steps_left_in_image * p.total * (p.count - p.image - 1)
+        image = f"image {p.image + 1}/{p.count}, " if p.count > 1 else ""
+        self.progress.setFormat(f"Job #{event.job}: {image}step {p.step}/{p.total}, {left:.0f} s left")
+        if p.step == 1 and p.image > 0:  # the preview is the next image now, not the one named below
+            self.parameters.setText(f"Generating image {p.image + 1} of {p.count} of job #{event.job}…")
 
     def _on_preview(self, event) -> None:
-        p = event.data
-        image = QImage(p["rgb"], p["width"], p["height"], 3 * p["width"], QImage.Format_RGB888)
+        p: Preview = event.data
+        image = QImage(p.rgb, p.width, p.height, 3 * p.width, QImage.Format_RGB888)
         self.view.show_pixmap(QPixmap.fromImage(image.copy()))
 
     def _on_image(self, event) -> None:
         r = event.data
-        if "path" not in r:  # a result that is not an image (a backend measurement)
+        if not isinstance(r, ImageSaved):  # a backend measurement's choice
             return
-        pixmap = QPixmap(r["path"])
+        pixmap = QPixmap(r.path)
         if not pixmap.isNull():
             self.view.show_pixmap(pixmap)
-        s = r["settings"]
+        s = r.settings
         text = (f"{s['width']}x{s['height']} · seed {s['seed']} · {s['solver']} {s['steps']} steps · guidance "
-                f"{s['guidance']} · {r['evaluations']} transformer passes\n{Path(r['path']).name}")
+                f"{s['guidance']} · {r.evaluations} transformer passes\n{Path(r.path).name}")
         self.parameters.setText(text)
         self._last_image = (pixmap, text)  # what a cancel goes back to
 

@@ -14,6 +14,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from trainer.events import Step, Validation
+
 SMOOTHING = 0.9  # per logged point, bias-corrected as TensorBoard does (the first points are not dragged to 0)
 SERIES = {"loss": "Loss", "lr": "Learning rate", "grad_norm": "Gradient norm"}
 COMPARISON_COLOUR = QColor("#e07b00")  # orange: apart from the highlight colour in both themes
@@ -45,23 +47,20 @@ class PlotPoints:
         self._average = 0.0
         self.validation: list[tuple[int, float]] = []  # (step, validation loss)
 
-    def add(self, record: dict) -> bool:
-        """Takes a step record; False when it has no finite loss (nothing to plot)."""
-        loss = record.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+    def add(self, step: Step) -> bool:
+        """Takes a training step; False when it has no finite loss (nothing to plot)."""
+        if not math.isfinite(step.loss):
             return False
-        self.steps.append(int(record.get("step", len(self.steps))))
-        for name in SERIES:
-            value = record.get(name)
-            self.values[name].append(float(value) if isinstance(value, (int, float)) else math.nan)
-        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
+        self.steps.append(step.step)
+        for name in SERIES:  # the series are named as Step's fields
+            self.values[name].append(float(getattr(step, name)))
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * step.loss
         self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.steps)))
         return True
 
-    def add_validation(self, record: dict) -> None:
-        loss, step = record.get("loss"), record.get("step")
-        if isinstance(loss, (int, float)) and math.isfinite(loss) and isinstance(step, int):
-            self.validation.append((step, float(loss)))
+    def add_validation(self, validation: Validation) -> None:
+        if math.isfinite(validation.loss):
+            self.validation.append((validation.step, float(validation.loss)))
 
 
 class LossPlot(QWidget):
@@ -100,12 +99,12 @@ class LossPlot(QWidget):
     def values(self) -> dict[str, list[float]]:
         return self.points.values
 
-    def add_step(self, record: dict) -> None:
-        if self.points.add(record):
+    def add_step(self, step: Step) -> None:
+        if self.points.add(step):
             self._arrays = None
 
-    def add_validation(self, record: dict) -> None:
-        self.points.add_validation(record)
+    def add_validation(self, validation: Validation) -> None:
+        self.points.add_validation(validation)
         self.update()
 
     def _validation_dots(self):

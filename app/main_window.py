@@ -21,6 +21,7 @@ from core.library import Library
 from core.logs import log_file, log_folder, setup_logging
 from core.models.registry import available_models
 from core.storage import data_dir, library_dir
+from core.generation_messages import BackendChoice, ImageSaved, MeasureBackends
 from core.generation_service import SERVICE, GenerationOptions
 
 from .background import run_in_background
@@ -210,10 +211,10 @@ class MainWindow(QMainWindow):
             f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
 
     def _result(self, event) -> None:
-        if "path" in event.data:
-            self.gallery.add_image(event.data["path"])
-        elif "backend_choice" in event.data:
-            faster, now = event.data["backend_choice"], self.client.info.get("run", {}).get("backend")
+        if isinstance(event.data, ImageSaved):
+            self.gallery.add_image(event.data.path)
+        elif isinstance(event.data, BackendChoice):
+            faster, now = event.data.backend, self.client.info.get("run", {}).get("backend")
             names = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
             self.statusBar().showMessage(f"Backend auto: {names.get(faster, faster)} measured faster here"
                                          + ("; switching to it" if faster != now else ""), 10_000)
@@ -225,7 +226,7 @@ class MainWindow(QMainWindow):
         the faster only when nothing waits."""
         if self._measure_wanted and outcome == "done" and not self.client.busy:
             self._measure_wanted = False
-            self._measure_job = self.client.submit({"kind": "measure_backends"},
+            self._measure_job = self.client.submit(MeasureBackends(),
                                                    "Measuring PyTorch against ONNX Runtime (once, for auto)")
         elif job_id == self._measure_job and self._switch_when_idle and not self.client.busy:
             self._switch_when_idle = False

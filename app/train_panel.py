@@ -34,6 +34,8 @@ from .train_checkpoints import CheckpointTable
 from .train_compare import CompareDialog
 from .train_export import ExportDialog
 from .train_runs import EventTail, RunFolder, can_resume, kill, resume, scan_runs, summarise, tail
+from trainer.events import (Checkpoint, CheckpointDamaged, Failed, Finished, Resumed, Samples, StageStart, Step,
+                            Stopped, TrainingEvent, Validation, parse)
 
 REFRESH_MS = 1000
 KILL_AFTER_S = 30  # Kill is offered once a stop has had this long to save and exit
@@ -306,9 +308,9 @@ class TrainPanel(QWidget):
 
         def work() -> PlotPoints:
             points = PlotPoints()
-            for record in EventTail(RunFolder(Path(folder)).events).read():
-                if record.get("event") == "step":
-                    points.add(record)
+            for event in map(parse, EventTail(RunFolder(Path(folder)).events).read()):
+                if isinstance(event, Step):
+                    points.add(event)
             return points
 
         def done(points: PlotPoints) -> None:
@@ -359,7 +361,7 @@ class TrainPanel(QWidget):
         self.samples.clear()
         self.log.clear()
         self._sample_files: set[str] = set()
-        self._last_step: dict | None = None
+        self._last_step: Step | None = None
         self._stages = self._read_stages()
         self._catching_up = False
         self._show_alignment()
@@ -374,12 +376,12 @@ class TrainPanel(QWidget):
 
         def work():
             others, last = [], None
-            for record in tail.read():
-                if record.get("event") == "step":
-                    points.add(record)
-                    last = record
-                else:
-                    others.append(record)
+            for event in map(parse, tail.read()):
+                if isinstance(event, Step):
+                    points.add(event)
+                    last = event
+                elif event is not None:  # a newer trainer's kinds are left out
+                    others.append(event)
             return others, last
 
         def done(result):
@@ -407,45 +409,48 @@ class TrainPanel(QWidget):
         if self._catching_up:
             self._describe()
             return
-        for record in self.tail.read():
-            self._event(record)
+        for event in map(parse, self.tail.read()):
+            if event is not None:  # a newer trainer's kinds are left out
+                self._event(event)
         self.plot.update()
         self._describe()
 
-    def _event(self, record: dict) -> None:
-        kind = record.get("event")
-        if kind == "step":
-            self.plot.add_step(record)
-            self._last_step = record
-        elif kind == "stage_start":
-            self.plot.add_stage(int(record.get("step", 0)), str(record.get("stage", "")))
-            self._line(f"stage {record.get('stage')} starts at step {record.get('step')}: {record.get('resolution')} "
-                       f"px, batch {record.get('batch_size')}, {record.get('items')} images")
-        elif kind == "samples":
-            for name in record.get("files", []):
-                self._add_sample(name, record)
-            self._line(f"samples at step {record.get('step')}")
-        elif kind == "validation":
-            self.plot.add_validation(record)
-            self._line(f"validation loss {record.get('loss', float('nan')):.5f} at step {record.get('step')} "
-                       f"({record.get('images')} held-out images at {record.get('resolution')} px, "
-                       f"{record.get('seconds', 0):.1f} s)")
-        elif kind in ("checkpoint", "checkpoint_damaged", "resumed", "stopped", "finished", "failed", "error"):
-            detail = record.get("path") or record.get("checkpoint") or record.get("message") or ""
-            self._line(f"{kind} at step {record.get('step', '?')} {detail}".rstrip())
-            if kind == "checkpoint":
-                self.checkpoint_table.show_checkpoints(self.run, self.alignment.scores(self.run))
-        # other kinds (a newer trainer's) are ignored
+    def _event(self, event: TrainingEvent) -> None:
+        if isinstance(event, Step):
+            self.plot.add_step(event)
+            self._last_step = event
+        elif isinstance(event, StageStart):
+            self.plot.add_stage(event.step, event.stage)
+            self._line(f"stage {event.stage} starts at step {event.step}: {event.resolution} px, batch "
+                       f"{event.batch_size}, {event.items} images")
+        elif isinstance(event, Samples):
+            for name in event.files:
+                self._add_sample(name, event.step)
+            self._line(f"samples at step {event.step}")
+        elif isinstance(event, Validation):
+            self.plot.add_validation(event)
+            self._line(f"validation loss {event.loss:.5f} at step {event.step} ({event.images} held-out images "
+                       f"at {event.resolution} px, {event.seconds:.1f} s)")
+        elif isinstance(event, Checkpoint):
+            self._line(f"checkpoint at step {event.step} {event.path}")
+            self.checkpoint_table.show_checkpoints(self.run, self.alignment.scores(self.run))
+        elif isinstance(event, (Resumed, CheckpointDamaged)):
+            self._line(f"{'resumed from' if isinstance(event, Resumed) else 'damaged:'} {event.checkpoint}"
+                       + (f" at step {event.step}" if isinstance(event, Resumed) else f" ({event.message})"))
+        elif isinstance(event, (Stopped, Finished)):
+            self._line(f"{'stopped' if isinstance(event, Stopped) else 'finished'} at step {event.step}")
+        elif isinstance(event, Failed):
+            self._line(f"failed: {event.message}")
 
     def _line(self, text: str) -> None:
         self.log.appendPlainText(text)
 
-    def _add_sample(self, name: str, record: dict) -> None:
+    def _add_sample(self, name: str, step: int) -> None:
         if name in self._sample_files:
             return
         self._sample_files.add(name)
         path = self.run.path / name
-        item = QListWidgetItem(f"step {record.get('step')}")
+        item = QListWidgetItem(f"step {step}")
         item.setData(Qt.UserRole, str(path))
         item.setToolTip(str(path))
         pixmap = self.loader.get(str(path), SAMPLE_SIZE)
@@ -509,10 +514,9 @@ class TrainPanel(QWidget):
         if self._catching_up:
             parts.append("reading its log…")
         if step and state == "running":
-            if step.get("samples_per_s"):
-                parts.append(f"{step['samples_per_s']:.1f} samples/s")
-            if step.get("eta_s") is not None:
-                parts.append(f"{duration(step['eta_s'])} left")
+            if step.samples_per_s:
+                parts.append(f"{step.samples_per_s:.1f} samples/s")
+            parts.append(f"{duration(step.eta_s)} left")
         message = status.get("message") if state in ("failed", "stopped", "interrupted") else ""
         text = " · ".join(parts)
         if state == "interrupted":

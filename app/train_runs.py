@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.events import Step, parse
 from trainer.run_folder import EventTail, RunFolder, clean_event, tail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +43,16 @@ def summarise(folder: Path, launcher_running: bool = False) -> RunSummary:
         # the command is still checking before the run begins, or it stopped there (its message is in launcher.log)
         state = "starting" if launcher_running else "failed"
     started = status.get("started") or _mtime(run.config) or _mtime(folder)
-    last = last_step(run) if "loss" not in status else {}
+    last = last_step(run) if "loss" not in status else None
     end = status.get("time", started) if state not in ("running", "preparing", "stopping") else time.time()
-    return RunSummary(folder, folder.name, state, status.get("stage", last.get("stage", "")), status.get("step", 0),
-                      status.get("total_steps", 0), status.get("loss", last.get("loss")), started,
-                      max(0.0, end - started), run.problems())
+    return RunSummary(folder, folder.name, state, status.get("stage", last.stage if last else ""),
+                      status.get("step", 0), status.get("total_steps", 0),
+                      status.get("loss", last.loss if last else None), started, max(0.0, end - started),
+                      run.problems())
 
 
-def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
-    """The newest step record, from the end of events.jsonl only (a list of 200 runs stays quick)."""
+def last_step(run: RunFolder, tail_bytes: int = 8192) -> Step | None:
+    """The newest step, from the end of events.jsonl only (a list of 200 runs stays quick)."""
     import json
 
     try:
@@ -58,15 +60,16 @@ def last_step(run: RunFolder, tail_bytes: int = 8192) -> dict:
             handle.seek(max(0, handle.seek(0, 2) - tail_bytes))
             lines = handle.read().splitlines()
     except OSError:
-        return {}
+        return None
     for line in reversed(lines):
         try:
             record = clean_event(json.loads(line))
         except ValueError:
             continue
-        if record is not None and record["event"] == "step":
-            return record
-    return {}
+        event = parse(record) if record is not None else None
+        if isinstance(event, Step):
+            return event
+    return None
 
 
 def can_resume(run: RunFolder, state: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.jobs import FINISHED, Event, EventType, Job, JobWorker
+from core.jobs import FINISHED, Event, EventType, Failure, Job, JobWorker
 
 POLL_MS = 30
 
@@ -17,12 +17,12 @@ class WorkerClient(QObject):
     ready = Signal(object)  # the service's info dict (Signal(dict) would convert it to a QVariantMap)
     load_error = Signal(str)
     started = Signal(int)
-    progress = Signal(object)  # Event
+    progress = Signal(object)  # Event, its data the service's message (jobs.Progress, ImageProgress, ...)
     preview = Signal(object)
     result = Signal(object)
     finished = Signal(int, str, str)  # job id, "done" | "cancelled" | "error", message
     crashed = Signal(str)
-    answer = Signal(object)
+    answer = Signal(object)  # jobs.Answer
     queue_changed = Signal()
 
     def __init__(self, service: str, name: str, parent=None):
@@ -101,7 +101,7 @@ class WorkerClient(QObject):
             self.info = event.data
             self.ready.emit(event.data)
         elif kind == EventType.LOAD_ERROR:
-            self.load_error.emit(event.data["message"])
+            self.load_error.emit(event.data.message)
         elif kind == EventType.STARTED:
             self.started.emit(event.job)
         elif kind == EventType.PROGRESS:
@@ -111,9 +111,9 @@ class WorkerClient(QObject):
         elif kind == EventType.RESULT:
             self.result.emit(event)
         elif kind in FINISHED:
-            self.finished.emit(event.job, kind.value, event.data.get("message", ""))
+            self.finished.emit(event.job, kind.value, event.data.message if isinstance(event.data, Failure) else "")
         elif kind == EventType.CRASHED:
-            self.crashed.emit(event.data["message"])
+            self.crashed.emit(event.data.message)
         elif kind == EventType.ANSWER:
             self.answer.emit(event)
         if kind in (EventType.STARTED, EventType.CRASHED, *FINISHED):

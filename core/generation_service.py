@@ -1,20 +1,20 @@
 """Generation as a job-worker service: the DiT engine loaded once in the worker child.
 
-Job payload: {"request": GenerationRequest fields, "out_dir": folder, "model_path": store the model's path
-in the images too}, or {"kind": "measure_backends"}
-(time both backends for `--backend auto` and remember the faster: RESULT {"backend_choice"}). Reports PROGRESS (with "image" and
-"count"), PREVIEW ({"image", "width", "height", "rgb": bytes}) and one RESULT per saved image ({"image",
-"path", "settings", "evaluations"}). Query {"kind": "count_tokens", "prompt", "system_prompt"} answers
-{"count", "limit"} from the tokenizer alone, while a job runs.
+Jobs, queries and messages are core/generation_messages.py's: a GenerateImages job reports ImageProgress,
+Preview and one ImageSaved per image; MeasureBackends answers with BackendChoice; CountTokens is answered
+(TokenCount) from the tokenizer alone, while a job runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cpu_budget import CpuWork
+from .generation_messages import (BackendChoice, CountTokens, GenerateImages, ImageProgress, ImageSaved,
+                                  MeasureBackends, Preview)
 from .jobs import EventType, Job, Reporter, Service
+from .prompts import TokenCount
 
 SERVICE = "core.generation_service:GenerationService"
 
@@ -49,44 +49,45 @@ class GenerationService(Service):
     def run(self, job: Job, report: Reporter) -> None:
         from .request import GenerationRequest
 
-        if job.payload.get("kind") == "measure_backends":
-            report.emit(EventType.RESULT, backend_choice=self.engine.measure_backends(report.should_stop))
+        if isinstance(job.payload, MeasureBackends):
+            report.emit(EventType.RESULT, BackendChoice(self.engine.measure_backends(report.should_stop)))
             return
-
-        request = GenerationRequest(**job.payload["request"])
+        payload: GenerateImages = job.payload
+        request = GenerationRequest(**payload.request)
 
         def on_step(index, info):
             work.refresh()
-            report.progress(info.step, info.total, info.eta, image=index, count=request.count)
+            report.emit(EventType.PROGRESS, ImageProgress(index, request.count, info.step, info.total, info.eta))
             if self.options.preview:
                 rgb = self.engine.preview(info)
-                report.emit(EventType.PREVIEW, image=index, width=rgb.shape[1], height=rgb.shape[0], rgb=rgb.tobytes())
+                report.emit(EventType.PREVIEW, Preview(index, rgb.shape[1], rgb.shape[0], rgb.tobytes()))
 
         finished = []
 
         def on_image(result):
-            report.emit(EventType.RESULT, image=len(finished), path=str(result.path), settings=result.settings,
-                        evaluations=result.evaluations)
+            report.emit(EventType.RESULT, ImageSaved(len(finished), str(result.path), result.settings,
+                                                     result.evaluations))
             finished.append(result.path)
 
         with CpuWork("generation", self.engine.device.type) as work:
-            self.engine.generate(request, out_dir=Path(job.payload["out_dir"]), on_step=on_step,
-                                 should_stop=report.should_stop, on_image=on_image,
-                                 model_path=job.payload.get("model_path", False))
+            self.engine.generate(request, out_dir=Path(payload.out_dir), on_step=on_step,
+                                 should_stop=report.should_stop, on_image=on_image, model_path=payload.model_path)
 
-    def answer(self, query: dict) -> dict:
+    def answer(self, query: CountTokens) -> TokenCount:
         from .prompts import full_prompt, system_prompt_text
 
-        text = full_prompt(query["prompt"], system_prompt_text(query["system_prompt"]))
-        return {"count": self.engine.prompts.count_tokens(text), "limit": self.engine.prompts.max_tokens}
+        text = full_prompt(query.prompt, system_prompt_text(query.system_prompt))
+        return TokenCount(self.engine.prompts.count_tokens(text), self.engine.prompts.max_tokens)
 
     @staticmethod
-    def remaining(payload: dict, finished: int) -> dict | None:
+    def remaining(payload: GenerateImages | MeasureBackends, finished: int) -> GenerateImages | None:
         """After `finished` images, the rest of the job: the same request for the images not yet made."""
-        request = dict(payload["request"])
+        if isinstance(payload, MeasureBackends):
+            return payload if finished == 0 else None
+        request = dict(payload.request)
         left = request.get("count", 1) - finished
         if left <= 0:
             return None
         if request.get("seed") is not None:
             request["seed"] += finished
-        return {**payload, "request": {**request, "count": left}}
+        return replace(payload, request={**request, "count": left})

@@ -8,12 +8,14 @@ child one job at a time, so waiting jobs can be reordered or cancelled freely an
 (once), starts a fresh child and carries on. Job ids are unique for the life of the process, across
 restarts, model switches and services.
 
-Every message back is an `Event`: its `type` (an `EventType`), the job it concerns, and plain data:
-  READY      {service's own info}            LOAD_ERROR {"message", "detail"}
-  STARTED    {}                              PROGRESS   {"step", "total", "eta", ... the service's own}
-  PREVIEW    {the service's own}             RESULT     {the service's own: one finished item}
-  DONE       {}   CANCELLED {}               ERROR      {"message", "detail"}
-  CRASHED    {"message", "requeued"}         ANSWER     {"request", ... the answer}
+Every message back is an `Event`: its `type` (an `EventType`), the job it concerns, and one frozen dataclass
+(each service's own are in its messages module; nothing is told apart by its keys):
+  READY      the service's info (a dict)      LOAD_ERROR Failure
+  STARTED    None                             PROGRESS   Progress, or the service's own
+  PREVIEW    the service's own                RESULT     the service's own: one finished item
+  DONE       None   CANCELLED None            ERROR      Failure
+  CRASHED    Crash                            ANSWER     Answer (to a query sent with `ask`)
+A job's payload and a query are the service's own dataclasses too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import queue
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 log = logging.getLogger("lumina.jobs")
@@ -55,13 +57,40 @@ FINISHED = (EventType.DONE, EventType.CANCELLED, EventType.ERROR)
 class Event:
     type: EventType
     job: int | None = None
-    data: dict = field(default_factory=dict)
+    data: object = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job or a load that failed: a message a person can act on, and the traceback for the log."""
+    message: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Crash:
+    message: str
+    requeued: bool  # what was left of the interrupted job is back at the head of the queue
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    eta: float  # seconds left
+
+
+@dataclass(frozen=True)
+class Answer:
+    request: int  # the number `ask` returned
+    value: object = None  # the service's answer
+    error: str = ""
 
 
 @dataclass
 class Job:
     id: int
-    payload: dict  # what the service needs, plain data
+    payload: object  # what the service needs: one of its own job dataclasses
     label: str = ""  # what the queue shows
     results: int = 0  # items finished so far (RESULT events), so a crash can resume after them
     requeued: bool = False
@@ -73,11 +102,11 @@ class Reporter:
     def __init__(self, job: Job, events, cancel):
         self.job, self._events, self._cancel = job, events, cancel
 
-    def emit(self, kind: EventType, **data) -> None:
-        self._events.put(Event(kind, self.job.id, data))
+    def emit(self, kind: EventType, message: object) -> None:
+        self._events.put(Event(kind, self.job.id, message))
 
-    def progress(self, step: int, total: int, eta: float, **data) -> None:
-        self.emit(EventType.PROGRESS, step=step, total=total, eta=eta, **data)
+    def progress(self, step: int, total: int, eta: float) -> None:
+        self.emit(EventType.PROGRESS, Progress(step, total, eta))
 
     def should_stop(self) -> bool:
         return self._cancel.is_set()
@@ -99,11 +128,11 @@ class Service:
     def run(self, job: Job, report: Reporter) -> None:
         raise NotImplementedError
 
-    def answer(self, query: dict) -> dict:
+    def answer(self, query: object) -> object:
         raise NotImplementedError
 
     @staticmethod
-    def remaining(payload: dict, finished: int) -> dict | None:
+    def remaining(payload: object, finished: int) -> object | None:
         return payload if finished == 0 else None
 
 
@@ -129,12 +158,11 @@ def _service_class(path: str) -> type[Service]:
     return getattr(importlib.import_module(module), name)
 
 
-def _failure(exc: BaseException) -> dict:
-    """A message a person can act on, and the traceback for the log."""
+def _failure(exc: BaseException) -> Failure:
     from .errors import LuminaError
 
     message = str(exc) if isinstance(exc, LuminaError) else f"Internal error ({type(exc).__name__}: {exc})"
-    return {"message": message or type(exc).__name__, "detail": traceback.format_exc()}
+    return Failure(message or type(exc).__name__, traceback.format_exc())
 
 
 def _child_main(service_path: str, options, jobs, queries, events, cancel) -> None:
@@ -151,12 +179,13 @@ def _child_main(service_path: str, options, jobs, queries, events, cancel) -> No
     events.put(Event(EventType.READY, data=info))
 
     def answer_queries():
-        while (query := queries.get()) is not None:
+        while (asked := queries.get()) is not None:
+            request, query = asked
             try:
-                answer = service.answer(query)
+                answer = Answer(request, service.answer(query))
             except Exception as exc:  # a query's failure is an answer too
-                answer = {"error": _failure(exc)["message"]}
-            events.put(Event(EventType.ANSWER, data={"request": query["request"], **answer}))
+                answer = Answer(request, error=_failure(exc).message)
+            events.put(Event(EventType.ANSWER, data=answer))
 
     threading.Thread(target=answer_queries, name="queries", daemon=True).start()
     while (job := jobs.get()) is not None:
@@ -222,8 +251,8 @@ class JobWorker:
 
     # ---- the queue -------------------------------------------------------------------------------
 
-    def submit(self, payload: dict, label: str = "") -> int:
-        job = Job(next(_job_ids), dict(payload), label)
+    def submit(self, payload: object, label: str = "") -> int:
+        job = Job(next(_job_ids), payload, label)
         self.pending.append(job)
         self._feed()
         return job.id
@@ -253,10 +282,10 @@ class JobWorker:
             self.pending.remove(job)
             self.pending.insert(max(0, min(index, len(self.pending))), job)
 
-    def ask(self, query: dict) -> int:
-        """A small query answered while jobs run; the answer arrives as an ANSWER event with this id."""
+    def ask(self, query: object) -> int:
+        """A small query answered while jobs run; the answer arrives as an ANSWER event's Answer with this id."""
         request = next(_request_ids)
-        self._queries.put({**query, "request": request})
+        self._queries.put((request, query))
         return request
 
     def _feed(self) -> None:
@@ -285,8 +314,8 @@ class JobWorker:
             elif event.type == EventType.LOAD_ERROR:
                 self._process.join(5)
                 self._process = None
-            if event.data.get("detail"):
-                log.error("%s job %s: %s\n%s", self.name, event.job, event.data.get("message"), event.data["detail"])
+            if isinstance(event.data, Failure) and event.data.detail:
+                log.error("%s job %s: %s\n%s", self.name, event.job, event.data.message, event.data.detail)
         if self._process is not None and not self._process.is_alive() and not events:
             events.append(self._crashed())
         self._feed()
@@ -310,4 +339,4 @@ class JobWorker:
                     " (it was interrupted before)." if job.requeued else ".")
         log.error(message)
         self.start()
-        return Event(EventType.CRASHED, job.id if job else None, {"message": message, "requeued": requeued})
+        return Event(EventType.CRASHED, job.id if job else None, Crash(message, requeued))

@@ -6,6 +6,8 @@ encoded as-is, without a system prompt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import RequestError
 
 SYSTEM_PROMPTS = {
@@ -35,3 +37,10 @@ def system_prompt_text(name_or_text: str) -> str:
 
 def full_prompt(prompt: str, system_prompt: str) -> str:
     return f"{system_prompt} <Prompt Start> {prompt}"
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """The answer to a token-count query (Generate's prompt, the Caption tab's caption): `count` of `limit`."""
+    count: int
+    limit: int

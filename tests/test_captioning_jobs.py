@@ -232,14 +232,15 @@ def test_custom_prompt_template_fields(tmp_path, server):
 
 
 def test_caption_service_in_a_worker_reports_each_image(tmp_path, server):
+    from core.captioning.messages import CaptionFolder, CountCaptionTokens, ImageOutcome, Summary
     from core.captioning.service import SERVICE, CaptionerOptions
-    from core.jobs import EventType, JobWorker
+    from core.jobs import EventType, JobWorker, Progress
 
     folder = folder_of_colours(tmp_path / "set", 3)
     worker = JobWorker(SERVICE, CaptionerOptions(server=server.url), name="lumina-captioner")
     worker.start()
     try:
-        job = worker.submit({"settings": {"folder": str(folder), "styles": ["short"]}}, label="caption set")
+        job = worker.submit(CaptionFolder({"folder": str(folder), "styles": ["short"]}), label="caption set")
         events, deadline = [], time.time() + 120
         while not any(e.type in (EventType.DONE, EventType.ERROR, EventType.LOAD_ERROR) for e in events):
             events += worker.poll(0.2)
@@ -247,14 +248,16 @@ def test_caption_service_in_a_worker_reports_each_image(tmp_path, server):
         ready = next(e for e in events if e.type == EventType.READY)
         assert "tiny-vlm" in ready.data["captioner"]
         results = [e.data for e in events if e.type == EventType.RESULT and e.job == job]
-        assert sorted(r["image"] for r in results if "image" in r) == ["img-00.png", "img-01.png", "img-02.png"]
-        assert results[-1]["summary"]["captioned"] == 3
-        assert [e.data["step"] for e in events if e.type == EventType.PROGRESS][-1] == 3
-        worker.ask({"kind": "count_tokens", "text": "a red circle"})
+        outcomes = [r for r in results if isinstance(r, ImageOutcome)]  # told apart by type, not keys
+        assert sorted(r.image for r in outcomes) == ["img-00.png", "img-01.png", "img-02.png"]
+        assert isinstance(results[-1], Summary) and results[-1].captioned == 3
+        progress = [e.data for e in events if e.type == EventType.PROGRESS]
+        assert all(isinstance(p, Progress) for p in progress) and progress[-1].step == 3
+        worker.ask(CountCaptionTokens("a red circle"))
         deadline = time.time() + 30
         while not (answers := [e for e in worker.poll(0.2) if e.type == EventType.ANSWER]):
             assert time.time() < deadline
-        assert answers[0].data["count"] > 3 and answers[0].data["limit"] == 256
+        assert answers[0].data.value.count > 3 and answers[0].data.value.limit == 256
     finally:
         worker.shutdown()
 
@@ -473,8 +476,10 @@ def test_caption_lengths_counted_without_torch_match_transformers():
 
 def test_huge_images_are_scaled_down_as_they_are_read_and_the_summary_says_so(tmp_path, server, monkeypatch):
     from core.captioning import job as job_module
+    from core.captioning import messages
 
-    monkeypatch.setattr(job_module, "MAX_SIDE", 64)
+    monkeypatch.setattr(job_module, "MAX_SIDE", 64)  # what the job reads images at
+    monkeypatch.setattr(messages, "MAX_SIDE", 64)  # what its summary says
     folder = tmp_path / "set"
     folder.mkdir()
     Image.new("RGB", (640, 320), (220, 40, 40)).save(folder / "big.png")

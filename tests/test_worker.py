@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.generation_messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, Preview
 from core.generation_service import SERVICE, GenerationOptions, GenerationService
 from core.jobs import EventType, JobWorker
 from core.metadata import read_settings
@@ -34,7 +35,7 @@ def generation_worker(model, **options):
 
 
 def job(out_dir, **request):
-    return {"request": request, "out_dir": str(out_dir)}
+    return GenerateImages(request, str(out_dir))
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def worker(tiny_model):
 
 
 def test_the_gui_side_does_not_import_torch():
-    code = "import core.jobs, core.generation_service, sys; print('torch' in sys.modules)"
+    code = ("import core.jobs, core.generation_service, core.generation_messages, core.captioning.messages, sys; "
+            "print('torch' in sys.modules)")
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -59,11 +61,14 @@ def test_jobs_progress_previews_and_cancel_of_a_pending_job(worker, tmp_path):
     events = wait_for(worker, lambda ev: len(of_type(ev, EventType.DONE)) == 2)
     assert [e.job for e in of_type(events, EventType.DONE)] == [ids[0], ids[2]]
     progress = [e for e in of_type(events, EventType.PROGRESS) if e.job == ids[0]]
-    assert [e.data["step"] for e in progress] == [1, 2, 3, 4]
+    assert all(isinstance(e.data, ImageProgress) for e in progress)  # typed: told apart by type, not keys
+    assert [e.data.step for e in progress] == [1, 2, 3, 4]
     previews = of_type(events, EventType.PREVIEW)
-    assert previews and len(previews[0].data["rgb"]) == previews[0].data["width"] * previews[0].data["height"] * 3
+    assert previews and isinstance(previews[0].data, Preview)
+    assert len(previews[0].data.rgb) == previews[0].data.width * previews[0].data.height * 3
     images = of_type(events, EventType.RESULT)
-    assert [read_settings(e.data["path"])["prompt"] for e in images] == ["job 0", "job 2"]
+    assert all(isinstance(e.data, ImageSaved) for e in images)
+    assert [read_settings(e.data.path)["prompt"] for e in images] == ["job 0", "job 2"]
 
 
 def test_cancel_the_running_job_and_reorder(worker, tmp_path):
@@ -87,8 +92,8 @@ def test_a_killed_worker_is_restarted_and_the_interrupted_job_resumed(worker, tm
     os.kill(worker.pid, signal.SIGKILL)
     events = wait_for(worker, lambda ev: len(of_type(ev, EventType.DONE)) == 2, seconds=240)
     crash = of_type(events, EventType.CRASHED)[0]
-    assert crash.job == doomed and crash.data["requeued"] and "signal 9" in crash.data["message"]
-    assert f"Job #{doomed} was interrupted" in crash.data["message"]
+    assert crash.job == doomed and crash.data.requeued and "signal 9" in crash.data.message
+    assert f"Job #{doomed} was interrupted" in crash.data.message
     assert [e.job for e in of_type(events, EventType.DONE)] == [doomed, survivor] and worker.restarts == 1
     seeds = sorted(read_settings(p)["seed"] for p in tmp_path.glob("*.png") if read_settings(p)["prompt"] == "doomed")
     assert seeds[-2:] == [11, 12] and len(seeds) in (3, 4)  # the rest of the job, not all of it again
@@ -96,15 +101,15 @@ def test_a_killed_worker_is_restarted_and_the_interrupted_job_resumed(worker, tm
 
 def test_remaining_part_of_a_generation_job():
     payload = job("/out", prompt="p", seed=5, count=4)
-    assert GenerationService.remaining(payload, 1)["request"] == {"prompt": "p", "seed": 6, "count": 3}
+    assert GenerationService.remaining(payload, 1).request == {"prompt": "p", "seed": 6, "count": 3}
     assert GenerationService.remaining(payload, 4) is None
-    assert GenerationService.remaining(job("/out", prompt="p", count=2), 1)["request"].get("seed") is None
+    assert GenerationService.remaining(job("/out", prompt="p", count=2), 1).request.get("seed") is None
 
 
 def test_job_ids_are_unique_across_workers_and_restarts(tiny_model, tmp_path):
     first = generation_worker(tiny_model)
     ids = [first.submit(job(tmp_path, prompt="a"))]
-    first.ask({"kind": "count_tokens", "prompt": "x", "system_prompt": "real"})  # queries take no job number
+    first.ask(CountTokens("x", "real"))  # queries take no job number
     ids.append(first.submit(job(tmp_path, prompt="b")))
     first.shutdown()
     second = generation_worker(tiny_model)
@@ -119,7 +124,7 @@ def test_a_broken_model_reports_why(tmp_path):
     broken = generation_worker(tmp_path / "missing")
     try:
         events = wait_for(broken, lambda ev: of_type(ev, EventType.LOAD_ERROR), seconds=60)
-        assert "does not exist" in of_type(events, EventType.LOAD_ERROR)[0].data["message"]
+        assert "does not exist" in of_type(events, EventType.LOAD_ERROR)[0].data.message
         assert not of_type(events, EventType.CRASHED)
     finally:
         broken.shutdown()
@@ -129,10 +134,10 @@ def test_token_count_answers_while_a_job_runs_and_job_errors(worker, tmp_path):
     wait_for(worker, lambda ev: of_type(ev, EventType.READY))
     long = worker.submit(job(tmp_path, prompt="long", seed=1, width=64, height=64, steps=300))
     wait_for(worker, lambda ev: of_type(ev, EventType.PROGRESS))
-    request_id = worker.ask({"kind": "count_tokens", "prompt": "a red circle", "system_prompt": "real"})
+    request_id = worker.ask(CountTokens("a red circle", "real"))
     events = wait_for(worker, lambda ev: of_type(ev, EventType.ANSWER))
     answer = of_type(events, EventType.ANSWER)[0].data
-    assert answer["request"] == request_id and 5 < answer["count"] < answer["limit"] == 256
+    assert answer.request == request_id and 5 < answer.value.count < answer.value.limit == 256
     assert worker.current is not None and worker.current.id == long  # answered while the job ran
     worker.cancel(long)
     blocker = tmp_path / "file"
@@ -140,7 +145,7 @@ def test_token_count_answers_while_a_job_runs_and_job_errors(worker, tmp_path):
     bad = worker.submit(job(blocker / "out", prompt="x", **SMALL))
     events = wait_for(worker, lambda ev: of_type(ev, EventType.ERROR))
     error = of_type(events, EventType.ERROR)[0]
-    assert error.job == bad and "Cannot write" in error.data["message"]
+    assert error.job == bad and "Cannot write" in error.data.message
 
 
 def _process_gone(pid: int) -> bool:
@@ -154,14 +159,15 @@ def _process_gone(pid: int) -> bool:
 
 HOLDER = """
 import sys, time
+from core.generation_messages import GenerateImages
 from core.generation_service import SERVICE, GenerationOptions
 from core.jobs import JobWorker
 if __name__ == "__main__":
     worker = JobWorker(SERVICE, GenerationOptions(model=sys.argv[1], device="cpu"))
     while not worker.ready:
         worker.poll(timeout=0.2)
-    worker.submit({"request": {"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50},
-                   "out_dir": sys.argv[2]})
+    worker.submit(GenerateImages({"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50},
+                                 sys.argv[2]))
     print(worker.pid, flush=True)
     time.sleep(600)
 """

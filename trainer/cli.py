@@ -289,21 +289,28 @@ def finished_note(run: RunFolder) -> str:
 def launch(run: RunFolder, topology: Topology, precision: str, config: RunConfig, resume: bool) -> int:
     from tqdm import tqdm
 
+    from . import events
+    from .events import Checkpoint, Resumed, Samples, StageStart, Step, Validation
+
     command = accelerate_command(run, topology, precision, resume)
     bar = tqdm(total=config.total_steps, unit="step", file=sys.stderr, desc="training")
 
     def on_event(record):
-        kind = record.get("event")
-        if kind == "step":
-            bar.n = record["step"]
-            bar.set_postfix_str(f"{record['stage']} loss {record['loss']:.4f}")
+        event = events.parse(record)
+        if isinstance(event, Step):
+            bar.n = event.step
+            bar.set_postfix_str(f"{event.stage} loss {event.loss:.4f}")
             bar.refresh()
-        elif kind == "resumed":
-            bar.n = record["step"]
+        elif isinstance(event, Resumed):
+            bar.n = event.step
             bar.refresh()
-        elif kind in ("stage_start", "checkpoint", "samples"):
-            detail = record.get("path") or record.get("stage")
-            bar.write(f"{kind.replace('_', ' ')} at step {record['step']}: {detail}", file=sys.stderr)
+        elif isinstance(event, (StageStart, Checkpoint, Samples)):
+            detail = event.path if isinstance(event, Checkpoint) else event.stage
+            bar.write(f"{events.NAMES[type(event)].replace('_', ' ')} at step {event.step}: {detail}",
+                      file=sys.stderr)
+        elif isinstance(event, Validation):
+            bar.write(f"validation loss {event.loss:.5f} at step {event.step} ({event.images} images, "
+                      f"{event.resolution} px)", file=sys.stderr)
 
     code = run_processes(run, command, on_event)
     bar.close()

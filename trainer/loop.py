@@ -35,6 +35,8 @@ from . import checkpointing
 from .batches import StageData, _generator
 from .config import RunConfig, load_config
 from .ema import EMA, full_tensor
+from .events import (Checkpoint, CheckpointDamaged, Failed, Finished, Resumed, Samples, StageStart, Step, Stopped,
+                     TrainingEvent, Validation)
 from .low_memory import fuse_backward, training_optimizer
 from .features import FeatureCache
 from .objective import flow_matching_loss, noisy_inputs
@@ -142,12 +144,9 @@ class Trainer:
                 step = self.state["global_step"]
                 elapsed = time.perf_counter() - started
                 done_here = step - first_step
-                record = {
-                    "step": step, "stage": stage.name, "stage_index": stage_index,
-                    "stage_step": self.state["step_in_stage"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                    "samples_per_s": samples_done / (time.perf_counter() - tick),
-                    "eta_s": elapsed / done_here * (total - step), "resolution": stage.resolution,
-                }
+                record = Step(step, stage.name, stage_index, self.state["step_in_stage"], loss, lr, grad_norm,
+                              samples_done / (time.perf_counter() - tick), elapsed / done_here * (total - step),
+                              stage.resolution)
                 if step % self.config.log_every == 0 or self.state["step_in_stage"] == stage.steps:
                     self._log_step(record)
                 end_of_stage = self.state["step_in_stage"] == stage.steps
@@ -161,10 +160,10 @@ class Trainer:
                 elif self.config.validate_every and step % self.config.validate_every == 0:
                     self._validate(stage, manifest)
                 if stop:
-                    self._event("stopped", step=step, message="stop requested: saved a checkpoint and exited")
+                    self._event(Stopped(step, "stop requested: saved a checkpoint and exited"))
                     return "stopped"
             self.state["step_in_stage"] = 0
-        self._event("finished", step=self.state["global_step"])
+        self._event(Finished(self.state["global_step"]))
         return "finished"
 
     def _step(self, stage, stage_index: int, data: StageData, accumulation: int):
@@ -220,24 +219,23 @@ class Trainer:
 
     # ---- records ---------------------------------------------------------------------------
 
-    def _event(self, event: str, **fields) -> None:
+    def _event(self, event: TrainingEvent) -> None:
         if self.accelerator.is_main_process:
-            self.run.log(event, **fields)
+            self.run.log(event)
 
-    def _log_step(self, record: dict) -> None:
+    def _log_step(self, record: Step) -> None:
         if not self.accelerator.is_main_process:
             return
-        self.run.log("step", **record)
-        self.accelerator.log({k: record[k] for k in ("loss", "lr", "grad_norm", "samples_per_s")},
-                             step=record["step"])
-        self.run.set_status("running", step=record["step"], total_steps=self.config.total_steps,
-                            stage=record["stage"], loss=record["loss"], eta_s=record["eta_s"], pid=os.getpid())
+        self.run.log(record)
+        self.accelerator.log({"loss": record.loss, "lr": record.lr, "grad_norm": record.grad_norm,
+                              "samples_per_s": record.samples_per_s}, step=record.step)
+        self.run.set_status("running", step=record.step, total_steps=self.config.total_steps,
+                            stage=record.stage, loss=record.loss, eta_s=record.eta_s, pid=os.getpid())
 
     def _stage_start(self, index: int, stage, accumulation: int, manifest: dict) -> None:
-        self._event("stage_start", stage=stage.name, stage_index=index, step=self.state["global_step"],
-                    resolution=stage.resolution, batch_size=stage.batch_size,
-                    micro_batch_size=stage.micro_batch_size, accumulation=accumulation, processes=self.world,
-                    items=len(manifest["items"]), lr=stage.lr, resumed_at=self.state["step_in_stage"])
+        self._event(StageStart(stage.name, index, self.state["global_step"], stage.resolution, stage.batch_size,
+                               stage.micro_batch_size, accumulation, self.world, len(manifest["items"]), stage.lr,
+                               self.state["step_in_stage"]))
 
     # ---- samples and checkpoints -------------------------------------------------------------
 
@@ -256,8 +254,8 @@ class Trainer:
                        for text, path in zip(self.config.samples.prompts, manifest["samples"])]
             paths = self.samples.make(weights, self.model_config, prompts, self.cache.load_text(manifest["empty"]),
                                       (stage.resolution, stage.resolution), self.run.samples, self.state["global_step"])
-            self._event("samples", step=self.state["global_step"], stage=stage.name,
-                        files=[str(p.relative_to(self.run.path)) for p in paths])
+            self._event(Samples(self.state["global_step"], stage.name,
+                                [str(p.relative_to(self.run.path)) for p in paths]))
         self.accelerator.wait_for_everyone()
 
     def _validate(self, stage, manifest: dict, weights: dict[str, torch.Tensor] | None = None) -> dict | None:
@@ -275,9 +273,9 @@ class Trainer:
                                    self.accelerator.device, self.weight_dtype, self.config.pooled_loss_weight)
         result = {"validation_loss": loss, "validation_resolution": stage.resolution}
         step = self.state["global_step"]
-        self._event("validation", step=step, stage=stage.name, loss=loss, resolution=stage.resolution,
-                    images=len(entries), seconds=round(time.perf_counter() - tick, 3),
-                    weights="ema" if swap else "training" if self.ema is not None else "model")
+        self._event(Validation(step, stage.name, loss, stage.resolution, len(entries),
+                               round(time.perf_counter() - tick, 3),
+                               "ema" if swap else "training" if self.ema is not None else "model"))
         if self.accelerator.is_main_process:
             self.accelerator.log({f"validation_loss/{stage.resolution}px": loss}, step=step)
         return result
@@ -315,8 +313,7 @@ class Trainer:
                      **validation}
             final = checkpointing.commit(self.run, partial, step, state, self.config.keep_checkpoints,
                                          self.config.keep_best)
-            self._event("checkpoint", step=step, path=str(final.relative_to(self.run.path)),
-                        replicas_in_sync=in_sync)
+            self._event(Checkpoint(step, str(final.relative_to(self.run.path)), in_sync))
         acc.wait_for_everyone()
 
     def _replicas_in_sync(self) -> bool | None:
@@ -346,9 +343,9 @@ class Trainer:
                 break
             except Exception as exc:  # any reader's error: the checkpoint is unusable, an older one may not be
                 damaged.append(f"{checkpoint.name} ({unreadable_reason(exc)})")
-                self._event("checkpoint_damaged", checkpoint=checkpoint.name,
-                            message=f"{checkpoint.name} cannot be read ({unreadable_reason(exc)}); "
-                                    "trying the checkpoint before it")
+                self._event(CheckpointDamaged(checkpoint.name, f"{checkpoint.name} cannot be read "
+                                                               f"({unreadable_reason(exc)}); trying the checkpoint "
+                                                               "before it"))
         else:
             raise checkpointing.CheckpointUnreadable(
                 "no checkpoint of this run can be read" + (f": {'; '.join(damaged)}" if damaged else "")
@@ -357,7 +354,7 @@ class Trainer:
         if self.state["step_in_stage"] >= stage.steps and self.state["stage"] + 1 < len(self.config.stages):
             self.state["stage"] += 1
             self.state["step_in_stage"] = 0
-        self._event("resumed", step=self.state["global_step"], checkpoint=checkpoint.name)
+        self._event(Resumed(self.state["global_step"], checkpoint.name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 message = (f"the disk is full ({exc.filename or run.path}); the last complete checkpoint is "
                            "intact: free some space (or lower keep_checkpoints) and continue with --resume.")
-            run.log("failed", message=message)
+            run.log(Failed(message))
             run.set_status("failed", message=message)
         return 1
 

@@ -32,6 +32,9 @@ from pathlib import Path
 
 from core.checked import check_record, integer, list_of, number, one_of, optional, read_record, text
 from core.processes import same_process, start_time  # noqa: F401 (start_time: for the tests and the app)
+
+from . import events
+from .events import TrainingEvent
 from core.storage import write_json_atomic
 
 
@@ -56,7 +59,9 @@ EVENT_FIELDS = {"event": text(100), "time": number(0), "step": integer(0), "stag
                 "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),
                 "samples_per_s": number(0), "eta_s": number(0), "files": list_of(text(1000)), "path": text(),
                 "checkpoint": text(), "message": text(5000), "resolution": integer(1), "batch_size": integer(1),
-                "items": integer(0)}
+                "items": integer(0), "stage_index": integer(0), "stage_step": integer(0),
+                "micro_batch_size": integer(1), "accumulation": integer(1), "processes": integer(1),
+                "resumed_at": integer(0), "images": integer(0), "seconds": number(0), "weights": text(20)}
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -127,10 +132,11 @@ class RunFolder:
         self.launcher_file = self.path / "launcher.json"
         self.log_file = self.path / "train.log"
 
-    def log(self, event: str, **fields) -> None:
-        """Append one event; each line is flushed so a reader (or a crash) sees whole lines only. After a line
-        cut by a crash, the event starts a line of its own (it would be lost in the cut one)."""
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+    def log(self, event: TrainingEvent) -> None:
+        """Append one event (trainer/events.py); each line is flushed so a reader (or a crash) sees whole lines
+        only. After a line cut by a crash, the event starts a line of its own (it would be lost in the cut one)."""
+        line = events.record(event)
+        record = {"event": line.pop("event"), "time": round(time.time(), 3), **line}
         with self.events.open("a+b") as handle:
             end = handle.seek(0, os.SEEK_END)
             cut = end > 0 and handle.seek(end - 1) >= 0 and handle.read(1) != b"\n"

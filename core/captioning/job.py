@@ -16,7 +16,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..caption_state import STATE_FILE, CaptionState, damaged_state_message
@@ -25,6 +25,7 @@ from ..errors import Cancelled, LuminaError
 from ..images import ImageProblem, open_rgb
 from ..prompts import MAX_TOKENS
 from ..storage import folder_writable, human_size
+from .messages import MAX_SIDE, ImageOutcome, Summary
 from .repetition import cut_repetition
 from .styles import prompts_for
 
@@ -63,44 +64,6 @@ class CaptionSettings:
             raise CaptionError(str(exc)) from None
 
 
-# Images are read at most this large (long side): every captioning model sees far less (LLaVA 336-672 px,
-# Florence-2 768, Qwen-VL's default budget about 3.5 MP), and a batch of 13,000 px PNGs took 10.7 GB.
-MAX_SIDE = 3072
-
-
-@dataclass
-class ImageOutcome:
-    image: str  # path relative to the folder
-    captions: list[str] = field(default_factory=list)  # the .txt's lines afterwards
-    written: list[dict] = field(default_factory=list)  # the new lines with their style and token count
-    error: str = ""
-    downscaled: bool = False  # larger than MAX_SIDE: the captioner saw it scaled down
-    repeated: bool = False  # a caption looped ("square square …"): cut, and the image marked "needs fixing"
-
-
-@dataclass
-class Summary:
-    captioned: int = 0
-    skipped: int = 0  # already captioned (skip mode) or done by the run resumed
-    failed: list[str] = field(default_factory=list)  # "image: why"
-    over_limit: int = 0  # captions longer than the Lumina model reads
-    seconds: float = 0.0
-    stopped: bool = False
-    warnings: list[str] = field(default_factory=list)
-    downscaled: int = 0  # images larger than MAX_SIDE, scaled down before the captioner saw them
-    repeated: int = 0  # images whose caption looped: cut and marked "needs fixing"
-
-    def describe(self) -> str:
-        rate = f", {self.captioned / self.seconds:.1f} images/s" if self.seconds > 0 and self.captioned else ""
-        text = f"{self.captioned} captioned, {self.skipped} skipped, {len(self.failed)} failed{rate}"
-        if self.over_limit:
-            text += f"; {self.over_limit} captions are longer than the model's {MAX_TOKENS}-token limit"
-        if self.repeated:
-            text += (f"; {self.repeated} captions repeated themselves: cut after the first copy, their images "
-                     "marked 'needs fixing' for review")
-        if self.downscaled:
-            text += f"; {self.downscaled} images larger than {MAX_SIDE} px were scaled down to {MAX_SIDE} px for it"
-        return "\n".join([text, *self.warnings])
 
 
 def check_folder(folder: Path) -> None:
@@ -174,42 +137,42 @@ class CaptionRun:
             key, done = state.begin_run(self.identity())
             done |= self._written_before_a_kill(state, key)
             todo, skipped = self.plan(done, share)
-            summary = Summary(skipped=skipped)
+            tally = {"skipped": skipped, "captioned": 0, "downscaled": 0, "repeated": 0, "over_limit": 0,
+                     "failed": [], "warnings": [], "stopped": False}
             if state.recovered is not None:
-                summary.warnings.append(damaged_state_message(state.recovered))
+                tally["warnings"].append(damaged_state_message(state.recovered))
             size = self.settings.batch
             for start in range(0, len(todo), size):
                 if should_stop():
-                    summary.stopped = True
+                    tally["stopped"] = True
                     break
                 try:
                     outcomes = self._batch(todo[start:start + size])
                 except Cancelled:  # Stop, while a server request was in flight: nothing of this batch was written
-                    summary.stopped = True
+                    tally["stopped"] = True
                     break
                 for outcome in outcomes:
                     if not outcome.error:
-                        self._write(state, key, outcome)
+                        outcome = self._write(state, key, outcome)
                     if outcome.error:
-                        summary.failed.append(f"{outcome.image}: {outcome.error}")
+                        tally["failed"].append(f"{outcome.image}: {outcome.error}")
                     else:
-                        summary.captioned += 1
-                        summary.downscaled += outcome.downscaled
+                        tally["captioned"] += 1
+                        tally["downscaled"] += outcome.downscaled
                         if outcome.repeated:
                             state.set_status(self.folder / outcome.image, "needs fixing")
-                            summary.repeated += 1
-                        summary.over_limit += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
+                            tally["repeated"] += 1
+                        tally["over_limit"] += sum(1 for w in outcome.written if (w["tokens"] or 0) > MAX_TOKENS)
                     if on_result is not None:
                         on_result(outcome)
                 if on_progress is not None:
                     done_count = min(start + size, len(todo))
                     elapsed = time.perf_counter() - started
                     on_progress(done_count, len(todo), elapsed / done_count * (len(todo) - done_count))
-            if not summary.stopped:
+            if not tally["stopped"]:
                 state.finish_run(key)
-            summary.warnings.extend(getattr(self.captioner, "notes", []))  # e.g. fields a server refused
-            summary.seconds = time.perf_counter() - started
-            return summary
+            tally["warnings"].extend(getattr(self.captioner, "notes", []))  # e.g. fields a server refused
+            return Summary(**tally, seconds=time.perf_counter() - started)
         except sqlite3.Error as exc:
             raise self._state_error(exc) from None
         finally:
@@ -226,17 +189,19 @@ class CaptionRun:
                             "written so far are kept. Free some space and run again to continue.")
 
     def _batch(self, images: list[Path]) -> list[ImageOutcome]:
-        outcomes = [ImageOutcome(self._relative(image)) for image in images]
+        errors = {index: "" for index in range(len(images))}
+        downscaled, repeated = set(), set()
         pictures, old = {}, {}
         for index, image in enumerate(images):
             try:
                 old[index] = read_captions(image)
                 pictures[index] = open_rgb(image, MAX_SIDE)
-                outcomes[index].downscaled = max(pictures[index].info["original_size"]) > MAX_SIDE
+                if max(pictures[index].info["original_size"]) > MAX_SIDE:
+                    downscaled.add(index)
             except ImageProblem as exc:
-                outcomes[index].error = str(exc)
+                errors[index] = str(exc)
             except (OSError, UnicodeDecodeError) as exc:
-                outcomes[index].error = f"its caption file cannot be read ({exc})"
+                errors[index] = f"its caption file cannot be read ({exc})"
         ready = list(pictures)
         lines = {index: [] for index in ready}
         for prompt in self.prompts:
@@ -250,36 +215,38 @@ class CaptionRun:
                 if not isinstance(answer, Exception):
                     answer, looped = cut_repetition(answer)  # before the prefix and suffix are added
                 text = "" if isinstance(answer, Exception) else prompt.finish(answer)
-                outcomes[index].repeated |= looped
+                if looped:
+                    repeated.add(index)
                 if not text:
                     empty = "the model gave an empty caption"
-                    outcomes[index].error = str(answer) if isinstance(answer, Exception) else empty
+                    errors[index] = str(answer) if isinstance(answer, Exception) else empty
                 else:
                     lines[index].append({"text": text, "style": prompt.style, "source": self.source,
                                          "settings": self.caption_settings(prompt), "tokens": self._tokens(text)})
-            ready = [i for i in ready if not outcomes[i].error]
-        for index in ready:
-            outcomes[index].written = lines[index]
-        return outcomes
+            ready = [i for i in ready if not errors[i]]
+        return [ImageOutcome(self._relative(image), written=lines[index] if index in ready else [],
+                             error=errors[index], downscaled=index in downscaled, repeated=index in repeated)
+                for index, image in enumerate(images)]
 
-    def _write(self, state: CaptionState, key: str, outcome: ImageOutcome) -> None:
+    def _write(self, state: CaptionState, key: str, outcome: ImageOutcome) -> ImageOutcome:
         """Write an image's new captions: the .txt as it is now (another run or the app may have changed it
-        while the model worked) with the new lines added (append) or in place of the old ones."""
+        while the model worked) with the new lines added (append) or in place of the old ones. Returns the
+        outcome with the captions the file holds now, or with why it could not be written."""
         image = self.folder / outcome.image
         new = [w["text"] for w in outcome.written]
         append = self.settings.mode != "overwrite"  # skip: a caption another writer added meanwhile is kept
         try:
-            outcome.captions = state.update_captions(
+            captions = state.update_captions(
                 key, image, outcome.written, lambda current: [c for c in current if c not in new] + new if append
                 else new)
+            return replace(outcome, captions=captions)
         except UnicodeDecodeError:
-            outcome.error = f"its caption file {sidecar(image).name} is not UTF-8 text; it is left as it is"
+            error = f"its caption file {sidecar(image).name} is not UTF-8 text; it is left as it is"
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._full_disk() from None
-            outcome.error = f"{sidecar(image).name} cannot be written ({exc.strerror or exc})"
-        if outcome.error:
-            outcome.captions, outcome.written = [], []
+            error = f"{sidecar(image).name} cannot be written ({exc.strerror or exc})"
+        return replace(outcome, error=error, captions=[], written=[])
 
     def _written_before_a_kill(self, state: CaptionState, key: str) -> set[str]:
         """Images this run wrote but did not mark done (killed in between): their lines are in the .txt, so

@@ -1,19 +1,19 @@
 """Captioning as a job-worker service: one captioner (a local model, or a server) loaded once in its own
 worker child, apart from the generation engine, so a VLM and the DiT never share a process.
 
-Job payload: {"settings": CaptionSettings fields}. Reports PROGRESS ({"step", "total", "eta"} in images), one
-RESULT per image ({"image", "captions", "written", "error"}) and a last RESULT {"summary": {...}}. A crash
-requeues the same job: the state file lets it resume where it stopped. Query {"kind": "count_tokens",
-"text"} answers {"count", "limit"}.
+Jobs, queries and messages are core/captioning/messages.py's: a CaptionFolder job reports Progress (in
+images), one ImageOutcome per image and a last Summary. A crash requeues the same job: the state file lets it
+resume where it stopped. CountCaptionTokens is answered with a TokenCount.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..errors import Cancelled
 from ..jobs import EventType, Job, Reporter, Service
-from ..prompts import MAX_TOKENS
+from ..prompts import MAX_TOKENS, TokenCount
+from .messages import CaptionFolder, CountCaptionTokens
 
 SERVICE = "core.captioning.service:CaptionService"
 
@@ -58,22 +58,23 @@ class CaptionService(Service):
         from ..cpu_budget import CpuWork
         from .job import CaptionRun, CaptionSettings
 
-        run = CaptionRun(CaptionSettings(**job.payload["settings"]), self.captioner, self.counter)
+        payload: CaptionFolder = job.payload
+        run = CaptionRun(CaptionSettings(**payload.settings), self.captioner, self.counter)
 
         def progress(done, total, eta):
             work.refresh()
             report.progress(done, total, eta)
 
         with CpuWork("captioning", device_kind(self.captioner)) as work:
-            summary = run.run(on_result=lambda outcome: report.emit(EventType.RESULT, **asdict(outcome)),
+            summary = run.run(on_result=lambda outcome: report.emit(EventType.RESULT, outcome),
                               on_progress=progress, should_stop=report.should_stop)
-        report.emit(EventType.RESULT, summary=asdict(summary))
+        report.emit(EventType.RESULT, summary)
         if summary.stopped:
             raise Cancelled()
 
-    def answer(self, query: dict) -> dict:
-        return {"count": self.counter(query["text"]), "limit": MAX_TOKENS}
+    def answer(self, query: CountCaptionTokens) -> TokenCount:
+        return TokenCount(self.counter(query.text), MAX_TOKENS)
 
     @staticmethod
-    def remaining(payload: dict, finished: int) -> dict | None:
+    def remaining(payload: CaptionFolder, finished: int) -> CaptionFolder:
         return payload  # the rerun skips what the state file says is done

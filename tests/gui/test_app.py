@@ -215,7 +215,7 @@ def test_esc_on_the_second_image_shows_the_first_and_a_cancelled_state(window, q
     previews = []
     window.client.preview.connect(lambda event: previews.append(event.data))
     generate(window, qtbot, "three of them", count=3, steps=40)
-    qtbot.waitUntil(lambda: any(p["image"] == 1 for p in previews), timeout=120_000)  # image 2 is forming
+    qtbot.waitUntil(lambda: any(p.image == 1 for p in previews), timeout=120_000)  # image 2 is forming
     window.client.stop_current()  # what Esc does
     wait_idle(window, qtbot)
     text = window.generate.parameters.text()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from app_helpers import generate, wait_idle
 
+from core.generation_messages import BackendChoice
 from core.library import INDEX
 from core.storage import library_dir
 
@@ -284,7 +285,7 @@ def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
     win.client.started.connect(lambda job: seen.append(("started", job)))
     win.client.finished.connect(lambda job, outcome, _: seen.append((outcome, job)))
     win.client.result.connect(lambda event: seen.append(("measured", event.job))
-                              if "backend_choice" in event.data else None)
+                              if isinstance(event.data, BackendChoice) else None)
     generate(win, qtbot, "first")
     qtbot.waitUntil(lambda: win._measure_job is not None, timeout=120_000)  # it follows the first image
     measurement = win._measure_job

@@ -14,6 +14,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app import plain_text
+from core.captioning.messages import Summary
 from core.datasets import read_captions, write_captions
 from core.scenes.world import write_dataset
 
@@ -34,10 +35,10 @@ def caption_all(panel, qtbot, styles=("detailed",)):
     panel.scope.setCurrentIndex(panel.scope.findData("all"))
     panel.mode.setCurrentIndex(panel.mode.findData("skip"))
     summaries = []
-    panel.client.result.connect(lambda event: summaries.append(event.data) if "summary" in event.data else None)
+    panel.client.result.connect(lambda event: summaries.append(event.data) if isinstance(event.data, Summary) else None)
     panel.caption_button.click()
     qtbot.waitUntil(lambda: bool(summaries), timeout=120_000)
-    return summaries[0]["summary"]
+    return summaries[0]
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_caption_review_with_the_keyboard_and_undo(window, panel, qtbot, tmp_pat
     panel.open_folder(folder)
     assert panel.model.rowCount() == 8 and panel.current == "scene-00000.png"
     summary = caption_all(panel, qtbot, ("detailed", "tags"))
-    assert summary["captioned"] == 8 and not summary["failed"]
+    assert summary.captioned == 8 and not summary.failed
     lines = read_captions(folder / "scene-00000.png")
     assert len(lines) == 2 and "," in lines[1]
     qtbot.waitUntil(lambda: panel.editor.lines() == lines)

@@ -145,12 +145,13 @@ def test_damaged_run_folders_are_listed_with_what_is_wrong(qtbot):
 
 def test_a_plot_of_constant_huge_losses_draws(qtbot):
     from app.loss_plot import LossPlot
+    from trainer.events import Step
 
     plot = LossPlot()
     qtbot.addWidget(plot)
     plot.resize(400, 200)
     for step, loss in enumerate([1e30] * 5 + [1.7e308] * 3 + [math.inf]):
-        plot.add_step({"event": "step", "step": step, "loss": loss})
+        plot.add_step(Step(step, loss=loss))
     plot.grab()  # paints: a ZeroDivisionError here was a blank plot and a logged traceback per paint
     plot.set_log_scale(True)
     plot.grab()

@@ -29,6 +29,7 @@ from core.scenes.world import write_dataset
 from fake_gpus import fake_nvidia_smi
 from filesystems import mount_tmpfs, unmount_tmpfs
 from core.storage import runs_dir
+from trainer.events import StageStart, Step, Validation
 from trainer.run_folder import RunFolder, start_time
 
 
@@ -452,10 +453,11 @@ def fake_run(name: str, state: str, launcher_pid: int | None, checkpoint: bool, 
     run.config.write_text('name = "x"\n[[stages]]\nname = "only"\n')
     run.set_status(state, step=7, total_steps=20, stage="only", loss=0.25, message="the training process exited "
                    "with code 1; see train.log" if state == "failed" else "")
-    run.log("stage_start", stage="only", stage_index=0, step=0)
+    run.log(StageStart("only", 0, 0))
     for step in range(1, 8):
-        run.log("step", step=step, stage="only", loss=1 / step, lr=1e-4, grad_norm=0.5, samples_per_s=3.0, eta_s=9)
-    run.log("a-kind-from-a-newer-trainer", step=7)
+        run.log(Step(step, "only", loss=1 / step, lr=1e-4, grad_norm=0.5, samples_per_s=3.0, eta_s=9))
+    with run.events.open("a") as handle:
+        handle.write(json.dumps({"event": "a-kind-from-a-newer-trainer", "time": 1.0, "step": 7}) + "\n")
     with run.events.open("a") as handle:
         handle.write('{"event": "step", "step": 8, "lo')  # cut mid-line by a crash
     if launcher_pid is not None:
@@ -588,7 +590,7 @@ def test_every_checkpoint_is_listed_with_its_validation_loss_and_an_older_one_ge
     validation loss, the best marked; Use in Generate takes the chosen (older) one, named "RUN step N"."""
     run = fake_run("chosen", "finished", None, checkpoint=False)
     for step, loss in ((4, 0.25), (7, 0.31)):
-        run.log("validation", step=step, stage="only", loss=loss, resolution=64, images=5, seconds=0.4)
+        run.log(Validation(step, "only", loss, 64, 5, 0.4))
         folder = run.checkpoints / f"step-{step:08d}"
         shutil.copytree(tiny_model, folder / "model")
         (folder / "state").mkdir()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from trainer.events import Resumed, Step
 from trainer.run_folder import EventTail, RunFolder
 
 
@@ -168,8 +169,33 @@ def test_kill_ends_the_training_group_and_the_launcher_it_can_prove(tmp_path):
 def test_an_event_after_a_line_cut_by_a_crash_is_not_lost(tmp_path):
     run = RunFolder(tmp_path / "run")
     run.path.mkdir()
-    run.log("step", step=1, loss=0.5)
+    run.log(Step(1, loss=0.5))
     with run.events.open("a") as handle:
         handle.write('{"event": "step", "step": 2, "lo')  # the process was killed mid-line
-    run.log("resumed", step=1)
+    run.log(Resumed(1, "step-00000001"))
     assert [e["event"] for e in run.read_events()] == ["step", "resumed"]
+
+
+def test_every_kind_of_event_reads_back_as_written_and_a_newer_kind_is_left_out(tmp_path):
+    """The trainer writes typed events; the Train tab reads them back with the same classes (trainer/events.py)."""
+    import json
+
+    from trainer import events
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    written = [events.Step(3, "low", 0, 3, 0.25, 1e-4, 0.5, 8.0, 12.0, 256),
+               events.StageStart("low", 0, 0, 256, 8, 2, 4, 1, 100, 1e-4, 0),
+               events.Validation(3, "low", 0.125, 256, 5, 0.4, "ema"), events.Samples(3, "low", ["samples/a.png"]),
+               events.Checkpoint(3, "checkpoints/step-00000003", None),
+               events.CheckpointDamaged("step-00000002", "cannot be read"), events.Resumed(3, "step-00000003"),
+               events.Stopped(3, "stop requested"), events.Finished(4), events.Failed("CUDA error")]
+    assert {type(e) for e in written} == set(events.KINDS.values())
+    for event in written:
+        run.log(event)
+    with run.events.open("a") as handle:
+        handle.write(json.dumps({"event": "from-a-newer-trainer", "time": 1.0}) + "\n")
+        handle.write(json.dumps({"event": "step", "time": 1.0, "step": 9, "loss": 0.5, "grad_norm": "x"}) + "\n")
+    read = [events.parse(record) for record in run.read_events()]
+    assert read[:len(written)] == written and read[len(written)] is None
+    assert read[-1] == events.Step(9, loss=0.5)  # a damaged field is left out: its default stands
