@@ -53,7 +53,7 @@ torch.set_default_dtype(torch.float32)
 model.activation_checkpointing = True
 if memory or optimizer:
     opt = OneByOne(model.parameters(), optimizer.get("name", "adamw"), lr=1e-5)
-    opt.set_seed(0, torch.device("cpu"))
+    opt.set_seed(0)
 else:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-15)
 if memory.get("fused_backward"):

@@ -33,6 +33,7 @@ from core.models.nextdit import NextDiT, NextDiTConfig  # noqa: E402
 from trainer.config import parse_config  # noqa: E402
 from trainer.ema import EMA  # noqa: E402
 from trainer.low_memory import fuse_backward, training_optimizer  # noqa: E402
+from trainer.block_swap import BlockSwap  # noqa: E402
 from trainer.memory import MEMORY_MODES, estimate_stage, mode_label, optimizer_bytes, parameter_count  # noqa: E402
 from trainer.objective import flow_matching_loss, noisy_inputs  # noqa: E402
 
@@ -76,8 +77,10 @@ def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps:
     optimizer = training_optimizer(model, run)
     model, optimizer = accelerator.prepare(model, optimizer)
     norms: list[float] = []
+    inner = accelerator.unwrap_model(model)
+    swap = BlockSwap(list(inner.layers)[-memory.blocks_to_swap:], device) if memory.blocks_to_swap else None
     if memory.fused_backward:
-        fuse_backward(accelerator.unwrap_model(model), optimizer.optimizer, 2.0, norms)
+        fuse_backward(inner, optimizer.optimizer, 2.0, norms, swap)
     ema = EMA(accelerator.unwrap_model(model), 0.95, torch.device("cpu") if memory.ema_on_cpu else None)
     dtype = next(model.parameters()).dtype
     latent = resolution // 8
@@ -91,7 +94,7 @@ def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps:
         sync(device)
         started = time.perf_counter()
         if run.steps_one_by_one:
-            optimizer.optimizer.set_seed(step, device)
+            optimizer.optimizer.set_seed(step)
         x_t, t, target = noisy_inputs(latents, torch.Generator().manual_seed(step))
         loss = flow_matching_loss(model(x_t.to(dtype), t, features, mask).float(), target, 1.0)
         accelerator.backward(loss)
@@ -111,6 +114,9 @@ def train_steps(config: NextDiTConfig, resolution: int, micro_batch: int, steps:
     return durations[len(durations) // 2], peak
 
 
+SWAPPED = 18  # joint blocks the block-swapping mode swaps here: what 8 GB needs at 1024², micro-batch 1
+
+
 def run_config_for(resolution: int, micro_batch: int, memory: dict | None = None, optimizer: str = "adamw") -> dict:
     return {"version": 1, "base_model": "m", "datasets": [{"path": "d"}], "memory": memory or {},
             "optimizer": {"name": optimizer}, "stages": [{"name": str(resolution), "resolution": resolution,
@@ -123,7 +129,9 @@ def memory_modes(config: NextDiTConfig, resolution: int, micro_batch: int, steps
     params = parameter_count(config)
     rows = []
     for mode in MEMORY_MODES:
-        run = parse_config(run_config_for(resolution, micro_batch, mode.memory, mode.optimizer))
+        swapped = min(SWAPPED, config.num_layers - 1)
+        swapping = {"blocks_to_swap": swapped} if mode.memory.get("blocks_to_swap") else {}
+        run = parse_config(run_config_for(resolution, micro_batch, {**mode.memory, **swapping}, mode.optimizer))
         seconds, peak_gib = train_steps(config, resolution, micro_batch, steps, warmup, device, run)
         estimate = estimate_stage(config, params, run, run.stages[0], 1, False, 2,
                                   optimizer_state=optimizer_bytes(config, mode.optimizer))

@@ -174,6 +174,9 @@ def check_and_train(args, config: RunConfig, run: RunFolder | None) -> int:
     print(data.text(), file=report)
 
     model_config = loader.dit_config(source)
+    if config.memory.blocks_to_swap >= model_config.num_layers:
+        raise ConfigError(f"memory.blocks_to_swap: {config.memory.blocks_to_swap} is not below the model's "
+                          f"{model_config.num_layers} joint blocks; swap at most {model_config.num_layers - 1}.")
     params = parameter_count(model_config)
     estimates = stage_estimates(model_config, params, config, topology.world, topology.device, precision,
                                 optimizer_bytes(model_config, config.optimizer.name))

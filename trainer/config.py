@@ -79,6 +79,7 @@ class MemoryConfig:
     weights: str = "fp32"  # fp32, or bf16: no fp32 copy of the model, updates rounded stochastically
     fused_backward: bool = False  # step each weight in the backward pass; gradients never all held at once
     ema_on_cpu: bool = False  # keep the EMA in the computer's memory, not the GPU's
+    blocks_to_swap: int = 0  # the last N joint blocks live in the computer's memory (trainer/block_swap.py)
 
 
 @dataclass
@@ -337,6 +338,14 @@ def _check_values(config: RunConfig, problems: _Problems) -> None:
                      "or adafactor (a factored second moment: far less memory).")
     if config.memory.weights not in ("fp32", "bf16"):
         problems.add("memory.weights", "must be fp32 or bf16 (no fp32 copy; updates rounded stochastically).")
+    swap = config.memory.blocks_to_swap
+    if swap < 0:
+        problems.add("memory.blocks_to_swap", "must be 0 (off) or a number of joint blocks.")
+    elif swap and not (config.memory.fused_backward and config.activation_checkpointing
+                       and (config.memory.ema_on_cpu or config.ema_decay == 0)):
+        problems.add("memory.blocks_to_swap", "needs [memory] fused_backward = true (a swapped block's weights are "
+                                              "stepped on the CPU as their gradients arrive), ema_on_cpu = true "
+                                              "and activation_checkpointing = true.")
 
     samples = config.samples
     for name in ("steps", "guidance", "cfg_trunc", "cfg_renorm", "solver"):  # Generate's own rules

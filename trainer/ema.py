@@ -38,7 +38,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        params = [p.detach().to(self.device, torch.float32) for _, p in self._params(model)]
+        # each to its average's device: a swapped block's weights are on the CPU, the rest may be on the GPU
+        params = [p.detach().to(s.device, torch.float32) for s, (_, p) in zip(self.shadow, self._params(model))]
         torch._foreach_lerp_(self.shadow, params, 1 - self.decay)
 
     def full_state(self, prefix_to_drop: str = "") -> dict[str, torch.Tensor]:

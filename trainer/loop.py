@@ -33,6 +33,7 @@ from core.models.sources import resolve_source
 
 from . import checkpointing
 from .batches import StageData, _generator
+from .block_swap import BlockSwap
 from .config import RunConfig, load_config
 from .ema import EMA, full_tensor
 from .events import (Checkpoint, CheckpointDamaged, Failed, Finished, Resumed, Samples, StageStart, Step, Stopped,
@@ -99,8 +100,10 @@ class Trainer:
         optimizer = training_optimizer(model, self.config)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.fused_norms: list[float] = []  # squared gradient norms the fused backward pass saw this step
+        swapped = self._swapped_blocks(memory.blocks_to_swap)
+        self.swap = BlockSwap(swapped, acc.device) if swapped else None  # after prepare: it moved the model
         if memory.fused_backward:
-            fuse_backward(self._inner, optimizer, self.config.optimizer.grad_clip, self.fused_norms)
+            fuse_backward(self._inner, optimizer, self.config.optimizer.grad_clip, self.fused_norms, self.swap)
         self.one_by_one = optimizer if self.config.steps_one_by_one else None
         self.ema = EMA(self._inner, self.config.ema_decay, torch.device("cpu") if memory.ema_on_cpu else None) \
             if self.config.ema_decay > 0 else None
@@ -116,6 +119,13 @@ class Trainer:
     @property
     def _inner(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def _swapped_blocks(self, count: int) -> list[torch.nn.Module]:
+        layers = list(self._inner.layers)
+        if count >= len(layers):
+            raise ValueError(f"[memory] blocks_to_swap = {count}: the model has {len(layers)} joint blocks; "
+                             f"swap at most {len(layers) - 1}.")
+        return layers[len(layers) - count:] if count else []
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.one_by_one is not None:  # the stochastic rounding of this step, repeatable after a resume
-            self.one_by_one.set_seed(self.config.seed * 1_000_003 + self.state["global_step"], acc.device)
+            self.one_by_one.set_seed(self.config.seed * 1_000_003 + self.state["global_step"])
         self.fused_norms.clear()
         total_loss = torch.zeros((), device=acc.device)
         samples = 0

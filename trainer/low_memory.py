@@ -89,10 +89,19 @@ class OneByOne(torch.optim.Optimizer):
         for group, p in zip(self.param_groups, params):
             group["lr_scale"] = adafactor_lr_scale(p) if name == "adafactor" else 1.0
         self.index = {p: i for i, p in enumerate(params)}
-        self.generator: torch.Generator | None = None  # set per step (set_seed): the rounding is repeatable
+        self.seed: int | None = None  # set per step (set_seed): the rounding is repeatable
+        self.generators: dict[str, torch.Generator] = {}  # one per device the weights live on
 
-    def set_seed(self, seed: int, device: torch.device) -> None:
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+    def set_seed(self, seed: int) -> None:
+        self.seed, self.generators = seed, {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The rounding's random numbers where a weight lives (a swapped block's weights are on the CPU)."""
+        if self.seed is None:
+            return None
+        if device.type not in self.generators:
+            self.generators[device.type] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generators[device.type]
 
     def _set_inner_lr(self, index: int) -> None:
         group = self.param_groups[index]
@@ -117,7 +126,7 @@ class OneByOne(torch.optim.Optimizer):
             p.grad = grad.float()
             try:
                 inner.step()
-                stochastic_round_(weights, p.data, self.generator)
+                stochastic_round_(weights, p.data, self.generator(weights.device))
             finally:
                 p.data = weights
                 p.grad = grad
@@ -151,16 +160,20 @@ class OneByOne(torch.optim.Optimizer):
                 p.data = weights
 
 
-def fuse_backward(model: torch.nn.Module, optimizer: OneByOne, clip: float, norms: list[float]) -> list:
+def fuse_backward(model: torch.nn.Module, optimizer: OneByOne, clip: float, norms: list[float],
+                  swap=None) -> list:
     """Step each parameter in the backward pass as soon as its gradient is complete, its gradient clipped by
     its own norm to `clip`, then freed; each squared norm is appended to `norms` (for the logged gradient
-    norm). Returns the hook handles."""
+    norm). A swapped block's weight (`swap`, trainer/block_swap.py) is stepped where it lives, on the CPU.
+    Returns the hook handles."""
 
     def step(p: torch.nn.Parameter) -> None:
         norm = torch.linalg.vector_norm(p.grad.float())
         norms.append(float(norm) ** 2)
         if norm > clip:
             p.grad.mul_(clip / (norm + 1e-6))
+        if swap is not None and p in swap:
+            swap.send_home(p)
         optimizer.step_parameter(p)
         p.grad = None
 

@@ -68,6 +68,14 @@ def parameter_count(config: NextDiTConfig) -> int:
     return sum(math.prod(shape) for shape in parameter_shapes(config))
 
 
+def block_parameter_count(config: NextDiTConfig) -> int:
+    """One joint (modulated) block's weights, counted from core/models/nextdit.py's Block (a test holds it to
+    the module): attention (q, k, v, out, the q/k norms), the SwiGLU FFN, the modulation and four norms."""
+    dim, head = config.hidden_size, config.head_dim
+    attention = dim * head * (2 * config.num_attention_heads + 2 * config.num_kv_heads) + 2 * head
+    return attention + 3 * dim * config.ffn_inner_dim + config.time_embed_dim * 4 * dim + 4 * dim + 4 * dim
+
+
 def optimizer_bytes(model: NextDiTConfig, name: str) -> int:
     """The optimizer's state for the whole model, from its parameter shapes: AdamW two fp32 moments per weight;
     8-bit AdamW two bytes per weight of the tensors it quantizes (with an fp32 scale per block and a 256-entry
@@ -136,11 +144,13 @@ def estimate_stage(model: NextDiTConfig, params: int, run: RunConfig, stage: Sta
     else:  # AdamW's two fp32 moments (kept fp32 for bf16 weights too)
         optimizer = 8 * params
     ema_here = run.ema_decay > 0 and not (memory.ema_on_cpu and cuda)  # on the CPU it is the same memory
+    # swapped blocks' weights and optimizer states are in the computer's memory; one is on the GPU at a time
+    away = block_parameter_count(model) * max(0, memory.blocks_to_swap - 1) if cuda else 0
     return MemoryEstimate(
         stage=stage.name,
-        weights=weight_bytes * params // share,
+        weights=weight_bytes * (params - away) // share,
         gradients=0 if memory.fused_backward else weight_bytes * params // share,  # fused: one tensor at a time
-        optimizer=optimizer // share,
+        optimizer=optimizer * (params - away) // params // share,
         ema=4 * params // share if ema_here else 0,
         activations=activations,
         overhead=CUDA_OVERHEAD if cuda else 0,
@@ -191,6 +201,8 @@ def mode_label(run: RunConfig) -> str:
     parts = [f"{memory.weights} weights", OPTIMIZER_LABELS[run.optimizer.name]]
     if memory.fused_backward:
         parts.append("fused backward")
+    if memory.blocks_to_swap:
+        parts.append(f"{memory.blocks_to_swap} block{'s' if memory.blocks_to_swap > 1 else ''} swapped to the CPU")
     if run.ema_decay > 0:
         parts.append("EMA on the CPU" if memory.ema_on_cpu else "EMA")  # else beside the weights
     return ", ".join(parts)
@@ -217,7 +229,10 @@ MEMORY_MODES = (
     MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adamw8bit",
                "no gradient accumulation: a step per micro-batch (a smaller batch, a noisier step)"),
     MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True}, "adafactor",
-               "the lightest: Adafactor, and no gradient accumulation (a step per micro-batch)"),
+               "Adafactor, and no gradient accumulation (a step per micro-batch)"),
+    MemoryMode({"weights": "bf16", "ema_on_cpu": True, "fused_backward": True, "blocks_to_swap": 1}, "adafactor",
+               "the lightest: as above, with joint blocks in the computer's memory (as few as fit), copied to the "
+               "GPU twice a step and stepped on the CPU: slower by those copies (not yet measured on a GPU)"),
 )
 
 
@@ -263,16 +278,28 @@ def mode_fits(model: NextDiTConfig, params: int, run: RunConfig, gpu_size: int, 
     on (slower), or else at micro-batch 1 too (slower still, the same batch by accumulation).
     `optimizer_state(name)` counts exactly where torch may be imported."""
     fits = []
-    for mode in MEMORY_MODES:
-        for micro, checkpointing in ((None, False), (None, True), (1, True)):
-            trial = in_mode(run, mode, micro, checkpointing)
-            state = optimizer_state(mode.optimizer) if optimizer_state else None
-            need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
-                       for stage in trial.stages)
+    for listed in MEMORY_MODES:
+        state = optimizer_state(listed.optimizer) if optimizer_state else None
+        for mode in _swap_counts(listed, model):
+            swapping = bool(mode.memory.get("blocks_to_swap"))
+            for micro, checkpointing in ((None, swapping), (None, True), (1, True)):  # swapping recomputes
+                trial = in_mode(run, mode, micro, checkpointing)
+                need = max(estimate_stage(model, params, trial, stage, 1, False, 2, optimizer_state=state).total
+                           for stage in trial.stages)
+                if need <= gpu_size:
+                    break
             if need <= gpu_size:
                 break
         fits.append(ModeFit(mode, trial, need, need <= gpu_size))
     return fits
+
+
+def _swap_counts(mode: MemoryMode, model: NextDiTConfig) -> list[MemoryMode]:
+    """A mode that swaps blocks, with 2, 3, ... of the model's joint blocks swapped (the fewest that fit wins; one
+    saves nothing: a swapped block is on the GPU while it runs); any other mode as it is."""
+    if not mode.memory.get("blocks_to_swap"):
+        return [mode]
+    return [replace(mode, memory={**mode.memory, "blocks_to_swap": n}) for n in range(2, model.num_layers)]
 
 
 def mode_settings(fit: ModeFit, original: RunConfig) -> str:

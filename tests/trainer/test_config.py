@@ -35,6 +35,8 @@ def with_change(path, value):
 DELETE = object()
 
 CASES = [
+    (("memory",), {"blocks_to_swap": 4}, "memory.blocks_to_swap: needs [memory] fused_backward = true"),
+    (("memory",), {"blocks_to_swap": -1}, "memory.blocks_to_swap: must be 0 (off)"),
     (("version",), DELETE, "version: is required: add 'version = 1'"),
     (("version",), 7, "version: 7 is not supported"),
     (("base_model",), DELETE, "base_model: is required but missing"),

@@ -368,18 +368,25 @@ def test_sample_now_and_save_now_are_honoured_at_the_next_step(tiny_model, shape
 
 
 def test_the_lowest_memory_settings_train_stop_resume_and_make_a_loadable_model(tiny_model, shapes_dataset, tmp_path):
-    """bf16 weights with stochastic rounding, Adafactor, the fused backward pass and the EMA on the CPU."""
+    """bf16 weights with stochastic rounding, Adafactor, the fused backward pass, the EMA on the CPU and one of
+    the two joint blocks swapped to the CPU (its weights and optimizer state there: saved and resumed)."""
     from core.models.loader import load_dit
     from core.models.sources import resolve_source
 
     stages = {0: {"micro_batch_size": 4}, 1: {"micro_batch_size": 4}}  # fused: no accumulation
     config = write_config(tmp_path, tiny_model, shapes_dataset, stages=stages, optimizer={"name": "adafactor"},
-                          memory={"weights": "bf16", "fused_backward": True, "ema_on_cpu": True})
+                          memory={"weights": "bf16", "fused_backward": True, "ema_on_cpu": True,
+                                  "blocks_to_swap": 1})
     refused = train(write_config(tmp_path / "acc", tiny_model, shapes_dataset, memory={"fused_backward": True}),
                     "--check", home=tmp_path / "home")
     assert refused.returncode == 1 and "cannot accumulate gradients" in refused.stderr
+    too_many = train(write_config(tmp_path / "swap", tiny_model, shapes_dataset, stages=stages,
+                                  memory={"fused_backward": True, "ema_on_cpu": True, "blocks_to_swap": 2}),
+                     "--check", home=tmp_path / "home")
+    assert too_many.returncode == 1 and "swap at most 1" in too_many.stderr
     checked = train(config, "--check", home=tmp_path / "home")
     assert checked.returncode == 0 and "gradients 0 B" in checked.stdout, checked.stdout + checked.stderr
+    assert "1 block swapped to the CPU" in checked.stdout
     run = RunFolder(tmp_path / "run")
     process = start(config, "--run-dir", run.path, home=tmp_path / "home")
     wait_for(lambda: reached_step(run, 5))
