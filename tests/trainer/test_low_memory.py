@@ -287,7 +287,10 @@ def test_each_home_gpu_preset_fits_its_card(full_size_model, tmp_path, capsys, g
     out, err = capsys.readouterr()
     assert "warning" not in err, err  # every stage fits
     label = mode_label(parse_config(config))
-    assert f"memory mode: {label}" in out and f"fits: {label}: about " in out
+    assert f"memory mode: {label}" in out
+    # the list names each mode as Fit to my GPU would choose it: the swapping one with the fewest blocks that fit
+    listed = label.replace("24 blocks", "18 blocks") if gigabytes == 8 else label
+    assert f"fits: {listed}: about " in out
 
 
 def test_a_joint_blocks_weights_are_counted_as_the_module_holds_them():
