@@ -9,16 +9,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from core.storage import human_size
+from trainer.compare import alignment_text
 from trainer.run_folder import CheckpointInfo, RunFolder, best_checkpoint
 
 COLUMNS = ("Step", "Stage", "Validation loss", "Alignment", "Size")
 BEST = "★ best"
-
-
-def alignment_text(report: dict | None) -> str:
-    if not report:
-        return ""
-    return f"single {report.get('single', {}).get('all', 0):.0%}, pairs {report.get('pair', {}).get('all', 0):.0%}"
 
 
 class CheckpointTable(QTableWidget):

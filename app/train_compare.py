@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.storage import read_json
+from trainer.compare import best_column, column_notes
 from trainer.run_folder import RunFolder
 
 from .plain_text import plain_label
@@ -31,13 +32,7 @@ def cell_icon(pixmap: QPixmap) -> QIcon:
 
 
 def column_header(column: dict, best: bool = False) -> str:
-    lines = [column["label"]]
-    if column.get("validation_loss") is not None:
-        lines.append(f"validation {column['validation_loss']:.5f}" + ("  ★ best" if best else ""))
-    report = column.get("alignment")
-    if report:
-        lines.append(f"align {report.get('single', {}).get('all', 0):.0%} / {report.get('pair', {}).get('all', 0):.0%}")
-    return "\n".join(lines)
+    return "\n".join([column["label"], *column_notes(column, best)])
 
 
 class CompareDialog(QDialog):
@@ -124,9 +119,8 @@ class CompareDialog(QDialog):
         columns, prompts = grid["columns"], grid["prompts"]
         self.grid.setColumnCount(len(columns))
         self.grid.setRowCount(len(prompts))
-        measured = [c["validation_loss"] for c in columns if c.get("validation_loss") is not None]
-        best = min(measured) if measured else None
-        self.grid.setHorizontalHeaderLabels([column_header(c, c.get("validation_loss") == best) for c in columns])
+        best = best_column(columns)
+        self.grid.setHorizontalHeaderLabels([column_header(c, c is best) for c in columns])
         self.grid.setVerticalHeaderLabels([prompt if len(prompt) < 40 else prompt[:38] + "…" for prompt in prompts])
         self._cells.clear()
         for index, cells in enumerate(grid["cells"]):

@@ -89,8 +89,8 @@ class CpuWork:
         if not self.active or (not force and time.monotonic() - self._checked < every):
             return self.threads
         self._checked = time.monotonic()
-        others = self._others()
-        threads = min(cores(), share(cores(), len(others), busy_threads(), sum(others) + self.threads))
+        others = self._others()  # their threads are busy now; this process's own wait between its steps
+        threads = min(cores(), share(cores(), len(others), busy_threads(), sum(others)))
         if threads != self.threads:
             import torch
 

@@ -79,3 +79,20 @@ def test_busy_threads_counts_other_programs_now():
         for process in busy:
             process.kill()
             process.wait()
+
+
+def test_a_working_process_gives_way_when_other_programs_get_busy(tmp_path, monkeypatch):
+    monkeypatch.delenv(cpu_budget.ENVIRONMENT, raising=False)
+    monkeypatch.setattr(cpu_budget, "cores", lambda: 4)
+    busy = [0.0]
+    monkeypatch.setattr(cpu_budget, "busy_threads", lambda: busy[0])
+    before = torch.get_num_threads()
+    try:
+        with CpuWork("training", folder=tmp_path) as work:
+            assert work.threads == 4
+            busy[0] = 2.0  # two programs not ours start (this process's own threads wait between its steps)
+            assert work.refresh(force=True) == 2
+            busy[0] = 0.0
+            assert work.refresh(force=True) == 4  # and it takes the cores back when they end
+    finally:
+        torch.set_num_threads(before)

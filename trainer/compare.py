@@ -134,14 +134,27 @@ def _size_of(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def column_notes(column: dict) -> list[str]:
-    """The lines under a column: its validation loss and, on the scene world, its prompt alignment."""
+def alignment_text(report: dict | None) -> str:
+    """A model's prompt alignment (alignment.json), short: "single 94%, pairs 92%"; "" when not measured."""
+    if not report:
+        return ""
+    return f"single {report.get('single', {}).get('all', 0):.0%}, pairs {report.get('pair', {}).get('all', 0):.0%}"
+
+
+def best_column(columns: list[dict]) -> dict | None:
+    """The column with the lowest validation loss (all are measured at one resolution here)."""
+    measured = [c for c in columns if c.get("validation_loss") is not None]
+    return min(measured, key=lambda c: c["validation_loss"]) if measured else None
+
+
+def column_notes(column: dict, best: bool = False) -> list[str]:
+    """The lines under a column: its validation loss (starred when the best) and, on the scene world, its
+    prompt alignment."""
     notes = []
     if column.get("validation_loss") is not None:
-        notes.append(f"validation {column['validation_loss']:.5f}")
-    report = column.get("alignment")
-    if report:
-        notes.append(f"align {report.get('single', {}).get('all', 0):.0%} / {report.get('pair', {}).get('all', 0):.0%}")
+        notes.append(f"validation {column['validation_loss']:.5f}" + ("  ★ best" if best else ""))
+    if column.get("alignment"):
+        notes.append(alignment_text(column["alignment"]))
     return notes
 
 
@@ -158,10 +171,11 @@ def write_grid_png(folder: Path, grid: dict, cell: int = 192) -> Path:
     height = header + len(prompts) * (cell + pad) + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
+    best = best_column(columns)
     for index, column in enumerate(columns):
         x = label_width + pad + index * (cell + pad)
         draw.text((x, 6), column["label"], fill="black", font=font)
-        for line, note in enumerate(column_notes(column)):
+        for line, note in enumerate(column_notes(column, column is best)):
             draw.text((x, 24 + 16 * line), note, fill="#444444", font=font)
         for row, relative in enumerate(grid["cells"][index]):
             path = folder / relative
