@@ -434,7 +434,7 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     qtbot.waitUntil(lambda: not compared.busy, timeout=300_000)
     headers = [compared.grid.horizontalHeaderItem(c).text() for c in range(compared.grid.columnCount())]
     assert [h.splitlines()[0] for h in headers] == ["base model", "step 101", "step 200"], compared.message.text()
-    assert all("align" in h for h in headers) and compared.grid.rowCount() == 2
+    assert all("single" in h and "pairs" in h for h in headers) and compared.grid.rowCount() == 2
     qtbot.waitUntil(lambda: not compared.grid.item(1, 2).icon().isNull(), timeout=10_000)
     compared.grid.cellClicked.emit(1, 2)
     enlarged = panel.findChildren(QDialog)[-1]
