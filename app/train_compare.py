@@ -20,7 +20,7 @@ from core.storage import read_json
 from trainer.compare import best_column, column_notes
 from trainer.run_folder import RunFolder
 
-from .plain_text import plain_label
+from .plain_text import plain_label, tooltip
 
 CELL = 160  # pixels per image in the grid
 
@@ -128,7 +128,7 @@ class CompareDialog(QDialog):
                 path = str(self.folder / relative)
                 item = QTableWidgetItem()
                 item.setData(Qt.UserRole, path)
-                item.setToolTip(f"{prompts[row]}\n{columns[index]['label']}")
+                item.setToolTip(tooltip(f"{prompts[row]}\n{columns[index]['label']}"))  # a prompt: as written
                 self._cells[path] = (row, index)
                 pixmap = self.loader.get(path, CELL)
                 if pixmap is not None:

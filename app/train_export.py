@@ -12,6 +12,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from core.models.export import default_output
+
 from .plain_text import plain_label
 
 FORMATS = {
@@ -20,12 +22,6 @@ FORMATS = {
     "diffusers": "diffusers: a complete folder (Lumina2Pipeline.from_pretrained)",
 }
 PRECISIONS = {"bf16": "bf16 (half the size; what Lumina 2 ships in)", "fp16": "fp16", "fp32": "fp32 (exact)"}
-
-
-def suggested_path(checkpoint: Path, fmt: str, dtype: str) -> Path:
-    run = checkpoint.parents[1]
-    step = int(checkpoint.name.removeprefix("step-"))
-    return run / "exports" / f"{run.name}-step-{step}-{fmt}-{dtype}{'' if fmt == 'diffusers' else '.safetensors'}"
 
 
 class ExportDialog(QDialog):
@@ -75,7 +71,7 @@ class ExportDialog(QDialog):
 
     def _suggest(self) -> None:
         if not self._edited:  # a path typed by hand is kept when the format changes
-            self.out.setText(str(suggested_path(self.checkpoint, self.format.currentData(),
+            self.out.setText(str(default_output(self.checkpoint, self.format.currentData(),
                                                 self.precision.currentData())))
 
     def _browse(self) -> None:

@@ -452,7 +452,7 @@ class TrainPanel(QWidget):
         path = self.run.path / name
         item = QListWidgetItem(f"step {step}")
         item.setData(Qt.UserRole, str(path))
-        item.setToolTip(str(path))
+        item.setToolTip(tooltip(path))  # a run's name is the person's: shown as written
         pixmap = self.loader.get(str(path), SAMPLE_SIZE)
         if pixmap is not None:
             item.setIcon(QIcon(pixmap))

@@ -424,7 +424,7 @@ def run_caption(args) -> int:
 def run_export_checkpoint(args) -> int:
     from .models.export import default_output, export_model
 
-    signal.signal(signal.SIGTERM, _interrupt)  # the app's Cancel: the export being written is removed
+    stop_on_sigterm()  # the app's Cancel: the export being written is removed
     source = Path(args.checkpoint).expanduser()
     out = Path(args.out).expanduser() if args.out else default_output(source, args.format, args.dtype)
     print(export_model(source, args.format, args.dtype, out))
@@ -462,8 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors(PROG, commands[args.command], args)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def stop_on_sigterm() -> None:
+    """SIGTERM (the app's Cancel or Stop) ends a command as Ctrl+C does: its cleanup runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def report_errors(prog: str, command, *args) -> int:

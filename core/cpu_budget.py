@@ -65,6 +65,7 @@ class CpuWork:
         self.entry = self.folder / f"{os.getpid()}.json"
         self.threads = 0
         self._checked = 0.0
+        self._started = None  # this process's start time, for the entry: looked up once
 
     @property
     def active(self) -> bool:
@@ -91,12 +92,13 @@ class CpuWork:
         self._checked = time.monotonic()
         others = self._others()  # their threads are busy now; this process's own wait between its steps
         threads = min(cores(), share(cores(), len(others), busy_threads(), sum(others)))
-        if threads != self.threads:
+        if threads != self.threads or force:  # the entry changes only with the count
             import torch
 
             torch.set_num_threads(threads)
             self.threads = threads
-        write_json_atomic(self.entry, {"kind": self.kind, "threads": threads, "started": start_time(os.getpid())})
+            self._started = self._started or start_time(os.getpid())
+            write_json_atomic(self.entry, {"kind": self.kind, "threads": threads, "started": self._started})
         return threads
 
     def _others(self) -> list[int]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.cli import stop_on_sigterm
 from core.cpu_budget import CpuWork
 from core.errors import LuminaError
 from core.storage import read_json, write_atomic, write_json_atomic
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
     args = parser.parse_args(argv)
     run = RunFolder(Path(args.run_dir).expanduser())
-    signal.signal(signal.SIGTERM, _interrupt)  # the monitor's Stop: the cells drawn so far are kept
+    stop_on_sigterm()  # the monitor's Stop: the cells drawn so far are kept
 
     def progress(done: int, total: int) -> None:
         line = json.dumps({"done": done, "total": total}) if args.json else f"{done}/{total} images"
@@ -219,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, LuminaError) as exc:
         print(f"lumina-studio compare: error: {exc}", file=sys.stderr)
         return 1
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

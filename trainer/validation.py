@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from pathlib import Path
 
 import torch
 
@@ -76,18 +75,3 @@ def weights_in(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
         finally:
             for name in swapped:
                 parameters[name].copy_(weights[name].to(parameters[name].device))
-
-
-def model_validation_loss(model_folder: Path, run_path: Path, stage_index: int, seed: int, device: torch.device,
-                          dtype: torch.dtype, pooled_loss_weight: float, chunk: int = VALIDATION_TIMESTEPS) -> float:
-    """A saved model's validation loss on a run's held-out images of one stage (a checkpoint's `model` folder,
-    or the base model's), as the training loop computes it."""
-    from core.models import loader
-    from core.models.sources import resolve_source
-
-    cache = FeatureCache(run_path)
-    entries = cache.manifest(stage_index).get("validation", [])
-    if not entries:
-        raise ValueError(f"{run_path.name} holds no validation images (set validation or validation_dataset).")
-    model = loader.load_dit(resolve_source(str(model_folder)), dtype, device)
-    return validation_loss(model.eval(), cache, entries, seed, chunk, device, dtype, pooled_loss_weight)

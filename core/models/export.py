@@ -16,24 +16,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelLoadError
-from .checkpoints import original_layout, read_state_dict
-from .layouts import COMFY_PREFIX
+from .registry import training_checkpoint
 
 FORMATS = ("comfyui", "original", "diffusers")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = ("bf16", "fp16", "fp32")
 TRANSFORMER_FILE = Path("transformer") / "diffusion_pytorch_model.safetensors"
 
 
 def checkpoint_metadata(folder: Path) -> dict[str, str]:
     """What a model folder is: its run, step and base model when it is a training checkpoint's."""
-    parts = folder.resolve().parts
     metadata = {"written_by": "Lumina Studio", "architecture": "Lumina-Image 2.0 (Next-DiT)"}
-    if folder.name == "model" and len(parts) >= 4 and parts[-3] == "checkpoints" and parts[-2].startswith("step-"):
-        run = Path(*parts[:-3])
-        metadata.update(run=run.name, step=str(int(parts[-2].removeprefix("step-"))))
+    checkpoint = training_checkpoint(folder.resolve())
+    if checkpoint is not None:
+        run, step = checkpoint
+        metadata.update(run=run.name, step=str(step))
         try:
             plan = json.loads((run / "plan.json").read_text(encoding="utf-8"))
             metadata["base_model"] = Path(str(plan.get("base_model", ""))).name
@@ -69,8 +66,14 @@ def export_model(path: Path, fmt: str, dtype: str, out: Path) -> Path:
     folder = model_folder(path)
     if out.exists():
         raise ModelLoadError(f"{out} exists already: choose another name (nothing is overwritten).")
+    import torch  # here: the app imports this module for default_output, and never imports torch
+
+    from .checkpoints import original_layout, read_state_dict
+    from .layouts import COMFY_PREFIX
+
     metadata = checkpoint_metadata(folder)
-    state = {name: tensor.to(DTYPES[dtype]) for name, tensor in read_state_dict(folder / TRANSFORMER_FILE).items()}
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    state = {name: tensor.to(precision) for name, tensor in read_state_dict(folder / TRANSFORMER_FILE).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as building:
         target = Path(building) / "export"
@@ -86,7 +89,7 @@ def export_model(path: Path, fmt: str, dtype: str, out: Path) -> Path:
     return out
 
 
-def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def _save(state: dict, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path), metadata=metadata)

@@ -26,13 +26,21 @@ def list_models() -> list[dict]:
             and isinstance(m.get("path"), str)] if isinstance(models, list) else []
 
 
+def training_checkpoint(path: Path) -> tuple[Path, int] | None:
+    """(run folder, step) when `path` is a training checkpoint's model folder (RUN/checkpoints/step-N/model)."""
+    parts = path.parts
+    if path.name == "model" and len(parts) >= 4 and parts[-3] == "checkpoints" and parts[-2].startswith("step-") \
+            and parts[-2][5:].isdigit():
+        return Path(*parts[:-3]), int(parts[-2][5:])
+    return None
+
+
 def default_name(path: Path) -> str:
     """A registered name for a model added without one: a training checkpoint's model folder (every one is
     called `model`) is named after its run and step, "RUN step 1200"; anything else after its folder or file."""
-    parts = path.parts
-    if path.name == "model" and len(parts) >= 4 and parts[-3] == "checkpoints" and parts[-2].startswith("step-"):
-        step = parts[-2].removeprefix("step-").lstrip("0") or "0"
-        return f"{parts[-4]} step {step}"
+    checkpoint = training_checkpoint(path)
+    if checkpoint is not None:
+        return f"{checkpoint[0].name} step {checkpoint[1]}"
     return path.stem if path.is_file() else path.name
 
 

@@ -55,7 +55,10 @@ def test_validation_settings_are_checked():
 
 def test_a_run_logs_the_validation_loss_keeps_the_best_and_a_checkpoint_gives_the_same_number(
         tiny_model, shapes_dataset, tmp_path):
-    from trainer.validation import model_validation_loss
+    from core.models import loader
+    from core.models.sources import resolve_source
+    from trainer.features import FeatureCache
+    from trainer.validation import validation_loss
 
     stage = {"name": "low", "resolution": 32, "steps": 8, "batch_size": 2, "micro_batch_size": 2, "lr": 1e-3,
              "checkpoint_every": 2}
@@ -83,9 +86,10 @@ def test_a_run_logs_the_validation_loss_keeps_the_best_and_a_checkpoint_gives_th
     assert best_checkpoint(checkpoints).step == best_step
     assert all(c.validation_loss == validations[c.step]["loss"] and c.stage == "low" for c in checkpoints)
     # a checkpoint's model gives the number logged for it, the same every time
-    newest = run.latest_checkpoint()
-    again = [model_validation_loss(newest / "model", run.path, 0, seed=3, device=torch.device("cpu"),
-                                   dtype=torch.float32, pooled_loss_weight=1.0, chunk=2) for _ in range(2)]
+    cpu = torch.device("cpu")
+    model = loader.load_dit(resolve_source(run.latest_checkpoint() / "model"), torch.float32, cpu).eval()
+    again = [validation_loss(model, FeatureCache(run.path), manifest["validation"], 3, 2, cpu, torch.float32, 1.0)
+             for _ in range(2)]
     assert again[0] == again[1]
     assert again[0] == pytest.approx(validations[8]["loss"], rel=1e-5)
     tags = {tag for file in run.tensorboard.rglob("events.out.tfevents.*") for tag in _tags(file)}
