@@ -42,7 +42,8 @@ def settings_store() -> QSettings:
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", generation_service: str = SERVICE):
+        """generation_service: the job worker's service path (tests give a scripted one that loads no model)."""
         super().__init__()
         self.setWindowTitle("Lumina Studio")
         self.device = device
@@ -50,7 +51,7 @@ class MainWindow(QMainWindow):
         self._measure_wanted, self._measure_job, self._switch_when_idle = False, None, False
         setup_logging()
         self.settings = settings_store()
-        self.client = WorkerClient(SERVICE, "lumina-engine", self)
+        self.client = WorkerClient(generation_service, "lumina-engine", self)
         self.library, library_problem = self._open_library()
 
         self.banner = plain_label()  # the engine's state: loading, load errors, crashes

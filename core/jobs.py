@@ -189,7 +189,6 @@ def _child_main(service_path: str, options, jobs, queries, events, cancel) -> No
 
     threading.Thread(target=answer_queries, name="queries", daemon=True).start()
     while (job := jobs.get()) is not None:
-        cancel.clear()
         events.put(Event(EventType.STARTED, job.id))
         try:
             service.run(job, Reporter(job, events, cancel))
@@ -291,6 +290,8 @@ class JobWorker:
     def _feed(self) -> None:
         if self.ready and self.current is None and self.pending:
             self.current = self.pending.pop(0)
+            # Cleared here, not when the child takes the job: a stop asked for before it does is kept.
+            self._cancel.clear()
             self._jobs.put(self.current)
 
     # ---- events ----------------------------------------------------------------------------------

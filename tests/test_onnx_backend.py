@@ -1,5 +1,7 @@
 """The ONNX Runtime backend (CPU provider) against the PyTorch backend on the tiny model."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -95,18 +97,25 @@ def test_auto_backend_measures_once_and_remembers(tiny_model, onnx_engine, onnx_
     assert second.generate(GenerationRequest("a cat", width=64, height=64, steps=2, seed=1))[0].image.size == (64, 64)
 
 
-def test_the_apps_auto_backend_starts_on_torch_at_once_and_measures_on_request(tiny_model, data_home, monkeypatch):
-    from core.backends import choice
+def test_the_apps_auto_backend_starts_on_torch_at_once_and_measures_on_request(tiny_model, data_home, onnx_engine,
+                                                                              onnx_home, monkeypatch):
+    from core.backends import choice, onnx_export
 
-    calls = []
+    calls, exports = [], []
     original = choice.seconds_per_pass
     monkeypatch.setattr(choice, "seconds_per_pass", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(onnx_export, "export_graphs", lambda *a, **k: exports.append(1))
+    graphs = []
+    original_folder = onnx_export.cache_folder
+    monkeypatch.setattr(onnx_export, "cache_folder", lambda *a: graphs.append(1) or original_folder(*a))
+    shutil.copytree(onnx_home / "cache", data_home / "cache")  # the graphs exported once for the session
     engine = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
     engine.load()
     assert engine.backend == "torch" and not engine.backend_measured and calls == []
-    assert not (data_home / "cache" / "onnx").exists()  # no export before the first image
+    assert graphs == []  # the ONNX graphs are not even looked for before the first image
     best = engine.measure_backends()
     assert best in ("torch", "onnx") and engine.backend_measured and len(calls) == 2
+    assert graphs and exports == []  # timed on the session's graphs: nothing exported twice
     again = Engine(resolve_source(tiny_model), device="cpu", backend="auto", measure_backends=False)
     again.load()
     assert again.backend == best and again.backend_measured

@@ -84,6 +84,24 @@ def test_cancel_the_running_job_and_reorder(worker, tmp_path):
     assert [e.job for e in of_type(events, EventType.DONE)] == [third, second]
 
 
+def test_a_stop_asked_for_before_the_child_takes_the_job_is_kept(data_home, tmp_path):
+    """Esc right after Ctrl+Enter, or quitting at once: the job is handed over but not yet started."""
+    from scripted_engine import SERVICE as SCRIPTED
+
+    worker = JobWorker(SCRIPTED, GenerationOptions(model="scripted"), "scripted")
+    try:
+        wait_for(worker, lambda ev: of_type(ev, EventType.READY))
+        held = worker.submit(job(tmp_path, prompt="held until cancelled [hold]", seed=1, **SMALL))
+        worker.stop_current()  # in the same breath: the child has not taken it yet
+        events = wait_for(worker, lambda ev: of_type(ev, EventType.CANCELLED), seconds=30)
+        assert of_type(events, EventType.CANCELLED)[0].job == held and not of_type(events, EventType.RESULT)
+        after = worker.submit(job(tmp_path, prompt="the next one runs", seed=2, **SMALL))
+        events = wait_for(worker, lambda ev: of_type(ev, EventType.DONE), seconds=30)
+        assert of_type(events, EventType.DONE)[0].job == after  # the stop was for the held job only
+    finally:
+        worker.shutdown()
+
+
 def test_a_killed_worker_is_restarted_and_the_interrupted_job_resumed(worker, tmp_path):
     wait_for(worker, lambda ev: of_type(ev, EventType.READY))
     doomed = worker.submit(job(tmp_path, prompt="doomed", seed=10, count=3, width=64, height=64, steps=40))
@@ -168,7 +186,9 @@ if __name__ == "__main__":
         worker.poll(timeout=0.2)
     worker.submit(GenerateImages({"prompt": "a long job", "width": 64, "height": 48, "steps": 1000, "count": 50},
                                  sys.argv[2]))
-    print(worker.pid, flush=True)
+    while not any(event.type.value == "progress" for event in worker.poll(timeout=0.2)):
+        pass
+    print(worker.pid, flush=True)  # the job is running
     time.sleep(600)
 """
 
@@ -185,7 +205,6 @@ def test_the_engine_exits_when_its_parent_is_killed(tiny_model, tmp_path, how):
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     try:
         engine_pid = int(holder.stdout.readline())
-        time.sleep(1)  # the job is running
         assert not _process_gone(engine_pid)
         holder.send_signal(how)
         holder.wait(10)

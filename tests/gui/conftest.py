@@ -8,6 +8,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from core.models.registry import add_model
 
 from app_helpers import SMALL
+from scripted_engine import SERVICE as SCRIPTED
 
 
 @pytest.fixture(autouse=True)
@@ -35,17 +36,28 @@ def home(tiny_model, data_home):
     return data_home
 
 
-@pytest.fixture
-def window(qtbot, home):
+def open_window(qtbot, service=None):
     from app.main_window import MainWindow
 
-    win = MainWindow(device="cpu")
+    win = MainWindow(device="cpu", **({"generation_service": service} if service else {}))
     # pytest-qt closes its widgets before fixtures end: stop the engine first, or a job still finishing would
     # make closing ask "A generation is running..." (a test may end between a job's last image and its "done").
     qtbot.addWidget(win, before_close_func=lambda w: (w.client.stop(), w.caption.client.stop()))
     win.show()
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
     return win
+
+
+@pytest.fixture
+def window(qtbot, home):
+    """The app over the scripted engine (scripted_engine.py): the real worker process and queue, no model."""
+    return open_window(qtbot, SCRIPTED)
+
+
+@pytest.fixture
+def real_window(qtbot, home):
+    """The app over the real engine and the tiny model: for the end-to-end tests of Generate's main path."""
+    return open_window(qtbot)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The app, end to end: a real window (offscreen), the real worker process, the tiny model."""
+"""The app: a real window (offscreen) and the real worker process, over the scripted engine (scripted_engine.py);
+the main path once over the tiny model and once over the demo model."""
 
 import json
 import os
@@ -14,11 +15,14 @@ from PySide6.QtWidgets import QMessageBox
 from core.metadata import read_settings
 
 from app_helpers import SMALL, generate, wait_idle
+from scripted_engine import SERVICE as SCRIPTED
+from scripted_engine import release
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def test_ctrl_enter_previews_and_the_gallery(window, qtbot):
+def test_ctrl_enter_previews_and_the_gallery(real_window, qtbot):
+    window = real_window
     previews = []
     window.client.preview.connect(previews.append)
     window.generate.apply_values({**SMALL, "prompt": "a red circle on the left"})
@@ -34,7 +38,7 @@ def test_ctrl_enter_previews_and_the_gallery(window, qtbot):
 def test_queue_three_and_cancel_the_middle_one(window, qtbot):
     buttons = window.generate.queue.buttons
     assert not any(button.isEnabled() for button in buttons.values())  # an empty queue offers nothing
-    for prompt in ("first job", "second job", "third job"):
+    for prompt in ("first job [hold]", "second job", "third job"):
         generate(window, qtbot, prompt)
     middle = window.client.worker.pending[-2]
     window.generate.queue.select(middle.id)
@@ -42,9 +46,10 @@ def test_queue_three_and_cancel_the_middle_one(window, qtbot):
     assert {key for key, button in buttons.items() if button.isEnabled()} == {"down", "cancel", "cancel waiting",
                                                                                "stop"}
     window.generate.queue.cancel_selected()
+    release()
     wait_idle(window, qtbot)
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=30_000)
-    assert sorted(e.prompt for e in window.gallery.model.entries) == ["first job", "third job"]
+    assert sorted(e.prompt for e in window.gallery.model.entries) == ["first job [hold]", "third job"]
 
 
 def test_search_delete_undo_export(window, qtbot, tmp_path):
@@ -84,7 +89,7 @@ def test_use_settings_and_drop_an_image(window, qtbot):
 
 
 def test_a_killed_engine_is_survived_and_the_interrupted_job_runs_again(window, qtbot):
-    generate(window, qtbot, "interrupted", steps=60, width=64, height=64)
+    generate(window, qtbot, "interrupted [hold]")
     generate(window, qtbot, "survivor")
     qtbot.waitUntil(lambda: window.client.worker.current is not None and window.generate.progress.value() > 0,
                     timeout=60_000)
@@ -92,8 +97,9 @@ def test_a_killed_engine_is_survived_and_the_interrupted_job_runs_again(window, 
     os.kill(window.client.worker.pid, signal.SIGKILL)
     qtbot.waitUntil(lambda: "restarted" in window.banner.text(), timeout=30_000)
     assert f"Job #{job} was interrupted" in window.banner.text() and "head of the queue" in window.banner.text()
+    release()
     qtbot.waitUntil(lambda: window.gallery.model.rowCount() == 2, timeout=180_000)
-    assert [e.prompt for e in window.gallery.model.entries] == ["survivor", "interrupted"]  # newest first
+    assert [e.prompt for e in window.gallery.model.entries] == ["survivor", "interrupted [hold]"]  # newest first
     wait_idle(window, qtbot)
 
 
@@ -104,7 +110,7 @@ def test_settings_survive_a_restart(window, qtbot):
     assert not window.store_model_path.isChecked()  # images name their model by name and hash by default
     window.store_model_path.trigger()
     window.close()
-    again = MainWindow(device="cpu")
+    again = MainWindow(device="cpu", generation_service=SCRIPTED)
     qtbot.addWidget(again)
     try:
         values = again.generate.form_values()
@@ -116,7 +122,7 @@ def test_settings_survive_a_restart(window, qtbot):
 
 
 def test_closing_during_a_job_asks_first(window, qtbot, monkeypatch):
-    generate(window, qtbot, "long", steps=300, width=64, height=64)
+    generate(window, qtbot, "long [hold]")
     qtbot.waitUntil(lambda: window.client.worker.current is not None, timeout=60_000)
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.No)
     assert not window.close() and window.client.worker is not None
@@ -214,7 +220,7 @@ def test_seeds_of_the_full_range_round_trip_through_every_path(window, qtbot, tm
 def test_esc_on_the_second_image_shows_the_first_and_a_cancelled_state(window, qtbot):
     previews = []
     window.client.preview.connect(lambda event: previews.append(event.data))
-    generate(window, qtbot, "three of them", count=3, steps=40)
+    generate(window, qtbot, "three of them [hold 2]", count=3)
     qtbot.waitUntil(lambda: any(p.image == 1 for p in previews), timeout=120_000)  # image 2 is forming
     window.client.stop_current()  # what Esc does
     wait_idle(window, qtbot)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from app_helpers import generate, wait_idle
+from scripted_engine import SERVICE as SCRIPTED
+from scripted_engine import release
 
 from core.generation_messages import BackendChoice
 from core.library import INDEX
@@ -26,7 +28,7 @@ def test_the_app_starts_on_a_damaged_library_and_rebuilds_it(qtbot, home, damage
     from app.main_window import MainWindow
 
     damaged_library(library_dir(), damage, images=200)
-    win = MainWindow(device="cpu")
+    win = MainWindow(device="cpu", generation_service=SCRIPTED)
     qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     win.show()
     assert win.notice.isVisible() and "damaged" in win.notice.text() and "kept as" in win.notice.text()
@@ -109,9 +111,10 @@ def test_a_signal_to_the_app_quits_like_file_quit(home, tmp_path, how):
                                 "PYTHONPATH": str(Path(__file__).parents[2])})
     try:
         assert app.stdout.readline().strip() == "started"
-        time.sleep(3)  # the engine process is starting or running
-        children = _children(app.pid)
-        assert children, "the engine process did not start"
+        deadline = time.monotonic() + 60  # a safety net: the engine process starts within a second or two
+        while not (children := _children(app.pid)):
+            assert time.monotonic() < deadline, "the engine process did not start"
+            time.sleep(0.05)
         app.send_signal(how)
         assert app.wait(30) == 0, app.stderr.read()
         assert settings_store().value("geometry") is not None  # settings were saved, as on File → Quit
@@ -253,7 +256,7 @@ def test_quitting_during_a_job_defaults_to_no(window, qtbot, monkeypatch):
 
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args) or args[-1])
-    generate(window, qtbot, "long", steps=300, width=64, height=64)
+    generate(window, qtbot, "long [hold]")
     qtbot.waitUntil(lambda: window.client.worker.current is not None, timeout=60_000)
     assert not window.close() and asked[0][-1] == QMessageBox.No
 
@@ -278,7 +281,7 @@ def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
     from app_helpers import SMALL
 
     settings_store().setValue("form", json.dumps({**SMALL, "backend": "auto"}))  # auto, never measured here
-    win = MainWindow(device="cpu")
+    win = MainWindow(device="cpu", generation_service=SCRIPTED)  # its measurement holds until released
     qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
     seen = []
@@ -286,14 +289,16 @@ def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
     win.client.finished.connect(lambda job, outcome, _: seen.append((outcome, job)))
     win.client.result.connect(lambda event: seen.append(("measured", event.job))
                               if isinstance(event.data, BackendChoice) else None)
-    generate(win, qtbot, "first")
+    generate(win, qtbot, "first", backend="auto")
     qtbot.waitUntil(lambda: win._measure_job is not None, timeout=120_000)  # it follows the first image
     measurement = win._measure_job
     qtbot.waitUntil(lambda: ("started", measurement) in seen, timeout=30_000)
-    generate(win, qtbot, "second")  # a person's image while it exports and times the graphs
+    generate(win, qtbot, "second", backend="auto")  # a person's image while it exports and times the graphs
     second = win.client.jobs()[-1][0].id
     qtbot.waitUntil(lambda: ("done", second) in seen, timeout=120_000)
     assert ("cancelled", measurement) in seen and seen.index(("cancelled", measurement)) < seen.index(("done", second))
+    release()
     qtbot.waitUntil(lambda: any(kind == "measured" for kind, _ in seen), timeout=300_000)  # then again, idle
     measured = next(i for i, (kind, _) in enumerate(seen) if kind == "measured")
     assert measured > seen.index(("done", second))
+    qtbot.waitUntil(lambda: win.client.info.get("run", {}).get("backend") == "onnx", timeout=60_000)  # switched

@@ -33,6 +33,9 @@ from trainer.events import StageStart, Step, Validation
 from trainer.run_folder import RunFolder, start_time
 
 
+STAGE_STEPS = 30  # each of the demo preset's two stages, in the end-to-end test
+
+
 def scenes(folder: Path, count: int = 48) -> Path:
     write_dataset(folder, count, seed=9)
     return folder
@@ -357,12 +360,20 @@ def test_hardware_page_estimates_a_single_file_base_model(window, qtbot, tmp_pat
     assert "about" in shown["tiny"] and shown["all-in-one"] == shown["tiny"]
 
 
-def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, monkeypatch):
+def test_wizard_to_a_finished_checkpoint_in_generate(real_window, qtbot, tmp_path, monkeypatch):
     from app.main_window import MainWindow
 
+    window = real_window
     window.tabs.setCurrentWidget(window.train)
     wizard = wizard_for(window, scenes(tmp_path / "scenes"))
-    advance(wizard, qtbot, 6)
+    advance(wizard, qtbot, 3)
+    stages = wizard.currentPage()  # shorter stages than the preset's two of 100 steps: the same path, sooner
+    columns = [name for name, _ in STAGE_FIELDS]
+    for row in range(2):
+        for field, value in (("steps", STAGE_STEPS), ("sample_every", STAGE_STEPS), ("checkpoint_every", STAGE_STEPS),
+                             ("batch_size", 8), ("micro_batch_size", 8)):
+            stages.table.item(row, columns.index(field)).setText(str(value))
+    advance(wizard, qtbot, 3)
     review = wizard.currentPage()
     qtbot.waitUntil(review.isComplete, timeout=120_000)  # the trainer's own --check passed
     assert "The config and datasets are fine" in review.output.toPlainText()
@@ -394,7 +405,7 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     assert again.train.runs.rowCount() == 1 and again.train.runs.item(0, 1).text() in ("preparing", "running")
     again.train.runs.selectRow(0)
     panel = again.train
-    shows(lambda: panel.samples.count() >= 2)  # the samples at step 100
+    shows(lambda: panel.samples.count() >= 2)  # the samples at the end of the first stage
     assert panel.sample_button.isEnabled() and panel.save_button.isEnabled()
     # samples are drawn as Generate draws with this model: its sampling_defaults.json (cfg-trunc 1, renorm 0)
     sample = read_settings(panel.samples.item(0).data(Qt.UserRole))
@@ -414,35 +425,38 @@ def test_wizard_to_a_finished_checkpoint_in_generate(window, qtbot, tmp_path, mo
     panel.resume_run()
     shows(lambda: panel.run.state() == "finished", 600)
     panel.refresh_monitor()  # the status can turn "finished" between a refresh's read of the events and the check
-    assert panel.use_button.isEnabled() and "finished at step 200" in panel.log.toPlainText()
+    assert panel.use_button.isEnabled() and f"finished at step {2 * STAGE_STEPS}" in panel.log.toPlainText()
     # the scene world: each checkpoint's prompt alignment against the base model's
     assert panel.align_button.isVisible() and panel.align_button.isEnabled()
     panel.alignment.prompts = 5
     kept = {c.name for c in panel.run.checkpoints.glob("step-*")}
     # a checkpoint samples as its base model does (the demo's own guidance settings travel with it)
     assert (panel.run.latest_checkpoint() / "model" / "sampling_defaults.json").is_file()
-    assert kept == {"step-00000101", "step-00000200"}  # keep_checkpoints = 2, as the preset says
+    last = 2 * STAGE_STEPS
+    stopped = int(max(kept - {f"step-{last:08d}"})[5:])  # where Stop saved
+    assert STAGE_STEPS < stopped < last and len(kept) == 2  # keep_checkpoints = 2, as the preset says
     panel.measure_alignment()
     qtbot.waitUntil(lambda: "prompts," in panel.align_label.text() and "left" in panel.align_label.text(),
                     timeout=120_000)  # count and time left as it goes, and a Stop
     assert "of 3)" in panel.align_label.text() and panel.align_stop.isVisible()
     qtbot.waitUntil(lambda: set(panel.alignment.scores(panel.run)) == {"base model"} | kept, timeout=300_000)
     assert not panel.align_stop.isVisible() and "measuring" not in panel.align_label.text()
-    assert "base model: single shapes" in panel.align_label.text() and "step-00000200" in panel.align_label.text()
+    assert "base model: single shapes" in panel.align_label.text() and f"step-{last:08d}" in panel.align_label.text()
     # the checkpoints side by side with the base model: the same seeds, validation loss and alignment under each
     compared = panel.compare_checkpoints()
     qtbot.waitUntil(lambda: not compared.busy, timeout=300_000)
     headers = [compared.grid.horizontalHeaderItem(c).text() for c in range(compared.grid.columnCount())]
-    assert [h.splitlines()[0] for h in headers] == ["base model", "step 101", "step 200"], compared.message.text()
+    assert [h.splitlines()[0] for h in headers] == ["base model", f"step {stopped}", f"step {last}"], \
+        compared.message.text()
     assert all("single" in h and "pairs" in h for h in headers) and compared.grid.rowCount() == 2
     qtbot.waitUntil(lambda: not compared.grid.item(1, 2).icon().isNull(), timeout=10_000)
     compared.grid.cellClicked.emit(1, 2)
     enlarged = panel.findChildren(QDialog)[-1]
-    assert "step 200" in enlarged.findChildren(QTextBrowser)[0].toPlainText()
+    assert f"step {last}" in enlarged.findChildren(QTextBrowser)[0].toPlainText()
     enlarged.close()
     compared.close()
     panel.use_checkpoint()
-    qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith(" step 200"),
+    qtbot.waitUntil(lambda: again.client.info.get("model", {}).get("name", "").endswith(f" step {last}"),
                     timeout=120_000)
     assert again.tabs.currentWidget() is again.generate
 
@@ -585,9 +599,10 @@ def test_a_run_that_ends_is_announced_whichever_tab_is_shown(window, qtbot):
     assert len(messages) == 1  # once
 
 
-def test_every_checkpoint_is_listed_with_its_validation_loss_and_an_older_one_generates(window, qtbot, tiny_model):
+def test_every_checkpoint_is_listed_with_its_validation_loss_and_an_older_one_generates(real_window, qtbot, tiny_model):
     """The plot shows the validation loss beside the training loss; the Checkpoints tab lists each one with its
     validation loss, the best marked; Use in Generate takes the chosen (older) one, named "RUN step N"."""
+    window = real_window
     run = fake_run("chosen", "finished", None, checkpoint=False)
     for step, loss in ((4, 0.25), (7, 0.31)):
         run.log(Validation(step, "only", loss, 64, 5, 0.4))
