@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QPushButton, QTextBrowser, QVBoxLayout,
 )
 
-from core.caption_review import EXPORT_FORMATS, CaptionDataset, Change, ReviewError
+from core.captioning.review import EXPORT_FORMATS, CaptionDataset, Change, ReviewError
 
 PREVIEW_SHOWN = 500  # changes listed in the preview; the count covers them all
 

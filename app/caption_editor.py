@@ -12,8 +12,8 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QTextOption
 from PySide6.QtWidgets import QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from core.caption_state import FROM_FILE, HAND
-from core.prompts import MAX_TOKENS
+from core.captioning.state import FROM_FILE, HAND
+from core.generation.prompts import MAX_TOKENS
 
 from .plain_text import escape, plain_label
 

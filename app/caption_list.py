@@ -6,7 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, Qt
 from PySide6.QtGui import QColor, QPixmap
 
-from core.caption_review import CaptionDataset
+from core.captioning.review import CaptionDataset
 
 from .image_loader import ImageLoader
 

@@ -1,6 +1,6 @@
 """The Caption panel: open a folder, caption it with a model, and review every caption by hand, keyboard first.
 
-The folder's data (captions, statuses, filters, replacements, export) is core.caption_review; the image list
+The folder's data (captions, statuses, filters, replacements, export) is core.captioning.review; the image list
 is app/caption_list.py, the editor app/caption_editor.py, the dialogs app/caption_dialogs.py. Captioning
 runs in its own worker process (core.captioning.service), apart from the generation engine, through the
 shared queue widget. Every change is written at once and can be undone.
@@ -13,25 +13,25 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlparse
 
-from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView,
     QProgressBar, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget,
 )
 
-from core.caption_review import CaptionDataset, Filter, ReviewError
-from core.caption_state import REVIEW_STATUSES, damaged_state_message
+from core.captioning.review import CaptionDataset, Filter, FolderRead, ReviewError
+from core.captioning.state import REVIEW_STATUSES, damaged_state_message
 from core.captioning import API_KEY_VARIABLE, is_loopback
 from core.captioning.messages import CaptionFolder, ImageOutcome, Summary
 from core.captioning.service import SERVICE, CaptionerOptions
 from core.captioning.styles import STYLES
-from core.datasets import split_captions
+from core.captioning.files import split_captions
 from core.errors import LuminaError
 from core.storage import data_dir, first_free
 
 from . import plain_text
-from .background import run_in_background
+from .background import BackgroundTask, run_in_background
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
 from .caption_list import CaptionListModel
@@ -39,6 +39,7 @@ from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .job_queue import JobQueueView
 from .plain_text import escape, plain_label
+from .settings import AppSettings
 from .worker_client import WorkerClient
 
 LARGE = 1024
@@ -74,7 +75,7 @@ class CaptionPanel(QWidget):
     status = Signal(str)
     train_requested = Signal(object)  # the folder: open the Train tab's wizard with it
 
-    def __init__(self, settings: QSettings, device: str = "auto", parent=None):
+    def __init__(self, settings: AppSettings, device: str = "auto", parent=None):
         super().__init__(parent)
         self.settings, self.device = settings, device
         self.dataset: CaptionDataset | None = None
@@ -86,21 +87,20 @@ class CaptionPanel(QWidget):
         self.loader = ImageLoader(self)
         self.model = CaptionListModel(self.loader, self)
         self._opened_last = False
-        self._closing = False  # set when the window closes: background reads stop
+        self.captions_read = BackgroundTask(self)  # the open folder's captions, all of them
         self._build()
         self._connect()
         self._shortcuts()
         self.show_dataset(None)
-        split = self.settings.value("caption_split")
-        if split is not None:
-            self.splitter.restoreState(split)
+        if self.settings.caption_split is not None:
+            self.splitter.restoreState(self.settings.caption_split)
 
     def showEvent(self, event):  # noqa: N802 (Qt naming)
         """The last folder opens when the tab is first shown, not at start-up (a big folder takes a second)."""
         super().showEvent(event)
         if not self._opened_last:
             self._opened_last = True
-            recent = self._recent_folders()
+            recent = self.settings.caption_recent
             if self.dataset is None and recent and Path(recent[0]).is_dir():
                 self.open_folder(Path(recent[0]))
 
@@ -149,15 +149,15 @@ class CaptionPanel(QWidget):
         self.captioner.setToolTip("The model that writes captions: the built-in demo captioner (flat shapes only), "
                                   "a vision-language model folder you added, or a local OpenAI-compatible server")
         self.add_captioner = QPushButton("Add model folder…")
-        self.server_url = QLineEdit(self.settings.value("caption_server", "http://127.0.0.1:8000/v1"))
+        self.server_url = QLineEdit(self.settings.caption_server)
         self.server_url.setToolTip("Base URL of vLLM, llama.cpp's server, LM Studio or Ollama (ends in /v1)")
-        self.api_key = QLineEdit(os.environ.get(API_KEY_VARIABLE) or str(self.settings.value("caption_api_key", "")))
+        self.api_key = QLineEdit(os.environ.get(API_KEY_VARIABLE) or self.settings.caption_api_key)
         self.api_key.setEchoMode(QLineEdit.Password)
         self.api_key.setPlaceholderText("API key, if the server wants one")
         self.api_key.setToolTip(f"Sent to the server only (kept in the app's settings; ${API_KEY_VARIABLE} is "
                                 "used when set). Never written into captions, logs or the folder's state file.")
         self.styles = {name: QCheckBox(name) for name in STYLES}
-        chosen = str(self.settings.value("caption_styles", "detailed")).split(",")
+        chosen = self.settings.caption_styles
         for name, box in self.styles.items():
             box.setChecked(name in chosen)
             box.setToolTip(STYLES[name].question + " Several styles write one line each.")
@@ -323,16 +323,12 @@ class CaptionPanel(QWidget):
         self.recent.blockSignals(True)
         self.recent.clear()
         self.recent.addItem("Recent folders", None)
-        for folder in self._recent_folders():
+        for folder in self.settings.caption_recent:
             self.recent.addItem(folder, folder)
         self.recent.blockSignals(False)
 
-    def _recent_folders(self) -> list[str]:
-        value = self.settings.value("caption_recent", [])
-        return [value] if isinstance(value, str) else list(value or [])
-
     def choose_folder(self) -> None:
-        start = (self._recent_folders() or [str(Path.home())])[0]
+        start = (self.settings.caption_recent or [str(Path.home())])[0]
         chosen = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
         if chosen:
             self.open_folder(Path(chosen))
@@ -372,20 +368,19 @@ class CaptionPanel(QWidget):
             return
         if self.dataset is not None:
             self.dataset.close()
-        recent = [str(folder)] + [f for f in self._recent_folders() if f != str(folder)]
-        self.settings.setValue("caption_recent", recent[:RECENT])
+        recent = [str(folder)] + [f for f in self.settings.caption_recent if f != str(folder)]
+        self.settings.caption_recent = recent[:RECENT]
         self._fill_recent()
         self.undo_stack.clear()
         self.show_dataset(dataset)
         if dataset.state is not None and dataset.state.recovered is not None:
             self.show_notice(damaged_state_message(dataset.state.recovered), error=True)
-        run_in_background(lambda: dataset.load_all(lambda: self._closing or dataset is not self.dataset),
-                          lambda _: self._captions_loaded(dataset),
-                          lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
+        self.captions_read.start(dataset.read_all, self._captions_loaded,
+                                 lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
 
-    def _captions_loaded(self, dataset: CaptionDataset) -> None:
-        if dataset is not self.dataset:
-            return
+    def _captions_loaded(self, found: FolderRead) -> None:
+        dataset = self.dataset
+        dataset.merge(found)
         problems = []
         if dataset.broken:
             problems.append(f"{len(dataset.broken)} images cannot be read (skipped when captioning): "
@@ -401,6 +396,7 @@ class CaptionPanel(QWidget):
             self.apply_filter()
 
     def show_dataset(self, dataset: CaptionDataset | None) -> None:
+        self.captions_read.stop()  # the folder shown before: its captions are no longer wanted
         self.dataset = dataset
         writable = dataset is not None and dataset.writable
         for widget in (self.find_button, self.export_button, self.train_button, self.caption_button,
@@ -646,19 +642,15 @@ class CaptionPanel(QWidget):
         self.captioner.blockSignals(True)
         self.captioner.clear()
         self.captioner.addItem("Demo captioner (built-in, flat shapes only)", None)
-        for folder in self._captioner_folders():
+        for folder in self.settings.captioners:
             self.captioner.addItem(Path(folder).name, folder)
         self.captioner.addItem("Local server (OpenAI-compatible)…", SERVER)
-        saved = self.settings.value("captioner")
+        saved = self.settings.captioner
         index = self.captioner.findData(saved) if saved else 0
         self.captioner.setCurrentIndex(max(0, index))
         self.captioner.blockSignals(False)
         self.server_url.setVisible(self.captioner.currentData() == SERVER)
         self.api_key.setVisible(self.captioner.currentData() == SERVER)
-
-    def _captioner_folders(self) -> list[str]:
-        value = self.settings.value("captioners", [])
-        return [value] if isinstance(value, str) else list(value or [])
 
     def add_captioner_folder(self) -> None:
         from core.captioning.adapters import model_type
@@ -671,22 +663,22 @@ class CaptionPanel(QWidget):
         except LuminaError as exc:
             plain_text.message(self, "Not a captioning model", str(exc))
             return
-        self.settings.setValue("captioners", [chosen] + [f for f in self._captioner_folders() if f != chosen])
-        self.settings.setValue("captioner", chosen)
+        self.settings.captioners = [chosen] + [f for f in self.settings.captioners if f != chosen]
+        self.settings.captioner = chosen
         self._fill_captioners()
 
     def _captioner_changed(self) -> None:
-        self.settings.setValue("captioner", self.captioner.currentData())
+        self.settings.captioner = self.captioner.currentData()
         self.server_url.setVisible(self.captioner.currentData() == SERVER)
         self.api_key.setVisible(self.captioner.currentData() == SERVER)
 
     def captioner_options(self) -> CaptionerOptions:
         chosen = self.captioner.currentData()
         if chosen == SERVER:
-            self.settings.setValue("caption_server", self.server_url.text().strip())
+            self.settings.caption_server = self.server_url.text().strip()
             key = self.api_key.text().strip()
             if key != os.environ.get(API_KEY_VARIABLE, ""):
-                self.settings.setValue("caption_api_key", key)
+                self.settings.caption_api_key = key
             return CaptionerOptions(server=self.server_url.text().strip(), api_key=key or None, device=self.device)
         return CaptionerOptions(model=chosen, device=self.device)
 
@@ -704,7 +696,7 @@ class CaptionPanel(QWidget):
         if not styles:
             self.show_notice("Tick at least one caption style.", error=True)
             return
-        self.settings.setValue("caption_styles", ",".join(styles))
+        self.settings.caption_styles = styles
         scope, mode = self.scope.currentData(), self.mode.currentData()
         images = self._scope_images(scope)
         if images is not None and not images:
@@ -745,15 +737,14 @@ class CaptionPanel(QWidget):
         if self.captioner.currentData() != SERVER or is_loopback(url):
             return True
         host = urlparse(url).hostname or url
-        allowed = self.settings.value("caption_remote_hosts", [])
-        allowed = [allowed] if isinstance(allowed, str) else list(allowed or [])
+        allowed = self.settings.caption_remote_hosts
         if host in allowed:
             return True
         if not plain_text.ask(self, "Send images to another computer?",
                               f"{host} is not this computer: every image to caption is sent to it over the network. "
                               "Send them?"):
             return False
-        self.settings.setValue("caption_remote_hosts", allowed + [host])
+        self.settings.caption_remote_hosts = allowed + [host]
         return True
 
     def regenerate(self) -> None:
@@ -806,8 +797,8 @@ class CaptionPanel(QWidget):
     def stop(self) -> None:
         """Before the window closes: save what was typed, stop the captioner and the image decoders."""
         self.editor.commit()
-        self._closing = True
-        self.settings.setValue("caption_split", self.splitter.saveState())
+        self.captions_read.stop()
+        self.settings.caption_split = self.splitter.saveState()
         self.client.stop()
         self.loader.stop()
         QThreadPool.globalInstance().waitForDone(5000)  # a folder's captions still being read

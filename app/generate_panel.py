@@ -14,14 +14,14 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import LuminaError
-from core.generation_messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, MeasureBackends, Preview
+from core.generation.messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, MeasureBackends, Preview
 from core.metadata import read_settings
-from core.prompts import SYSTEM_PROMPTS, TokenCount
-from core.request import COMPAT_NAMES, MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
+from core.generation.prompts import SYSTEM_PROMPTS, TokenCount
+from core.generation.request import COMPAT_NAMES, MAX_SEED, SOLVER_NAMES, GenerationRequest, check_field, request_fields
 from core.sampling.cache import APP_PRESETS
 from core.models.registry import DEMO_NAME
 from core.scenes.world import vocabulary_warning
-from core.sizes import trained_sizes
+from core.generation.sizes import trained_sizes
 from core.storage import library_dir
 
 from .background import run_in_background

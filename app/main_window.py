@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import signal
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QRectF, QSettings, Qt, QTimer, QUrl, qVersion
+from PySide6.QtCore import QRectF, Qt, QTimer, QUrl, qVersion
 from PySide6.QtGui import (
     QAction, QActionGroup, QColor, QDesktopServices, QKeySequence, QPainter, QPalette, QPen, QShortcut,
 )
@@ -21,24 +20,22 @@ from core.library import Library
 from core.logs import log_file, log_folder, setup_logging
 from core.models.registry import available_models
 from core.storage import data_dir, library_dir
-from core.generation_messages import BackendChoice, ImageSaved, MeasureBackends
-from core.generation_service import SERVICE, GenerationOptions
+from core.generation.messages import ImageSaved
+from core.generation.service import SERVICE, GenerationOptions
 
 from .background import run_in_background
+from .backend_measurement import BackendMeasurement
 from .caption_panel import SHORTCUTS as CAPTION_SHORTCUTS
 from .caption_panel import CaptionPanel
 from .gallery_panel import GalleryPanel
 from .generate_panel import GeneratePanel
 from .model_manager import ModelManager
 from .plain_text import plain_label
+from .settings import AppSettings
 from .train_panel import TrainPanel
 from .worker_client import WorkerClient
 
 THEMES = ("system", "light", "dark")
-
-
-def settings_store() -> QSettings:
-    return QSettings(str(data_dir() / "settings.ini"), QSettings.IniFormat)
 
 
 class MainWindow(QMainWindow):
@@ -48,10 +45,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Lumina Studio")
         self.device = device
         self._ask_before_quitting = True
-        self._measure_wanted, self._measure_job, self._switch_when_idle = False, None, False
         setup_logging()
-        self.settings = settings_store()
+        self.settings = AppSettings()
         self.client = WorkerClient(generation_service, "lumina-engine", self)
+        self.measurement = BackendMeasurement(self.client, self)
         self.library, library_problem = self._open_library()
 
         self.banner = plain_label()  # the engine's state: loading, load errors, crashes
@@ -64,7 +61,7 @@ class MainWindow(QMainWindow):
         self.generate = GeneratePanel(self.client)
         self.gallery = GalleryPanel(self.library)
         self.caption = CaptionPanel(self.settings, device)
-        self.train = TrainPanel(self.settings)
+        self.train = TrainPanel()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.generate, "Generate")
         self.tabs.addTab(self.gallery, "Gallery")
@@ -116,7 +113,7 @@ class MainWindow(QMainWindow):
         self.store_model_path.setCheckable(True)
         self.store_model_path.setToolTip("Off: new images name their model by name and hash only, so an image you "
                                          "share does not show your folders")
-        self.store_model_path.setChecked(self.settings.value("store_model_path", "false") == "true")
+        self.store_model_path.setChecked(self.settings.store_model_path)
         self._store_model_path(self.store_model_path.isChecked())
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.Quit)
@@ -128,7 +125,7 @@ class MainWindow(QMainWindow):
         action(edit_menu, "Empty &trash…", self.empty_trash)
         view_menu = self.menuBar().addMenu("&View")
         self.theme_actions = QActionGroup(self)  # exclusive: the current theme is ticked
-        current = self.settings.value("theme", "system")
+        current = self.settings.theme
         for theme in THEMES:
             item = action(view_menu, f"{theme.capitalize()} theme", lambda checked=False, t=theme: self.apply_theme(t))
             item.setCheckable(True)
@@ -164,8 +161,8 @@ class MainWindow(QMainWindow):
             lambda message: self.show_banner(f"The model could not be loaded: {message}{self._log_hint()}", True))
         self.client.crashed.connect(lambda message: self.show_banner(message + self._log_hint(), True))
         self.client.result.connect(self._result)
-        self.client.finished.connect(self._job_finished)
-        self.client.queue_changed.connect(self._measurement_makes_way)
+        self.measurement.measured.connect(self._backend_measured)
+        self.measurement.switch.connect(self.start_engine)
 
     # ---- engine -------------------------------------------------------------------------------------
 
@@ -173,9 +170,8 @@ class MainWindow(QMainWindow):
         chosen = self.generate.model.currentData()
         if chosen:
             return chosen
-        saved = self.settings.value("model")
-        if saved:
-            return saved
+        if self.settings.model:
+            return self.settings.model
         models = available_models()
         return models[-1]["name"] if models else None
 
@@ -187,7 +183,7 @@ class MainWindow(QMainWindow):
             self.show_banner("No model yet. Add a Lumina-Image 2.0 diffusers folder or checkpoint with "
                              "File → Models… (or the Manage… button).", error=True)
             return
-        self.settings.setValue("model", model)
+        self.settings.model = model
         self.caption.use_lumina_model(model)
         self.show_banner("")  # the loading state goes to the status bar: a banner would push the window down
         self.statusBar().showMessage(f"Loading {model}…")
@@ -195,18 +191,16 @@ class MainWindow(QMainWindow):
 
     def _store_model_path(self, checked: bool) -> None:
         self.generate.store_model_path = checked
-        self.settings.setValue("store_model_path", "true" if checked else "false")
+        self.settings.store_model_path = checked
 
     def _engine_ready(self, event: dict) -> None:
         run = event["run"]
-        self._measure_job = None
-        self._measure_wanted = event.get("backend_measured") is False  # auto, never measured: after an image
         self.show_banner("")
         name = event["model"]["name"]
-        if self.settings.value("size_for_model") != name:  # a new model starts at its own size and sampling
+        if self.settings.size_for_model != name:  # a new model starts at its own size and sampling
             size = event.get("default_size", 1024)
             self.generate.apply_values({"width": size, "height": size, **event.get("sampling_defaults", {})})
-            self.settings.setValue("size_for_model", name)
+            self.settings.size_for_model = name
         self.generate.ask_token_count()
         self.statusBar().showMessage(
             f"{event['model']['name']} ready · {run['backend']} ({run.get('provider') or run['device']}) · {run['dtype']}")
@@ -214,32 +208,11 @@ class MainWindow(QMainWindow):
     def _result(self, event) -> None:
         if isinstance(event.data, ImageSaved):
             self.gallery.add_image(event.data.path)
-        elif isinstance(event.data, BackendChoice):
-            faster, now = event.data.backend, self.client.info.get("run", {}).get("backend")
-            names = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
-            self.statusBar().showMessage(f"Backend auto: {names.get(faster, faster)} measured faster here"
-                                         + ("; switching to it" if faster != now else ""), 10_000)
-            if faster != now:
-                self._switch_when_idle = True
 
-    def _job_finished(self, job_id: int, outcome: str, message: str) -> None:
-        """After the first image of a never-measured auto backend, measure both once, in the queue; switch to
-        the faster only when nothing waits."""
-        if self._measure_wanted and outcome == "done" and not self.client.busy:
-            self._measure_wanted = False
-            self._measure_job = self.client.submit(MeasureBackends(),
-                                                   "Measuring PyTorch against ONNX Runtime (once, for auto)")
-        elif job_id == self._measure_job and self._switch_when_idle and not self.client.busy:
-            self._switch_when_idle = False
-            self.start_engine()
-
-    def _measurement_makes_way(self) -> None:
-        """The backend measurement never holds up a person's image (exporting a large model's graphs takes
-        minutes): a job that arrives while it runs stops it, and it is tried again when the queue is empty."""
-        jobs = self.client.jobs()
-        if self._measure_job is not None and len(jobs) > 1 and jobs[0][1] and jobs[0][0].id == self._measure_job:
-            job, self._measure_job, self._measure_wanted = self._measure_job, None, True
-            self.client.cancel(job)
+    def _backend_measured(self, faster: str, switching: bool) -> None:
+        name = {"torch": "PyTorch", "onnx": "ONNX Runtime"}.get(faster, faster)
+        self.statusBar().showMessage(f"Backend auto: {name} measured faster here"
+                                     + ("; switching to it" if switching else ""), 10_000)
 
     def _use_settings(self, settings: dict) -> None:
         self.generate.apply_values(settings)
@@ -297,7 +270,7 @@ class MainWindow(QMainWindow):
         dialog = ModelManager(self)
         dialog.exec()
         if dialog.added:
-            self.settings.setValue("model", dialog.added)
+            self.settings.model = dialog.added
             self.generate.set_models(available_models(), dialog.added)
             self.start_engine()
         else:
@@ -370,33 +343,33 @@ class MainWindow(QMainWindow):
             f"Data folder: {data_dir()}"))
 
     def apply_theme(self, theme: str) -> None:
-        self.settings.setValue("theme", theme)
+        self.settings.theme = theme
         apply_theme(QApplication.instance(), theme)
 
     # ---- settings -----------------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        geometry = self.settings.value("geometry")
-        if geometry:
-            self.restoreGeometry(geometry)
+        settings = self.settings
+        if settings.geometry is not None:
+            self.restoreGeometry(settings.geometry)
         else:
             self.resize(1280, 820)
-        for key, splitter in (("generate_split", self.generate.splitter), ("gallery_split", self.gallery.splitter)):
-            state = self.settings.value(key)
-            if state:
+        for state, splitter in ((settings.generate_split, self.generate.splitter),
+                                (settings.gallery_split, self.gallery.splitter)):
+            if state is not None:
                 splitter.restoreState(state)
-        form = self.settings.value("form")
-        if form:
-            self.generate.apply_values(json.loads(form))
-        self.tabs.setCurrentIndex(int(self.settings.value("tab", 0)))
+        if settings.form:
+            self.generate.apply_values(settings.form)
+        self.tabs.setCurrentIndex(settings.tab)
 
     def save_settings(self) -> None:
-        self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("generate_split", self.generate.splitter.saveState())
-        self.settings.setValue("gallery_split", self.gallery.splitter.saveState())
-        self.settings.setValue("form", json.dumps(self.generate.form_values()))
-        self.settings.setValue("tab", self.tabs.currentIndex())
-        self.settings.sync()
+        settings = self.settings
+        settings.geometry = self.saveGeometry()
+        settings.generate_split = self.generate.splitter.saveState()
+        settings.gallery_split = self.gallery.splitter.saveState()
+        settings.form = self.generate.form_values()
+        settings.tab = self.tabs.currentIndex()
+        settings.sync()
 
     def quit_without_asking(self) -> None:
         """SIGTERM / SIGINT: shut down as File → Quit does, without a question nobody may be there to answer."""
@@ -487,7 +460,7 @@ def run(argv: list[str] | None = None, device: str = "auto") -> int:
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("Lumina Studio")
-    theme = settings_store().value("theme", "system")
+    theme = AppSettings().theme
     apply_theme(app, theme if theme in THEMES else "system")
     window = MainWindow(device=device)
     window.show()

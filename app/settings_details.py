@@ -3,7 +3,7 @@ left out, every value escaped); the Train tab's sample dialog shows a sample's s
 
 from __future__ import annotations
 
-from core.request import FIELD_LABELS, request_fields
+from core.generation.request import FIELD_LABELS, request_fields
 
 from .plain_text import escape
 

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 from core.storage import runs_dir
 
 from . import plain_text
-from .background import run_in_background
+from .background import BackgroundTask, run_in_background
 from .image_loader import ImageLoader, TrueColourThumbnails
 from .image_view import ImageView
 from .loss_plot import SERIES, LossPlot, PlotPoints
@@ -74,11 +74,11 @@ class TrainPanel(QWidget):
     status = Signal(str)
     use_model = Signal(str)  # a registered model's name: switch Generate to it
 
-    def __init__(self, settings: QSettings, parent=None):
+    def __init__(self, parent=None):
         super().__init__(parent)
-        self.settings = settings
         self.run: RunFolder | None = None
         self.tail: EventTail | None = None
+        self.catch_up = BackgroundTask(self)  # a long log read off the GUI thread, for the run shown
         self.loader = ImageLoader(self)
         self.alignment = AlignmentMeter(parent=self)
         self.alignment.updated.connect(
@@ -363,7 +363,7 @@ class TrainPanel(QWidget):
         self._sample_files: set[str] = set()
         self._last_step: Step | None = None
         self._stages = self._read_stages()
-        self._catching_up = False
+        self.catch_up.stop()
         self._show_alignment()
         if self.run is not None and file_size(self.run.events) > CATCH_UP_BYTES:
             self._catch_up()
@@ -372,9 +372,8 @@ class TrainPanel(QWidget):
     def _catch_up(self) -> None:
         """Read a long log and gather its plot points off the GUI thread; the monitor follows on from there."""
         tail, points = self.tail, PlotPoints()
-        self._catching_up = True
 
-        def work():
+        def work(should_stop):
             others, last = [], None
             for event in map(parse, tail.read()):
                 if isinstance(event, Step):
@@ -385,28 +384,20 @@ class TrainPanel(QWidget):
             return others, last
 
         def done(result):
-            if tail is not self.tail:  # another run was chosen meanwhile
-                return
             others, last = result
             self.plot.set_points(points)
             self._last_step = last
             for record in others:
                 self._event(record)
-            self._catching_up = False
             self.refresh_monitor()
 
-        def failed(exc):
-            if tail is self.tail:
-                self._catching_up = False
-            self.status.emit(f"Could not read {tail.path}: {exc}")
-
-        run_in_background(work, done, failed)
+        self.catch_up.start(work, done, lambda exc: self.status.emit(f"Could not read {tail.path}: {exc}"))
 
     def refresh_monitor(self) -> None:
         if self.run is None:
             self._set_controls(None)
             return
-        if self._catching_up:
+        if self.catch_up.running:
             self._describe()
             return
         for event in map(parse, self.tail.read()):
@@ -511,7 +502,7 @@ class TrainPanel(QWidget):
         if summary.stage:
             self._stages = self._stages or self._read_stages()  # a run just launched writes its config soon
             parts.append(escape(stage_progress(self._stages, summary.stage, summary.step)))
-        if self._catching_up:
+        if self.catch_up.running:
             parts.append("reading its log…")
         if step and state == "running":
             if step.samples_per_s:
@@ -681,7 +672,7 @@ class TrainPanel(QWidget):
     def new_run(self, dataset: Path | None = None, template: Path | None = None) -> None:
         from .train_wizard import TrainWizard
 
-        wizard = TrainWizard(self.settings, dataset=dataset, template=template, parent=self)
+        wizard = TrainWizard(dataset=dataset, template=template, parent=self)
         if wizard.exec() and wizard.launched is not None:
             folder, process = wizard.launched
             self._started[str(folder)] = process

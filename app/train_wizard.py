@@ -13,13 +13,11 @@ import os
 import re
 import shlex
 import shutil
-import threading
-import time
 import tomllib
 from pathlib import Path
 
 import tomli_w
-from PySide6.QtCore import QProcess, QSettings, Qt
+from PySide6.QtCore import QProcess, Qt
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit,
     QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWizard, QWizardPage,
@@ -27,16 +25,18 @@ from PySide6.QtWidgets import (
 
 from core.errors import LuminaError
 from core.gpus import GPU, nvidia_gpus
-from core.models.layouts import header_tensors, known_architecture
+from core.models.layouts import known_architecture
 from core.models.registry import DEMO_NAME, available_models, find_model
 from core.scenes.world import vocabulary_warning
 from core.storage import first_free, human_size, runs_dir
 from trainer.config import REVIEW_FILTERS, ConfigError, parse_config
-from trainer.datasets import CheckStopped, DatasetCheck, check_datasets
-from trainer.memory import (MEMORY_MODES, MemoryEstimate, MemoryMode, ModeFit, in_mode, mode_changes, mode_fits,
-                            mode_label, ram_size, stage_estimates)
+from trainer.datasets import DatasetCheck, check_datasets
+from trainer.memory import (MEMORY_MODES, MemoryMode, ModeFit, in_mode, mode_changes, mode_fits,
+                            mode_label, ram_size)
 
-from .background import run_in_background
+from trainer.plan import disk_free, disk_needed, fresh_run_name, memory_estimates, model_facts
+
+from .background import BackgroundTask
 from .plain_text import plain_label
 from .train_runs import RunFolder, can_resume, launch, resume, scan_runs, train_command
 
@@ -48,7 +48,6 @@ STAGE_FIELDS = (("name", str), ("resolution", int), ("steps", int), ("batch_size
 STAGE_LABELS = ("Name", "Resolution", "Steps", "Batch", "Micro-batch", "Learning rate", "Warm-up", "Schedule",
                 "Caption dropout", "Sample every", "Checkpoint every", "Datasets (blank: all)")
 STAGE_LABEL = dict(zip((name for name, _ in STAGE_FIELDS), STAGE_LABELS))
-CHECKPOINT_COPIES = 5  # one checkpoint holds the weights, two AdamW moments, the EMA and the exported model
 
 
 def problems_for(config: dict, prefixes: tuple[str, ...]) -> list[str]:
@@ -210,12 +209,6 @@ def name_datasets(config: dict) -> None:
             stage["datasets"] = [name for name in stage["datasets"] if name in names]
 
 
-def fresh_run_name(name: str) -> str:
-    """`name`-date-time, free in the runs folder; an earlier run's own date and time are replaced, not kept."""
-    base = re.sub(r"-\d{8}-\d{4}(-\d+)?$", "", name) or "run"
-    return first_free(f"{base}-{time.strftime('%Y%m%d-%H%M')}", lambda candidate: (runs_dir() / candidate).exists())
-
-
 class DataPage(_Page):
     prefixes = ("datasets",)
 
@@ -256,7 +249,7 @@ class DataPage(_Page):
         layout.addWidget(self.report, 2)
         layout.addWidget(self.problem)
         self.result: DatasetCheck | str | None = None  # the check, or why there is none ("checking", "stopped", …)
-        self._stop: threading.Event | None = None
+        self.checking = BackgroundTask(self)
 
     def initializePage(self) -> None:  # noqa: N802
         self.list.clear()
@@ -307,7 +300,7 @@ class DataPage(_Page):
     def check(self) -> None:
         """The trainer's own dataset check (trainer.datasets.check_datasets) in the background; a newer check
         or Stop checking ends the one running."""
-        self.stop_check()
+        self.checking.stop()
         self.result = None
         if self.paths() and all(Path(p).exists() for p in self.paths()):
             try:
@@ -315,22 +308,18 @@ class DataPage(_Page):
             except ConfigError as exc:
                 self.result = str(exc)
             else:
-                stop = self._stop = threading.Event()
                 self.result = "checking"
-                run_in_background(lambda: check_datasets(run, stop.is_set), lambda result: self._checked(stop, result),
-                                  lambda exc: self._checked(stop, "stopped" if isinstance(exc, CheckStopped)
-                                                            else str(exc)))
+                self.checking.start(lambda should_stop: check_datasets(run, should_stop), self._checked,
+                                    lambda exc: self._checked(str(exc)))
         self._show()
         self.changed()
 
     def stop_check(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
+        if self.checking.running:
+            self.checking.stop()
+            self._checked("stopped")
 
-    def _checked(self, stop: threading.Event, result) -> None:
-        if stop is not self._stop:  # a newer check replaced this one
-            return
-        self._stop = None
+    def _checked(self, result) -> None:
         self.result = result
         self._show()
         self.changed()
@@ -581,7 +570,7 @@ class HardwarePage(_Page):
             self.estimate.setText("")
             return ["Choose at least one GPU."]
         found = super().problems()
-        model = wizard_model(self.owner.config)  # read once: the model's config and header
+        model = model_facts(self.owner.config)  # read once: the model's config and header
         current = self._show_modes(chosen, model)
         if len(chosen) > 1 and model and current != MEMORY_MODES[0]:
             found.append("The lighter memory modes work with one GPU for now: choose one GPU, or today's mode "
@@ -626,7 +615,7 @@ class HardwarePage(_Page):
             return
         mode, run = self.choices[index]
         config = self.owner.config
-        found = wizard_model(config)
+        found = model_facts(config)
         changes = mode_changes(run, found[2]) if found else ""
         self.applied = f"Changed with it: {changes} (the Stages page shows the batches)." if changes else ""
         config["memory"] = dict(mode.memory)
@@ -647,7 +636,7 @@ class HardwarePage(_Page):
     def _show_estimate(self, device: str, chosen: list[GPU], found) -> list[str]:
         """Each stage's memory against the smallest chosen GPU, or the computer's memory on the CPU (red when
         over); the problems that makes."""
-        estimates = wizard_estimates(found, device, max(1, len(chosen)))
+        estimates = memory_estimates(found, device, max(1, len(chosen)))
         if estimates is None:
             self.estimate.setText("The Review page's check estimates memory for this model.")
             return []
@@ -677,26 +666,6 @@ class HardwarePage(_Page):
             over.append("No memory mode fits this GPU: lower the stages' resolution, or choose a larger GPU.")
         self.estimate.setText("<br>".join(lines) + f"<br><small>{where}</small>")
         return over
-
-
-def wizard_model(config: dict):
-    """(architecture, parameter count, parsed config) without torch, from the model's config.json or
-    safetensors header; None for a pickled single file (only torch lists its tensors) or a config still wrong."""
-    try:
-        run = parse_config(config, "the wizard's config")
-        model = known_architecture(find_model(run.base_model))
-    except (LuminaError, OSError, TypeError, ValueError):
-        return None
-    return (model, model_bytes(config) // 4, run) if model is not None else None
-
-
-def wizard_estimates(found, device: str, processes: int) -> list[MemoryEstimate] | None:
-    """The trainer's memory estimate per stage, without torch, from what wizard_model found (None: none)."""
-    if found is None:
-        return None
-    model, params, run = found
-    precision = "bf16" if device == "cuda" and run.precision in ("auto", "bf16") else "no"
-    return stage_estimates(model, params, run, processes, device, precision)
 
 
 class SamplesPage(_Page):
@@ -751,36 +720,6 @@ class SamplesPage(_Page):
             found.append(f"Not enough disk space: the checkpoints need about {human_size(need)}, "
                          f"{human_size(free)} is free. Keep fewer checkpoints or free some space.")
         return found
-
-
-def model_bytes(config: dict) -> int:
-    """The base model's DiT weights in fp32 (as the trainer keeps them), from the safetensors headers (an
-    all-in-one file's text encoder and VAE left out); a pickled file's size."""
-    from math import prod
-
-    from core.models.sources import safetensors_header
-
-    try:
-        source = find_model(config.get("base_model", ""))
-        if source.is_single_file:
-            if source.dit.suffix.lower() != ".safetensors":
-                return source.dit.stat().st_size
-            return 4 * sum(t.numel() for t in header_tensors(source.dit).values())
-        files = sorted(Path(source.dit).glob("*.safetensors"))
-        return 4 * sum(prod(entry["shape"]) for f in files for entry in safetensors_header(f).values())
-    except (LuminaError, OSError, KeyError, TypeError):
-        return 0
-
-
-def disk_needed(config: dict) -> int:
-    return model_bytes(config) * CHECKPOINT_COPIES * (int(config.get("keep_checkpoints", 2)) + 1)
-
-
-def disk_free() -> int:
-    folder = runs_dir()
-    while not folder.exists():
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
 
 
 class ReviewPage(_Page):
@@ -856,10 +795,10 @@ class ReviewPage(_Page):
 
 
 class TrainWizard(QWizard):
-    def __init__(self, settings: QSettings, dataset: Path | None = None, template: Path | None = None, parent=None):
+    def __init__(self, dataset: Path | None = None, template: Path | None = None, parent=None):
         super().__init__(parent)
         self.setWindowTitle("New training run")
-        self.settings, self.template, self.dataset = settings, template, dataset
+        self.template, self.dataset = template, dataset
         self.config: dict = {}
         self.gpu_ids: list[int] = []
         self.resume_dir: Path | None = None

@@ -61,6 +61,7 @@ FIRST_IMAGE_PROBE = """
 import sys, time
 from PySide6.QtWidgets import QApplication
 from app.main_window import MainWindow
+from core.generation.messages import ImageSaved
 def main():
     app = QApplication([])
     window = MainWindow(device="cpu")
@@ -70,7 +71,7 @@ def main():
         window.generate.apply_values({"prompt": "a red circle in the centre, white background", "steps": 18})
         window.generate.request_generation()
     def image(event):
-        if "path" in event.data:
+        if isinstance(event.data, ImageSaved):
             print("image", time.time(), flush=True)
             window.client.stop()
             app.quit()
@@ -236,7 +237,7 @@ def gallery_ms(entries: int = 20_000) -> dict:
 
 
 def scene_folder(count: int) -> Path:
-    from core.datasets import write_captions
+    from core.captioning.files import write_captions
     from core.scenes.captions import describe
     from core.scenes.world import draw, scenes
 
@@ -255,6 +256,7 @@ def caption_panel(home: str, images: int = 50_000) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from app.main_window import MainWindow
+    from core.captioning.messages import Summary
 
     os.environ["LUMINA_STUDIO_HOME"] = home
     folder = scene_folder(images)
@@ -290,7 +292,7 @@ def caption_panel(home: str, images: int = 50_000) -> dict:
     gaps, clock = [], QElapsedTimer()
     heart = QTimer(interval=5, timeout=lambda: gaps.append(clock.restart()))
     summaries = []
-    panel.client.result.connect(lambda event: summaries.append(event.data) if "summary" in event.data else None)
+    panel.client.result.connect(lambda event: summaries.append(event.data) if isinstance(event.data, Summary) else None)
     panel.scope.setCurrentIndex(panel.scope.findData("uncaptioned"))
     started = time.perf_counter()
     panel.caption_requested()

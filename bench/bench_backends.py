@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import PROMPT, SPEC, bench_args, cpu_name, median_time  # noqa: E402
 
-from core.engine import Engine  # noqa: E402
+from core.generation.engine import Engine  # noqa: E402
 from core.models.sources import resolve_source  # noqa: E402
 from core.models.scaffold import build_model_folder  # noqa: E402
-from core.request import GenerationRequest  # noqa: E402
+from core.generation.request import GenerationRequest  # noqa: E402
 from results import save_results  # noqa: E402
 
 

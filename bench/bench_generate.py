@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.engine import Engine  # noqa: E402
+from core.generation.engine import Engine  # noqa: E402
 from core.models.sources import resolve_source  # noqa: E402
 from core.models.scaffold import ScaffoldSpec, build_model_folder  # noqa: E402
-from core.request import GenerationRequest  # noqa: E402
+from core.generation.request import GenerationRequest  # noqa: E402
 from results import save_results  # noqa: E402
 
 SPEC = ScaffoldSpec(

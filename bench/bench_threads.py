@@ -32,9 +32,9 @@ GENERATE = """
 import json, sys, time
 import torch
 from core.cpu_budget import CpuWork
-from core.engine import Engine
+from core.generation.engine import Engine
 from core.models.registry import demo_source
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 engine = Engine(demo_source(), device="cpu")
 engine.load()
 engine.generate(GenerationRequest("a red circle", seed=0))  # warm-up

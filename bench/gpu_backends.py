@@ -32,7 +32,7 @@ from core.backends.onnx_backend import OrtStages  # noqa: E402
 from core.backends.onnx_export import export_graphs  # noqa: E402
 from core.backends.torch_backend import TorchStages  # noqa: E402
 from core.models.nextdit import NextDiT, NextDiTConfig  # noqa: E402
-from core.prompt_encoder import EncodedPrompt  # noqa: E402
+from core.generation.prompt_encoder import EncodedPrompt  # noqa: E402
 from core.sampling.cache import CacheSettings, StepCache  # noqa: E402
 from core.sampling.guidance import DiffusersGuidance  # noqa: E402
 from core.sampling.sampler import sample  # noqa: E402

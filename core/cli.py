@@ -13,7 +13,7 @@ from pathlib import Path
 from .captioning import API_KEY_VARIABLE
 from .cpu_budget import CpuWork
 from .errors import Cancelled, LuminaError, RequestError
-from .request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
+from .generation.request import COMPAT_NAMES, SOLVER_NAMES, GenerationRequest
 
 PROG = "lumina-studio"
 
@@ -195,7 +195,7 @@ def run_generate(args) -> int:
     request = request_from_args(args)  # fail fast, before any model is loaded
     from tqdm import tqdm
 
-    from .engine import Engine
+    from .generation.engine import Engine
     from .library import Library
     from .metadata import check_writable
     from .models.registry import DEMO_NAME, find_model
@@ -301,7 +301,7 @@ def export_progress():
 
 
 def run_export(args) -> int:
-    from .engine import Engine
+    from .generation.engine import Engine
     from .models.registry import find_model
 
     engine = Engine(find_model(args.model, args.components), device=args.device, dtype=args.dtype,
@@ -349,7 +349,7 @@ def run_scenes(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .engine import Engine
+    from .generation.engine import Engine
     from .models.registry import find_model
     from .scenes.alignment import evaluate
 
@@ -432,7 +432,7 @@ def run_export_checkpoint(args) -> int:
 
 
 def run_export_captions(args) -> int:
-    from .caption_review import CaptionDataset
+    from .captioning.review import CaptionDataset
 
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():

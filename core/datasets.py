@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LuminaError
-from .images import check_regular_file
-from .storage import write_text_atomic
+from .captioning.files import clean_caption, read_captions, sidecar, split_captions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TEXT_COLUMNS = ("text", "caption", "prompt", "description")
@@ -51,16 +49,6 @@ def detect_format(path: Path) -> str:
     return "folder"
 
 
-def clean_caption(text: str) -> str:
-    """One caption as one line: a byte-order mark (PowerShell 5 begins its UTF-8 files with one), NUL and other
-    control characters (an editor's or a model's) dropped, each run of white space one space."""
-    kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
-    return " ".join(kept.replace("\ufeff", "").split())
-
-
-def split_captions(text: str) -> list[str]:
-    """A sidecar's alternative captions: its non-empty lines, cleaned (clean_caption)."""
-    return [caption for caption in map(clean_caption, text.splitlines()) if caption]
 
 
 def read_dataset_captions(path: Path, fmt: str = "auto") -> Listing:
@@ -94,35 +82,8 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     return [Path(path) for path in sorted(found)]
 
 
-def sidecar(image: Path) -> Path:
-    return image.with_suffix(".txt")
 
 
-def read_captions(image: Path) -> list[str]:
-    """The image's alternative captions from its `.txt` ([] when there is none); raises OSError or
-    UnicodeDecodeError when one exists but cannot be read."""
-    path = sidecar(image)
-    try:
-        check_regular_file(path)
-        return split_captions(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-
-
-def decode_legacy(data: bytes) -> str:
-    """A caption file that is not UTF-8, as its writer most likely meant it (Windows-1252, else Latin-1)."""
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def write_captions(image: Path, captions: list[str]) -> None:
-    """Write the image's `.txt` atomically (temp file, fsync, rename: a crash leaves the old captions or the
-    new ones). One caption per line, cleaned (a caption's own line breaks become spaces, control characters
-    go). Errors are raised."""
-    lines = [clean_caption(c) for c in captions]
-    write_text_atomic(sidecar(image), "".join(line + "\n" for line in lines if line))
 
 
 def _reason(exc: Exception) -> str:

@@ -207,7 +207,7 @@ _TEXT_KEYS = ("source", "sampler", "model", "model_hash", "system_prompt_text", 
 def checked_settings(settings: dict) -> dict:
     """Only the keys we know, each checked by GenerationRequest's own rules; raises RequestError naming the
     field. Text-only keys (sampler, model, ...) must be text; anything else is dropped."""
-    from .request import check_field, request_fields
+    from .generation.request import check_field, request_fields
 
     checked = {}
     for key, value in settings.items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from .prompts import SYSTEM_PROMPTS
+from .generation.prompts import SYSTEM_PROMPTS
 
 PROMPT_START = "<Prompt Start>"
 

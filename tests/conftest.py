@@ -36,7 +36,7 @@ def full_size_model(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_model, tmp_path_factory):
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.sources import resolve_source
 
     os.environ["LUMINA_STUDIO_HOME"] = str(tmp_path_factory.mktemp("engine-home"))
@@ -54,7 +54,7 @@ def onnx_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def onnx_engine(tiny_model, onnx_home):
     """The tiny model on the ONNX Runtime CPU provider (exported once per test session)."""
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.sources import resolve_source
 
     previous = os.environ.get("LUMINA_STUDIO_HOME")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from core.prompts import SYSTEM_PROMPTS
+from core.generation.prompts import SYSTEM_PROMPTS
 
 REAL = SYSTEM_PROMPTS["real"]
 

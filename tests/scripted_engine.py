@@ -24,13 +24,13 @@ from pathlib import Path
 from PIL import Image
 
 from core.errors import Cancelled, LuminaError, RequestError
-from core.generation_messages import (BackendChoice, CountTokens, GenerateImages, ImageProgress, ImageSaved,
+from core.generation.messages import (BackendChoice, CountTokens, GenerateImages, ImageProgress, ImageSaved,
                                       MeasureBackends, Preview)
 from core.jobs import EventType, Job, Reporter
 from core.metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
-from core.prompts import TokenCount, full_prompt, system_prompt_text
-from core.request import GenerationRequest, default_settings
-from core.generation_service import GenerationService
+from core.generation.prompts import TokenCount, full_prompt, system_prompt_text
+from core.generation.request import GenerationRequest, default_settings
+from core.generation.service import GenerationService
 from core.storage import data_dir
 
 SERVICE = "scripted_engine:ScriptedGeneration"
@@ -58,8 +58,9 @@ class ScriptedGeneration(GenerationService):
         self.model = {"name": name, "hash": f"{zlib.crc32(name.encode()):08x}" * 8, "kind": "diffusers",
                       "path": str(self.options.model)}
         self.run_info = {"backend": backend, "device": "cpu", "provider": None, "dtype": "float32"}
-        return {"model": self.model, "run": self.run_info, "backend_measured": self.options.backend != "auto" or measured,
-                "default_size": SIZE, "sampling_defaults": default_settings("official")}
+        return {"model": self.model, "run": self.run_info, "default_size": SIZE,
+                "backend_measured": self.options.backend != "auto" or measured,
+                "sampling_defaults": default_settings("official")}
 
     def run(self, job: Job, report: Reporter) -> None:
         if isinstance(job.payload, MeasureBackends):

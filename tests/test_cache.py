@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.errors import RequestError
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 from core.sampling import cache as cache_module
 from core.sampling.cache import CacheSettings
 
@@ -108,7 +108,7 @@ def test_calibration_makes_threshold_0_3_skip_the_published_share():
 def test_a_model_carries_its_own_fitted_polynomial(tiny_model, tmp_path):
     import shutil
 
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.errors import ModelLoadError
     from core.models.sources import resolve_source
     from core.sampling.cache_fit import fit_calibrated, record_changes, write_fitted

@@ -17,10 +17,10 @@ from filesystems import mount_tmpfs, unmount_tmpfs
 from openai_server import OpenAIServer
 from PIL import Image
 
-from core.caption_state import FROM_FILE, CaptionState
+from core.captioning.state import FROM_FILE, CaptionState
 from core.captioning.job import CaptionError, CaptionRun, CaptionSettings
 from core.captioning.server import ServerCaptioner, ServerError
-from core.datasets import read_captions, write_captions
+from core.captioning.files import read_captions, write_captions
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "grey": (128, 128, 128)}
@@ -403,7 +403,7 @@ def test_two_append_runs_on_one_folder_keep_both_lines(tmp_path, server):
 def test_a_rerun_after_a_kill_between_write_and_record_adds_no_second_line(tmp_path, server):
     import sqlite3
 
-    from core.caption_state import STATE_FILE
+    from core.captioning.state import STATE_FILE
 
     folder = folder_of_colours(tmp_path / "set", 3)
     assert run_job(folder, ServerCaptioner(server.url), mode="append", batch=1)[0].captioned == 3
@@ -466,7 +466,7 @@ def test_caption_lengths_counted_without_torch_match_transformers():
 
     from core.captioning.tokens import lumina_token_counter
     from core.models.registry import find_model
-    from core.prompts import full_prompt, system_prompt_text
+    from core.generation.prompts import full_prompt, system_prompt_text
 
     fast = lumina_token_counter(slow_allowed=False)
     slow = AutoTokenizer.from_pretrained(str(find_model(None).components / "tokenizer"))
@@ -495,7 +495,7 @@ def test_huge_images_are_scaled_down_as_they_are_read_and_the_summary_says_so(tm
 
 
 def test_a_caption_that_repeats_itself_is_cut_and_its_image_marked_for_review(tmp_path, monkeypatch):
-    from core.caption_state import CaptionState
+    from core.captioning.state import CaptionState
     from core.captioning.repetition import cut_repetition
 
     assert cut_repetition("a red square " + "square " * 95) == ("a red square", True)
@@ -612,7 +612,7 @@ def test_imagefolder_export_has_one_caption_per_text_and_every_alternative_in_ca
     `datasets` loads the export, and our own reader gets every alternative back."""
     import datasets
 
-    from core.caption_review import CaptionDataset
+    from core.captioning.review import CaptionDataset
     from core.datasets import read_dataset_captions
 
     folder = folder_of_colours(tmp_path / "set", 2)

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.engine import Engine
+from core.generation.engine import Engine
 from core.errors import ModelLoadError
 from core.models.checkpoints import original_layout
 from core.models.layouts import derive_config, header_tensors, known_architecture, to_diffusers_layout
 from core.models.loader import load_dit
 from core.models.sources import resolve_source
 from core.models.nextdit import NextDiTConfig
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 REQUEST = GenerationRequest("a red circle on the left", width=64, height=48, steps=4, seed=11)
 

@@ -20,7 +20,7 @@ PAIR_FLOOR = 0.7
 
 @pytest.fixture(scope="module")
 def demo_engine():
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.sources import resolve_source
 
     engine = Engine(resolve_source(FOLDER, name="demo"), device="cpu")
@@ -49,7 +49,7 @@ def test_diffusers_loads_it_as_a_lumina_pipeline():
 def test_every_word_of_the_world_is_one_token():
     from transformers import AutoTokenizer
 
-    from core.prompts import SYSTEM_PROMPTS, full_prompt
+    from core.generation.prompts import SYSTEM_PROMPTS, full_prompt
     from core.scenes.world import scenes
 
     tokenizer = AutoTokenizer.from_pretrained(str(FOLDER / "tokenizer"))
@@ -88,9 +88,9 @@ def test_the_last_live_preview_looks_like_the_saved_image(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.registry import demo_source
-    from core.request import GenerationRequest
+    from core.generation.request import GenerationRequest
 
     engine = Engine(demo_source(), device="cpu")
     previews = []

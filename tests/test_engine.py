@@ -9,8 +9,8 @@ import torch
 
 from core.devices import Placement, resolve_device, resolve_dtype
 from core.errors import Cancelled, DeviceError, RequestError
-from core.prompts import SYSTEM_PROMPTS, full_prompt, system_prompt_text
-from core.request import GenerationRequest
+from core.generation.prompts import SYSTEM_PROMPTS, full_prompt, system_prompt_text
+from core.generation.request import GenerationRequest
 
 SMALL = dict(width=64, height=48, steps=4)
 
@@ -39,7 +39,7 @@ def test_official_defaults_and_evaluation_count(engine):
 def test_a_model_carries_its_own_sampling_defaults(tiny_model, tmp_path):
     import shutil
 
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.errors import ModelLoadError
     from core.models.sources import resolve_source
 

@@ -9,12 +9,12 @@ import pytest
 from safetensors import safe_open
 
 from core.cli import main
-from core.engine import Engine
+from core.generation.engine import Engine
 from core.errors import ModelLoadError
 from core.models.export import export_model
 from core.models.layouts import detect_layout
 from core.models.sources import resolve_source
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 
 def image(source) -> np.ndarray:

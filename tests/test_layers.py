@@ -35,7 +35,7 @@ def test_nothing_imports_the_app_but_the_entry_point():
 
 def test_the_app_and_the_train_tabs_modules_never_import_torch():
     code = ("import sys\nimport app.main_window, app.job_queue, app.worker_client, app.train_wizard, app.caption_panel, "
-            "core.caption_review, trainer.run_folder, trainer.config\n"
+            "core.captioning.review, trainer.run_folder, trainer.config, trainer.plan\n"
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr

@@ -9,7 +9,7 @@ from PIL import Image
 
 from core import metadata
 from core.library import Library, fts_query, safe_name
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 
 def make_png(folder, stem, prompt, seed, model="tiny", negative="", model_hash=None):

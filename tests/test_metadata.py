@@ -10,7 +10,7 @@ from core import metadata
 from core.errors import MetadataError, OutputError
 from core.metadata import a1111_parameters, png_info, read_settings, write_png
 from core.other_tools import parse_a1111
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 SETTINGS = {
     **GenerationRequest("a 東京 street at night, neon", negative_prompt="blurry, text").with_defaults().to_dict(),
@@ -130,7 +130,7 @@ def test_unwritable_folder(tmp_path):
 
 
 def test_every_request_field_has_a_label():
-    from core.request import FIELD_LABELS, request_fields
+    from core.generation.request import FIELD_LABELS, request_fields
 
     assert tuple(FIELD_LABELS) == request_fields()
 

@@ -11,7 +11,7 @@ import pytest
 from core.errors import MetadataError
 from core.metadata import read_settings
 from core.other_tools import parse_a1111
-from core.request import GenerationRequest, request_fields
+from core.generation.request import GenerationRequest, request_fields
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile_pngs import HOSTILE_NAMES, hostile_files, png_with_raw_chunk, png_with_text  # noqa: E402

@@ -11,7 +11,7 @@ from PIL import Image, PngImagePlugin
 
 from core.errors import MetadataError
 from core.metadata import read_settings
-from core.request import GenerationRequest, request_fields
+from core.generation.request import GenerationRequest, request_fields
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile_pngs import png_with_text  # noqa: E402

@@ -8,10 +8,10 @@ import torch
 
 from core.backends.onnx_backend import Graph, OrtStages
 from core.backends.torch_backend import TorchStages
-from core.engine import Engine
+from core.generation.engine import Engine
 from core.errors import DeviceError
 from core.models.sources import resolve_source
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 
 def test_first_use_exports_every_graph(onnx_engine):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import Lumina2Pipeline
 
-from core.request import GenerationRequest
+from core.generation.request import GenerationRequest
 
 PROMPT = "a red circle on the left of a blue square"
 
@@ -61,7 +61,7 @@ def test_tokenizer_without_bos_gives_empty_negative_caption(tmp_path):
     """Models made elsewhere may use a tokenizer that adds no <bos>: "" is then zero tokens."""
     from tokenizers import processors
 
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.sources import resolve_source
     from core.models.scaffold import build_pipeline
 

@@ -1,4 +1,4 @@
-from core.sizes import trained_sizes
+from core.generation.sizes import trained_sizes
 
 
 def test_the_authors_49_sizes():

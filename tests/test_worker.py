@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.generation_messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, Preview
-from core.generation_service import SERVICE, GenerationOptions, GenerationService
+from core.generation.messages import CountTokens, GenerateImages, ImageProgress, ImageSaved, Preview
+from core.generation.service import SERVICE, GenerationOptions, GenerationService
 from core.jobs import EventType, JobWorker
 from core.metadata import read_settings
 
@@ -46,7 +46,7 @@ def worker(tiny_model):
 
 
 def test_the_gui_side_does_not_import_torch():
-    code = ("import core.jobs, core.generation_service, core.generation_messages, core.captioning.messages, sys; "
+    code = ("import core.jobs, core.generation.service, core.generation.messages, core.captioning.messages, sys; "
             "print('torch' in sys.modules)")
     import subprocess
 
@@ -177,8 +177,8 @@ def _process_gone(pid: int) -> bool:
 
 HOLDER = """
 import sys, time
-from core.generation_messages import GenerateImages
-from core.generation_service import SERVICE, GenerationOptions
+from core.generation.messages import GenerateImages
+from core.generation.service import SERVICE, GenerationOptions
 from core.jobs import JobWorker
 if __name__ == "__main__":
     worker = JobWorker(SERVICE, GenerationOptions(model=sys.argv[1], device="cpu"))

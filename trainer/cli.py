@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.cli import OneLineParser, report_errors
-from core.prompts import MAX_TOKENS
+from core.generation.prompts import MAX_TOKENS
 from core.storage import human_size
 
 from .config import ConfigError, RunConfig, load_config

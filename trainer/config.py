@@ -15,8 +15,8 @@ from pathlib import Path
 import tomli_w
 
 from core.errors import LuminaError
-from core.prompts import SYSTEM_PROMPTS
-from core.request import check_field
+from core.generation.prompts import SYSTEM_PROMPTS
+from core.generation.request import check_field
 
 CONFIG_VERSION = 1
 DATASET_FORMATS = ("auto", "folder", "imagefolder", "jsonl")

@@ -1,6 +1,6 @@
-"""Training datasets: read the formats people have (core/datasets.py, shared with the captioner and the
-Caption panel), check each image, and list what was skipped and why. Nothing here raises on a bad item: it
-is skipped and listed in the report.
+"""Training datasets: read the formats people have (core/datasets.py and core/captioning/files.py, shared
+with the captioner and the Caption panel), check each image, and list what was skipped and why. Nothing here
+raises on a bad item: it is skipped and listed in the report.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.caption_state import review_statuses
+from core.captioning.state import review_statuses
 from core.datasets import DatasetError, detect_format, read_dataset_captions
 from core.images import open_image, problem
-from core.prompts import system_prompt_text
+from core.generation.prompts import system_prompt_text
 
 from .buckets import bucket_sizes, nearest_bucket
 from .config import REVIEW_FILTERS, ConfigError, DatasetConfig, RunConfig, StageConfig

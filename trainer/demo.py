@@ -29,7 +29,7 @@ import tomli_w
 
 from core.models.loader import SAMPLING_DEFAULTS_FILE
 from core.models.scaffold import ScaffoldSpec, build_pipeline
-from core.prompts import SYSTEM_PROMPTS, full_prompt
+from core.generation.prompts import SYSTEM_PROMPTS, full_prompt
 from core.scenes.world import draw, scenes, vocabulary_corpus, write_dataset
 from core.storage import write_text_atomic
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_engine(folder: Path, device: str = "cpu", dtype: str = "auto"):
-    from core.engine import Engine
+    from core.generation.engine import Engine
     from core.models.sources import resolve_source
 
     engine = Engine(resolve_source(folder, name="demo"), device=device, dtype=dtype)

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from core.images import open_image
 from core.models import loader
 from core.models.sources import ModelSource
-from core.prompt_encoder import PromptEncoder
-from core.prompts import MAX_TOKENS, full_prompt, system_prompt_text
+from core.generation.prompt_encoder import PromptEncoder
+from core.generation.prompts import MAX_TOKENS, full_prompt, system_prompt_text
 from core.storage import read_json, write_json_atomic
 
 from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket

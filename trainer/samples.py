@@ -14,12 +14,12 @@ from PIL import Image
 
 from core.backends.denoiser import StagedDenoiser
 from core.backends.torch_backend import TorchStages
-from core.engine import sample_latent
+from core.generation.engine import sample_latent
 from core.metadata import FORMAT, a1111_parameters, png_info
 from core.models import loader
 from core.models.nextdit import NextDiT, NextDiTConfig
-from core.prompt_encoder import EncodedPrompt
-from core.request import GenerationRequest
+from core.generation.prompt_encoder import EncodedPrompt
+from core.generation.request import GenerationRequest
 from core.storage import write_atomic
 
 from .config import SamplesConfig

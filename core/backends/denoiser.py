@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..prompt_encoder import EncodedPrompt, stack_captions
+from ..generation.prompt_encoder import EncodedPrompt, stack_captions
 from ..sampling.cache import StepCache
 
 

@@ -19,11 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..caption_state import STATE_FILE, CaptionState, damaged_state_message
-from ..datasets import list_images, read_captions, sidecar
+from .state import STATE_FILE, CaptionState, damaged_state_message
+from ..datasets import list_images
+from .files import read_captions, sidecar
 from ..errors import Cancelled, LuminaError
 from ..images import ImageProblem, open_rgb
-from ..prompts import MAX_TOKENS
+from ..generation.prompts import MAX_TOKENS
 from ..storage import folder_writable, human_size
 from .messages import MAX_SIDE, ImageOutcome, Summary
 from .repetition import cut_repetition

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..prompts import MAX_TOKENS
+from ..generation.prompts import MAX_TOKENS
 
 # Images are read at most this large (long side): every captioning model sees far less (LLaVA 336-672 px,
 # Florence-2 768, Qwen-VL's default budget about 3.5 MP), and a batch of 13,000 px PNGs took 10.7 GB.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Cancelled
 from ..jobs import EventType, Job, Reporter, Service
-from ..prompts import MAX_TOKENS, TokenCount
+from ..generation.prompts import MAX_TOKENS, TokenCount
 from .messages import CaptionFolder, CountCaptionTokens
 
 SERVICE = "core.captioning.service:CaptionService"

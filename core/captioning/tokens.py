@@ -1,5 +1,5 @@
 """How long a caption is for a Lumina model: its Gemma tokens with the default system prompt, which is what
-the DiT reads (at most 256, core.prompts.MAX_TOKENS).
+the DiT reads (at most 256, core.generation.prompts.MAX_TOKENS).
 
 Counted with the model's own tokenizer (core.models.tokenizer: no torch, so the app counts as you type).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from ..prompts import DEFAULT_SYSTEM_PROMPT, full_prompt, system_prompt_text
+from ..generation.prompts import DEFAULT_SYSTEM_PROMPT, full_prompt, system_prompt_text
 
 
 def lumina_token_counter(model: str | None = None, slow_allowed: bool = True):

@@ -108,7 +108,7 @@ def sampling_defaults(components: Path) -> dict:
     """The model's own sampling defaults (sampling_defaults.json: any of steps, solver, cfg_trunc,
     cfg_renorm), which replace the authors' for this model where a request leaves them unset; {} if none."""
     from ..errors import LuminaError
-    from ..request import GenerationRequest
+    from ..generation.request import GenerationRequest
 
     path = components / SAMPLING_DEFAULTS_FILE
     if not path.exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..prompts import SYSTEM_PROMPTS
+from ..generation.prompts import SYSTEM_PROMPTS
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 

@@ -62,7 +62,7 @@ class ChangeRecorder(StepCache):
 
 def record_changes(engine, prompts: list[str], seed: int = 0, **settings) -> Recording:
     """The changes of every pass from generating one image per prompt with `engine`, nothing skipped."""
-    from ..request import GenerationRequest
+    from ..generation.request import GenerationRequest
 
     recording = Recording()
     for index, prompt in enumerate(prompts):

@@ -78,7 +78,7 @@ def evaluate(engine, count: int = 100, seed: int = 1000, out_dir: Path | None = 
     settings go into each GenerationRequest (e.g. steps, guidance, cache); the size is 64x64.
     `on_progress(done, total)` is called after each image.
     """
-    from ..request import GenerationRequest
+    from ..generation.request import GenerationRequest
 
     scored, evaluations, seconds = [], [], []
     for index, scene in enumerate(scenes(count, seed)):

@@ -1,6 +1,5 @@
 """GUI tests never block on a dialog: offscreen, nobody can answer one, and a modal loop swallows timeouts."""
 
-import json
 
 import pytest
 from PySide6.QtWidgets import QFileDialog, QMessageBox
@@ -29,10 +28,10 @@ def dialogs_fail_instead_of_blocking(monkeypatch):
 
 @pytest.fixture
 def home(tiny_model, data_home):
-    from app.main_window import settings_store
+    from app.settings import AppSettings
 
     add_model(tiny_model, name="tiny")
-    settings_store().setValue("form", json.dumps(SMALL))
+    AppSettings().form = SMALL
     return data_home
 
 

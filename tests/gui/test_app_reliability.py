@@ -12,7 +12,7 @@ from app_helpers import generate, wait_idle
 from scripted_engine import SERVICE as SCRIPTED
 from scripted_engine import release
 
-from core.generation_messages import BackendChoice
+from core.generation.messages import BackendChoice
 from core.library import INDEX
 from core.storage import library_dir
 
@@ -102,7 +102,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_app_quits_like_file_quit(home, tmp_path, how):
-    from app.main_window import settings_store
+    from app.settings import AppSettings
 
     script = tmp_path / "launch.py"  # not app.py: that would shadow the package
     script.write_text(APP)
@@ -117,7 +117,7 @@ def test_a_signal_to_the_app_quits_like_file_quit(home, tmp_path, how):
             time.sleep(0.05)
         app.send_signal(how)
         assert app.wait(30) == 0, app.stderr.read()
-        assert settings_store().value("geometry") is not None  # settings were saved, as on File → Quit
+        assert AppSettings().geometry is not None  # settings were saved, as on File → Quit
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -175,8 +175,8 @@ def test_a_worker_error_goes_to_the_log_with_its_traceback(window, qtbot, tmp_pa
 def test_full_range_seeds_and_cache_thresholds_round_trip_through_the_form(qtbot, home):
     from app.generate_panel import GeneratePanel
     from app.worker_client import WorkerClient
-    from core.generation_service import SERVICE
-    from core.request import GenerationRequest
+    from core.generation.service import SERVICE
+    from core.generation.request import GenerationRequest
 
     panel = GeneratePanel(WorkerClient(SERVICE, "unused"))
     qtbot.addWidget(panel)
@@ -275,12 +275,12 @@ def test_the_demo_model_warns_about_words_it_does_not_know(qtbot, data_home):
 
 
 def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
-    import json
 
-    from app.main_window import MainWindow, settings_store
+    from app.main_window import MainWindow
+    from app.settings import AppSettings
     from app_helpers import SMALL
 
-    settings_store().setValue("form", json.dumps({**SMALL, "backend": "auto"}))  # auto, never measured here
+    AppSettings().form = {**SMALL, "backend": "auto"}  # auto, never measured here
     win = MainWindow(device="cpu", generation_service=SCRIPTED)  # its measurement holds until released
     qtbot.addWidget(win, before_close_func=lambda w: w.client.stop())
     qtbot.waitUntil(lambda: bool(win.client.info), timeout=120_000)
@@ -290,8 +290,8 @@ def test_the_backend_measurement_makes_way_for_the_next_image(qtbot, home):
     win.client.result.connect(lambda event: seen.append(("measured", event.job))
                               if isinstance(event.data, BackendChoice) else None)
     generate(win, qtbot, "first", backend="auto")
-    qtbot.waitUntil(lambda: win._measure_job is not None, timeout=120_000)  # it follows the first image
-    measurement = win._measure_job
+    qtbot.waitUntil(lambda: win.measurement.job is not None, timeout=120_000)  # it follows the first image
+    measurement = win.measurement.job
     qtbot.waitUntil(lambda: ("started", measurement) in seen, timeout=30_000)
     generate(win, qtbot, "second", backend="auto")  # a person's image while it exports and times the graphs
     second = win.client.jobs()[-1][0].id

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 
 from app import plain_text
 from core.captioning.messages import Summary
-from core.datasets import read_captions, write_captions
+from core.captioning.files import read_captions, write_captions
 from core.scenes.world import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

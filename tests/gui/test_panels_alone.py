@@ -12,8 +12,8 @@ import sqlite3
 import pytest
 from PySide6.QtGui import Qt  # QtGui.Qt also has mightBeRichText
 
-from core.caption_state import STATE_FILE
-from core.datasets import read_captions, sidecar
+from core.captioning.state import STATE_FILE
+from core.captioning.files import read_captions, sidecar
 from core.scenes.world import write_dataset
 from core.storage import runs_dir
 from trainer.run_folder import RunFolder
@@ -24,9 +24,9 @@ HOSTILE = "<img src='/etc/passwd'><h1>TAKEOVER</h1>"
 @pytest.fixture
 def caption_panel(qtbot):
     from app.caption_panel import CaptionPanel
-    from app.main_window import settings_store
+    from app.settings import AppSettings
 
-    panel = CaptionPanel(settings_store(), "cpu")
+    panel = CaptionPanel(AppSettings(), "cpu")
     qtbot.addWidget(panel)
     panel.show()
     return panel
@@ -118,7 +118,6 @@ def test_text_from_files_is_never_drawn_as_markup_in_the_caption_panel(caption_p
 
 
 def test_damaged_run_folders_are_listed_with_what_is_wrong(qtbot):
-    from app.main_window import settings_store
     from app.train_panel import TrainPanel
 
     for name, status in (("bad", {"state": {}, "step": "abc", "time": "yesterday"}), ("list", ["x"]),
@@ -131,7 +130,7 @@ def test_damaged_run_folders_are_listed_with_what_is_wrong(qtbot):
     good.path.mkdir()
     good.config.write_text("name = 'x'\n")
     good.set_status("stopped", step=2)
-    panel = TrainPanel(settings_store())
+    panel = TrainPanel()
     qtbot.addWidget(panel)
     panel.show()
     names = {panel.runs.item(row, 0).text(): panel.runs.item(row, 1).text() for row in range(panel.runs.rowCount())}
@@ -205,10 +204,10 @@ def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, mon
     from app.caption_panel import CaptionPanel
     from app.gallery_panel import GalleryPanel
     from app.generate_panel import GeneratePanel
-    from app.main_window import settings_store
+    from app.settings import AppSettings
     from app.train_panel import TrainPanel
     from app.worker_client import WorkerClient
-    from core.generation_service import SERVICE
+    from core.generation.service import SERVICE
     from core.library import Library
     from test_library import make_png
 
@@ -228,7 +227,7 @@ def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, mon
     qtbot.waitUntil(lambda: "not a readable image" in generate.message.text())
     assert "TAKEOVER" in generate.message.text() and not shows_markup(generate.message)
 
-    train = TrainPanel(settings_store())
+    train = TrainPanel()
     qtbot.addWidget(train)
     sample = make_png(tmp_path, "sample", HOSTILE, seed=2)
     item = type("Item", (), {"data": lambda self, role: str(sample)})()
@@ -241,7 +240,7 @@ def test_text_from_files_is_never_drawn_as_markup_elsewhere(qtbot, tmp_path, mon
     folder = tmp_path / "not-a-captioner"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": HOSTILE}))
-    panel = CaptionPanel(settings_store(), "cpu")
+    panel = CaptionPanel(AppSettings(), "cpu")
     qtbot.addWidget(panel)
     shown = []
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
@@ -257,7 +256,7 @@ def test_the_wheel_scrolls_the_generate_form_unless_a_box_has_the_focus(qtbot):
 
     from app.generate_panel import GeneratePanel
     from app.worker_client import WorkerClient
-    from core.generation_service import SERVICE
+    from core.generation.service import SERVICE
 
     panel = GeneratePanel(WorkerClient(SERVICE, "engine"))
     qtbot.addWidget(panel)
@@ -341,7 +340,6 @@ def test_captions_say_where_they_came_from_and_an_empty_filter_says_so(caption_p
 
 def test_another_runs_loss_is_drawn_over_the_selected_ones(qtbot):
     """The same recipe in two memory modes, side by side in the monitor."""
-    from app.main_window import settings_store
     from app.train_panel import TrainPanel
 
     for name, offset in (("fp32-adamw", 0.0), ("bf16-adafactor", 0.01)):
@@ -351,7 +349,7 @@ def test_another_runs_loss_is_drawn_over_the_selected_ones(qtbot):
         run.set_status("finished", step=50)
         run.events.write_text("".join(json.dumps({"event": "step", "step": s, "stage": "a", "loss": 1 / s + offset})
                                       + "\n" for s in range(1, 51)))
-    panel = TrainPanel(settings_store())
+    panel = TrainPanel()
     qtbot.addWidget(panel)
     panel.resize(900, 600)
     panel.show()

@@ -42,10 +42,9 @@ def scenes(folder: Path, count: int = 48) -> Path:
 
 
 def wizard_for(window, dataset: Path | None):
-    from app.main_window import settings_store
     from app.train_wizard import TrainWizard
 
-    wizard = TrainWizard(settings_store(), dataset=dataset, parent=window)
+    wizard = TrainWizard(dataset=dataset, parent=window)
     wizard.show()
     return wizard
 
@@ -538,7 +537,7 @@ def test_a_long_log_is_read_off_the_gui_thread_with_per_stage_progress(window, q
     panel = window.train
     window.tabs.setCurrentWidget(panel)
     panel.select_run(run.path)
-    assert panel._catching_up and len(panel.plot.steps) == 0  # the GUI thread did not read it
+    assert panel.catch_up.running and len(panel.plot.steps) == 0  # the GUI thread did not read it
     qtbot.waitUntil(lambda: len(panel.plot.steps) == 8000, timeout=30_000)
     panel.refresh_monitor()
     assert "step 8000/10000" in panel.headline.text()

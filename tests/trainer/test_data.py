@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.prompts import SYSTEM_PROMPTS
+from core.generation.prompts import SYSTEM_PROMPTS
 from trainer.batches import StageData
 from trainer.buckets import bucket_sizes, fit_to_bucket, nearest_bucket
 from trainer.config import ConfigError, DatasetConfig
@@ -231,7 +231,8 @@ def test_a_fifo_named_like_an_image_or_caption_never_blocks(tmp_path):
     import subprocess
     import sys
 
-    from core.datasets import list_images, read_captions
+    from core.datasets import list_images
+    from core.captioning.files import read_captions
 
     folder = tmp_path / "data"
     save_image(folder / "a.png", size=(64, 64)).with_suffix(".txt").write_text("a picture")
@@ -251,7 +252,7 @@ def test_a_fifo_named_like_an_image_or_caption_never_blocks(tmp_path):
 
 
 def test_review_marks_decide_which_images_train(tmp_path):
-    from core.caption_state import CaptionState
+    from core.captioning.state import CaptionState
 
     folder = tmp_path / "data"
     for name in ("ok", "fix", "bad", "new"):

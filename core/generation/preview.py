@@ -22,7 +22,7 @@ class LatentPreviewer:
         generator = torch.Generator().manual_seed(seed)
         colours = torch.rand(images, 3, blocks, blocks, generator=generator) * 2 - 1
         pixels = colours.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
-        from .models.loader import encode_pixels
+        from ..models.loader import encode_pixels
 
         latents = encode_pixels(vae, pixels).cpu()
         x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])

@@ -11,9 +11,9 @@ import functools
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import RequestError
+from ..errors import RequestError
 from .prompts import DEFAULT_SYSTEM_PROMPT, MAX_PROMPT_CHARS, system_prompt_text
-from .sampling.cache import CacheSettings
+from ..sampling.cache import CacheSettings
 
 SOLVER_NAMES = ("euler", "midpoint", "dpm")
 COMPAT_NAMES = ("official", "diffusers")

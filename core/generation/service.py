@@ -1,6 +1,6 @@
 """Generation as a job-worker service: the DiT engine loaded once in the worker child.
 
-Jobs, queries and messages are core/generation_messages.py's: a GenerateImages job reports ImageProgress,
+Jobs, queries and messages are messages.py's: a GenerateImages job reports ImageProgress,
 Preview and one ImageSaved per image; MeasureBackends answers with BackendChoice; CountTokens is answered
 (TokenCount) from the tokenizer alone, while a job runs.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .cpu_budget import CpuWork
-from .generation_messages import (BackendChoice, CountTokens, GenerateImages, ImageProgress, ImageSaved,
+from ..cpu_budget import CpuWork
+from .messages import (BackendChoice, CountTokens, GenerateImages, ImageProgress, ImageSaved,
                                   MeasureBackends, Preview)
-from .jobs import EventType, Job, Reporter, Service
+from ..jobs import EventType, Job, Reporter, Service
 from .prompts import TokenCount
 
-SERVICE = "core.generation_service:GenerationService"
+SERVICE = "core.generation.service:GenerationService"
 
 
 @dataclass
@@ -33,7 +33,7 @@ class GenerationOptions:
 class GenerationService(Service):
     def load(self) -> dict:
         from .engine import Engine
-        from .models.registry import find_model
+        from ..models.registry import find_model
         from .request import default_settings
 
         options = self.options

@@ -162,7 +162,7 @@ class CaptionState:
         `change(current lines)` gives the lines to write, the .txt is replaced, then the image is marked done.
         A run resumed after a kill between the write and the mark finds its lines in the .txt
         (`written_before`) and does not add them again. Returns the lines written."""
-        from .datasets import read_captions, write_captions
+        from .files import read_captions, write_captions
 
         with folder_lock(self.folder):
             self._claim(run, image, written)

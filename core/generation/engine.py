@@ -18,29 +18,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
-from .backends import choice, onnx_export
-from .backends.denoiser import StagedDenoiser
-from .backends.onnx_backend import OrtStages
-from .backends.torch_backend import TorchStages
-from .devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
-from .errors import Cancelled, DeviceError, ModelLoadError, RequestError
-from .metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
-from .models import loader
-from .models.nextdit import NextDiTConfig
-from .models.registry import model_hash
-from .models.sources import ModelSource
+from .. import __version__
+from ..backends import choice, onnx_export
+from ..backends.denoiser import StagedDenoiser
+from ..backends.onnx_backend import OrtStages
+from ..backends.torch_backend import TorchStages
+from ..devices import Placement, dtype_name, module_bytes, resolve_device, resolve_dtype, wants_low_vram
+from ..errors import Cancelled, DeviceError, ModelLoadError, RequestError
+from ..metadata import FORMAT, a1111_parameters, check_writable, png_info, write_png
+from ..models import loader
+from ..models.nextdit import NextDiTConfig
+from ..models.registry import model_hash
+from ..models.sources import ModelSource
 from .preview import LatentPreviewer
 from .prompt_encoder import PromptEncoder
 from .prompts import full_prompt
 from .request import GenerationRequest
-from .sampling.cache import CacheSettings, StepCache
-from .sampling.cache_fit import read_fitted
-from .sampling.guidance import DiffusersGuidance, OfficialGuidance
-from .sampling.sampler import StepInfo, sample
-from .sampling.schedule import diffusers_grid, official_grid
-from .sampling.solvers import make_solver
-from .storage import human_size
+from ..sampling.cache import CacheSettings, StepCache
+from ..sampling.cache_fit import read_fitted
+from ..sampling.guidance import DiffusersGuidance, OfficialGuidance
+from ..sampling.sampler import StepInfo, sample
+from ..sampling.schedule import diffusers_grid, official_grid
+from ..sampling.solvers import make_solver
+from ..storage import human_size
 
 StepCallback = Callable[[int, StepInfo], None]  # (image index, step info)
 PREVIEW_DECODE_PIXELS = 256 * 256  # up to this size a live preview is a real VAE decode

@@ -1,9 +1,10 @@
 """Reviewing a captioned folder, without Qt: the images, their captions and review status, filters, find &
 replace, and export. The Caption panel draws this; the CLI's `caption-export` uses the export.
 
-Captions are read lazily (one `.txt` when an image is shown) or all at once in the background
-(`load_all`, for filters and find & replace over the whole folder). Every change is written at once: the
-`.txt` atomically, the status to the state file.
+Captions are read lazily (one `.txt` when an image is shown) or all at once in the background (`read_all`,
+for filters and find & replace over the whole folder): that read changes nothing of the dataset's, and the GUI
+thread takes its result in with `merge`. Every change is written at once: the `.txt` atomically, the status
+to the state file.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caption_state import FROM_FILE, HAND, REVIEW_STATUSES, CaptionState, folder_lock
-from .datasets import (clean_caption, decode_legacy, list_images, read_captions, sidecar, split_captions,
-                       write_captions)
-from .errors import LuminaError
-from .exports import building_folder, check_file_target, check_folder_target
-from .exports import reason as export_reason
-from .storage import folder_writable, write_json_atomic, write_text_atomic
+from ..datasets import list_images
+from ..errors import LuminaError
+from ..exports import building_folder, check_file_target, check_folder_target
+from ..exports import reason as export_reason
+from ..storage import folder_writable, write_json_atomic, write_text_atomic
+from .files import clean_caption, decode_legacy, read_captions, sidecar, split_captions, write_captions
+from .state import FROM_FILE, HAND, REVIEW_STATUSES, CaptionState, folder_lock
 
 EXPORT_FORMATS = {"txt": "a .txt beside each image (in a new folder, images copied)",
                   "imagefolder": "Hugging Face imagefolder: metadata.jsonl with file_name, text (the first caption) "
@@ -62,6 +62,29 @@ def compile_pattern(text: str, regex: bool) -> re.Pattern:
         raise ReviewError(f"The regular expression cannot be read: {exc}.") from None
 
 
+@dataclass(frozen=True)
+class FolderRead:
+    """What reading a whole folder found (CaptionDataset.read_all), for the GUI thread to take in."""
+    captions: dict[str, list[str]]
+    unreadable: dict[str, str]  # image -> why its caption cannot be read
+    legacy_text: dict[str, str]  # image -> its caption file decoded as Windows-1252 / Latin-1
+    broken: dict[str, str]  # image -> why the image itself cannot be read
+    lengths: dict[str, int]  # caption text -> tokens
+
+
+def read_caption_file(image: Path) -> tuple[list[str], str | None, str | None]:
+    """(captions, why they cannot be read, the file decoded as a legacy encoding) for one image."""
+    try:
+        return read_captions(image), None, None
+    except UnicodeDecodeError:
+        legacy = None
+        with contextlib.suppress(OSError):
+            legacy = decode_legacy(sidecar(image).read_bytes())
+        return [], "not UTF-8 text", legacy
+    except OSError as exc:
+        return [], exc.strerror or str(exc), None
+
+
 class CaptionDataset:
     """One folder under review. Images are paths relative to the folder (as the state file keeps them)."""
 
@@ -75,8 +98,8 @@ class CaptionDataset:
         self._captions: dict[str, list[str]] = {}
         self.unreadable: dict[str, str] = {}  # image -> why its caption cannot be read
         self.legacy_text: dict[str, str] = {}  # image -> its caption file decoded as Windows-1252 / Latin-1 (not UTF-8)
-        self.broken: dict[str, str] = {}  # image -> why the image itself cannot be read (found by load_all)
-        self._lengths: dict[str, int] = {}  # caption text -> tokens (counted once; load_all counts them all)
+        self.broken: dict[str, str] = {}  # image -> why the image itself cannot be read (found by read_all)
+        self._lengths: dict[str, int] = {}  # caption text -> tokens (counted once; read_all counts them all)
 
     def close(self) -> None:
         if self.state is not None:
@@ -89,17 +112,16 @@ class CaptionDataset:
 
     def captions(self, image: str) -> list[str]:
         if image not in self._captions:
-            try:
-                self._captions[image] = read_captions(self.path(image))
-            except UnicodeDecodeError:
-                self.unreadable[image] = "not UTF-8 text"
-                with contextlib.suppress(OSError):
-                    self.legacy_text[image] = decode_legacy(sidecar(self.path(image)).read_bytes())
-                self._captions[image] = []
-            except OSError as exc:
-                self.unreadable[image] = exc.strerror or str(exc)
-                self._captions[image] = []
+            lines, why, legacy = read_caption_file(self.path(image))
+            self._take(image, lines, why, legacy)
         return self._captions[image]
+
+    def _take(self, image: str, lines: list[str], why: str | None, legacy: str | None) -> None:
+        self._captions[image] = lines
+        if why is not None:
+            self.unreadable[image] = why
+        if legacy is not None:
+            self.legacy_text[image] = legacy
 
     def convert_to_utf8(self, image: str) -> None:
         """Rewrite a caption file that is not UTF-8 as UTF-8, with the text it shows decoded (its one way to
@@ -112,25 +134,46 @@ class CaptionDataset:
         self.unreadable.pop(image, None)  # read must not read it again
         self.legacy_text.pop(image, None)
 
-    def load_all(self, should_stop=lambda: False) -> None:
-        """Read every caption, count its tokens and check every image's header (a background task: 50,000
-        images take a few seconds). It pauses a moment every few hundred files so the GUI thread gets Python's lock."""
+    def read_all(self, should_stop: Callable[[], bool] = lambda: False) -> FolderRead | None:
+        """Read every caption, count its tokens and check every image's header (50,000 images take a few
+        seconds: a background task). Changes nothing here: `merge` takes the result in. None when stopped."""
         from PIL import Image
 
-        from .images import open_image, problem
+        from ..images import open_image, problem
 
-        for number, image in enumerate(self.images):
+        found = FolderRead({}, {}, {}, {}, {})
+        for image in self.images:
             if should_stop():
-                return
-            for caption in self.captions(image):
-                self.tokens(caption)
+                return None
+            lines, why, legacy = read_caption_file(self.path(image))
+            found.captions[image] = lines
+            if why is not None:
+                found.unreadable[image] = why
+            if legacy is not None:
+                found.legacy_text[image] = legacy
+            if self.counter is not None:
+                for caption in lines:
+                    if caption not in found.lengths:
+                        found.lengths[caption] = self.counter(caption)
             try:
                 with open_image(self.path(image)) as opened:
                     opened.size  # noqa: B018 (the header is read: enough to tell an image from a broken file)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                self.broken[image] = problem(exc)
-            if number % 256 == 255:
-                time.sleep(0.002)
+                found.broken[image] = problem(exc)
+        return found
+
+    def merge(self, found: FolderRead) -> None:
+        """Take in a background read; a caption read or written here since is newer and is kept."""
+        for image, lines in found.captions.items():
+            if image not in self._captions:
+                self._take(image, lines, found.unreadable.get(image), found.legacy_text.get(image))
+        self.broken.update(found.broken)
+        for text, count in found.lengths.items():
+            self._lengths.setdefault(text, count)
+
+    def load_all(self) -> None:
+        """Every caption read now, on this thread (find & replace, the CLI)."""
+        self.merge(self.read_all())
 
     def forget(self, image: str) -> None:
         """Read the image's caption again next time (a captioner wrote it)."""

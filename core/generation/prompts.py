@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import RequestError
+from ..errors import RequestError
 
 SYSTEM_PROMPTS = {
     "real": "You are an assistant designed to generate superior images with the superior degree of image-text alignment based on textual prompts or user prompts.",
