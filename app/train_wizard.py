@@ -61,7 +61,9 @@ def problems_for(config: dict, prefixes: tuple[str, ...]) -> list[str]:
 
 
 class _Page(QWizardPage):
-    """A page that shows why Next is blocked."""
+    """A page that shows why Next is blocked. Its problems are worked out once per change (`changed()`, and
+    on arriving at the page), not at each of Qt's many isComplete() calls: some parse the config and read
+    the model's safetensors headers."""
 
     prefixes: tuple[str, ...] = ()
 
@@ -73,16 +75,19 @@ class _Page(QWizardPage):
         self.problem = plain_label()
         self.problem.setWordWrap(True)
         self.problem.setStyleSheet("color: #c83c3c;")
+        self._found: list[str] | None = None  # the problems, None until worked out after a change
 
     def problems(self) -> list[str]:
         return problems_for(self.owner.config, self.prefixes) if self.prefixes else []
 
     def isComplete(self) -> bool:  # noqa: N802 (Qt naming)
-        found = self.problems()
-        self.problem.setText("\n".join(found))
-        return not found
+        if self._found is None:
+            self._found = self.problems()
+            self.problem.setText("\n".join(self._found))
+        return not self._found
 
     def changed(self) -> None:
+        self._found = None
         self.completeChanged.emit()
 
 
@@ -810,6 +815,8 @@ class TrainWizard(QWizard):
         for page in pages:
             self.addPage(page)
         self.datasets_page = pages[1]
+        # a page's problems depend on what the pages before it set: worked out again on arriving
+        self.currentIdChanged.connect(lambda _: self.currentPage() and self.currentPage().changed())
         self.resize(900, 640)
 
     def load(self, path: Path) -> None:
