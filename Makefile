@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	$(BIN)/lumina-studio
 
+# One test process per core, at most four: most of the suite's time is processes starting and importing.
 test: install
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n auto --maxprocesses 4
 
 bench: install
 	$(BIN)/python bench/bench_generate.py

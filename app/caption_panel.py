@@ -1,37 +1,35 @@
 """The Caption panel: open a folder, caption it with a model, and review every caption by hand, keyboard first.
 
-The folder's data (captions, statuses, filters, replacements, export) is core.captioning.review; the image list
-is app/caption_list.py, the editor app/caption_editor.py, the dialogs app/caption_dialogs.py. Captioning
-runs in its own worker process (core.captioning.service), apart from the generation engine, through the
-shared queue widget. Every change is written at once and can be undone.
+The folder's data (captions, statuses, filters, replacements, export) is core.captioning.review; the state and
+commands (the open folder, undoable changes, the captioner and its jobs) are app/caption_controller.py; the
+image list is app/caption_list.py, the editor app/caption_editor.py, the dialogs app/caption_dialogs.py.
+Captioning runs in its own worker process (core.captioning.service), apart from the generation engine,
+through the shared queue widget. Every change is written at once and can be undone.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
-from urllib.parse import urlparse
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut, QUndoCommand, QUndoStack
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView,
     QProgressBar, QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget,
 )
 
-from core.captioning.review import CaptionDataset, Filter, FolderRead, ReviewError
-from core.captioning.state import REVIEW_STATUSES, damaged_state_message
-from core.captioning import API_KEY_VARIABLE, is_loopback
-from core.captioning.messages import CaptionFolder, ImageOutcome, Summary
-from core.captioning.service import SERVICE, CaptionerOptions
-from core.captioning.styles import STYLES
+from core.captioning import API_KEY_VARIABLE
 from core.captioning.files import split_captions
+from core.captioning.review import CaptionDataset, Filter, ReviewError
+from core.captioning.state import REVIEW_STATUSES
+from core.captioning.styles import STYLES
 from core.errors import LuminaError
 from core.storage import data_dir, first_free
 
 from . import plain_text
-from .background import BackgroundTask, run_in_background
+from .background import run_in_background
+from .caption_controller import CaptionController, CaptionerChoice
 from .caption_dialogs import CompareDialog, ExportDialog, FindReplaceDialog
 from .caption_editor import CaptionEditor
 from .caption_list import CaptionListModel
@@ -40,10 +38,8 @@ from .image_view import ImageView
 from .job_queue import JobQueueView
 from .plain_text import escape, plain_label
 from .settings import AppSettings
-from .worker_client import WorkerClient
 
 LARGE = 1024
-RECENT = 8
 EDITOR_LINES, EDITOR_CHARACTERS = 200, 100_000  # a longer caption file is shown in part, read-only
 DEMO_SCENES = 48  # pictures in a demo folder
 SERVER = "server"
@@ -57,20 +53,6 @@ SHORTCUTS = (
 )
 
 
-class _Change(QUndoCommand):
-    """One undoable change: `apply(True)` does it, `apply(False)` undoes it."""
-
-    def __init__(self, text: str, apply):
-        super().__init__(text)
-        self._apply = apply
-
-    def redo(self):
-        self._apply(True)
-
-    def undo(self):
-        self._apply(False)
-
-
 class CaptionPanel(QWidget):
     status = Signal(str)
     train_requested = Signal(object)  # the folder: open the Train tab's wizard with it
@@ -78,22 +60,26 @@ class CaptionPanel(QWidget):
     def __init__(self, settings: AppSettings, device: str = "auto", parent=None):
         super().__init__(parent)
         self.settings, self.device = settings, device
-        self.dataset: CaptionDataset | None = None
-        self.counter = None
+        self.controller = CaptionController(settings, device, lambda title, text: plain_text.ask(self, title, text),
+                                            self)
         self.current: str | None = None
-        self.client = WorkerClient(SERVICE, "lumina-captioner", self)
-        self._options: CaptionerOptions | None = None
-        self.undo_stack = QUndoStack(self)
         self.loader = ImageLoader(self)
         self.model = CaptionListModel(self.loader, self)
         self._opened_last = False
-        self.captions_read = BackgroundTask(self)  # the open folder's captions, all of them
         self._build()
         self._connect()
         self._shortcuts()
         self.show_dataset(None)
         if self.settings.caption_split is not None:
             self.splitter.restoreState(self.settings.caption_split)
+
+    @property
+    def dataset(self) -> CaptionDataset | None:
+        return self.controller.dataset
+
+    @property
+    def client(self):
+        return self.controller.client
 
     def showEvent(self, event):  # noqa: N802 (Qt naming)
         """The last folder opens when the tab is first shown, not at start-up (a big folder takes a second)."""
@@ -109,10 +95,8 @@ class CaptionPanel(QWidget):
         from core.captioning.tokens import lumina_token_counter
 
         def ready(counter):
-            self.counter = counter
+            self.controller.set_counter(counter)
             self.editor.set_counter(counter)
-            if self.dataset is not None:
-                self.dataset.set_counter(counter)
             if self.current:
                 self._changed(self.current)
 
@@ -284,21 +268,22 @@ class CaptionPanel(QWidget):
             widget.valueChanged.connect(self._filter_timer.start)
         self._filter_timer.timeout.connect(self.apply_filter)
         self.list.selectionModel().currentChanged.connect(lambda current, _: self.show_image(current.data(Qt.UserRole)))
-        self.editor.committed.connect(self.edit_captions)
-        self.editor.convert.connect(self.convert_caption_file)
+        self.editor.committed.connect(self.controller.edit_captions)
+        self.editor.convert.connect(self.controller.convert_caption_file)
         self.status_buttons["approved"].clicked.connect(self.approve_and_next)
         self.status_buttons["needs fixing"].clicked.connect(lambda: self.set_status("needs fixing"))
         self.status_buttons["rejected"].clicked.connect(lambda: self.set_status("rejected"))
         self.regenerate_button.clicked.connect(self.regenerate)
         self.compare_button.clicked.connect(self.compare)
         self.loader.loaded.connect(self._large_loaded)
-        self.client.progress.connect(self._progress)
-        self.client.result.connect(self._result)
-        self.client.finished.connect(self._finished)
-        self.client.load_error.connect(lambda message: self.show_notice(f"The captioner could not be loaded: {message}",
-                                                                        error=True))
-        self.client.crashed.connect(lambda message: self.show_notice(message, error=True))
-        self.client.ready.connect(lambda info: self.status.emit(f"Captioner ready: {info.get('captioner')}"))
+        controller = self.controller
+        controller.opened.connect(self._opened)
+        controller.read.connect(self._all_read)
+        controller.changed.connect(self._changed)
+        controller.notice.connect(self.show_notice)
+        controller.status.connect(self.status)
+        controller.progress.connect(self._progress)
+        controller.idle.connect(lambda: self.progress.setVisible(False))
 
     def _shortcuts(self) -> None:
         def key(keys, slot):
@@ -355,49 +340,22 @@ class CaptionPanel(QWidget):
         run_in_background(lambda: write_dataset(folder, DEMO_SCENES, seed=0, captions=False), done, failed)
 
     def open_folder(self, folder: Path) -> None:
-        """List the folder (fast: no image is decoded), show the first page, then read every caption in the
-        background for filters and find & replace."""
+        """List the folder, show the first page; every caption is read in the background (the controller)."""
         self.editor.commit()
-        if not folder.is_dir():
-            self.show_notice(f"{folder} is not a folder (any more).", error=True)
-            return
-        try:
-            dataset = CaptionDataset(folder, counter=self.counter)
-        except (LuminaError, OSError, sqlite3.Error) as exc:
-            self.show_notice(f"{folder} cannot be opened: {exc}", error=True)
-            return
-        if self.dataset is not None:
-            self.dataset.close()
-        recent = [str(folder)] + [f for f in self.settings.caption_recent if f != str(folder)]
-        self.settings.caption_recent = recent[:RECENT]
-        self._fill_recent()
-        self.undo_stack.clear()
-        self.show_dataset(dataset)
-        if dataset.state is not None and dataset.state.recovered is not None:
-            self.show_notice(damaged_state_message(dataset.state.recovered), error=True)
-        self.captions_read.start(dataset.read_all, self._captions_loaded,
-                                 lambda exc: self.show_notice(f"Captions could not all be read: {exc}", error=True))
+        self.controller.open_folder(folder)
 
-    def _captions_loaded(self, found: FolderRead) -> None:
+    def _opened(self, dataset: CaptionDataset) -> None:
+        self._fill_recent()
+        self.show_dataset(dataset)
+
+    def _all_read(self) -> None:
         dataset = self.dataset
-        dataset.merge(found)
-        problems = []
-        if dataset.broken:
-            problems.append(f"{len(dataset.broken)} images cannot be read (skipped when captioning): "
-                            + "; ".join(f"{name} ({why})" for name, why in list(dataset.broken.items())[:5]))
-        if dataset.unreadable:
-            problems.append(f"{len(dataset.unreadable)} caption files cannot be read (shown empty, left as they "
-                            f"are): {', '.join(list(dataset.unreadable)[:5])}")
-        if problems:
-            self.show_notice(" ".join(problems) + (" …" if len(dataset.broken) > 5 else ""), error=True)
-            self.notice.setToolTip("\n".join(f"{name}: {why}" for name, why in
-                                              {**dataset.broken, **dataset.unreadable}.items()))
+        self.notice.setToolTip("\n".join(f"{name}: {why}" for name, why in
+                                          {**dataset.broken, **dataset.unreadable}.items()))
         if self._filter().active():
             self.apply_filter()
 
     def show_dataset(self, dataset: CaptionDataset | None) -> None:
-        self.captions_read.stop()  # the folder shown before: its captions are no longer wanted
-        self.dataset = dataset
         writable = dataset is not None and dataset.writable
         for widget in (self.find_button, self.export_button, self.train_button, self.caption_button,
                        self.regenerate_button, self.compare_button, *self.status_buttons.values()):
@@ -405,6 +363,7 @@ class CaptionPanel(QWidget):
         for widget in (self.find_button, self.caption_button, self.regenerate_button, *self.status_buttons.values()):
             widget.setEnabled(writable)
         self.show_notice("")
+        self.notice.setToolTip("")
         if dataset is None:
             self.model.set_images(None, [])
             self.editor.show_captions(None, [], [], False)
@@ -509,33 +468,12 @@ class CaptionPanel(QWidget):
 
     # ---- changes (each one undoable) -----------------------------------------------------------------
 
-    def _push(self, text: str, apply) -> None:
-        try:
-            self.undo_stack.push(_Change(text, apply))
-        except (LuminaError, OSError) as exc:
-            self.show_notice(f"Not saved: {exc}", error=True)
-
-    def edit_captions(self, image: str, lines: list[str]) -> None:
-        before = list(self.dataset.captions(image))
-
-        def apply(forward: bool):
-            self.dataset.set_captions(image, lines if forward else before)
-            self._changed(image, from_editor=forward)
-
-        self._push(f"edit the caption of {image}", apply)
-
     def set_status(self, status: str, image: str | None = None) -> None:
         image = image or self.current
         if image is None or self.dataset is None or not self.dataset.writable:
             return
         self.editor.commit()
-        before = self.dataset.status_of(image)
-
-        def apply(forward: bool):
-            self.dataset.set_status(image, status if forward else before)
-            self._changed(image)
-
-        self._push(f"mark {image} {status}", apply)
+        self.controller.set_status(image, status)
 
     def approve_and_next(self) -> None:
         if self.current is not None:
@@ -570,22 +508,13 @@ class CaptionPanel(QWidget):
             texts, convertible = [t[:EDITOR_CHARACTERS // EDITOR_LINES] for t in texts[:EDITOR_LINES]], False
         self.editor.show_captions(image, texts, sources, dataset.writable, held, convertible)
 
-    def convert_caption_file(self, image: str) -> None:
-        try:
-            self.dataset.convert_to_utf8(image)
-        except (LuminaError, OSError) as exc:
-            self.show_notice(f"Not converted: {exc}", error=True)
-            return
-        self.status.emit(f"Converted the caption file of {image} to UTF-8.")
-        self._changed(image)
-
     def undo(self) -> None:
         self.editor.commit()
-        self.undo_stack.undo()
+        self.controller.undo_stack.undo()
 
     def redo(self) -> None:
         self.editor.commit()
-        self.undo_stack.redo()
+        self.controller.undo_stack.redo()
 
     def find_replace(self) -> None:
         if self.dataset is None or not self.dataset.writable:
@@ -593,17 +522,8 @@ class CaptionPanel(QWidget):
         self.editor.commit()
         self.dataset.load_all()  # usually already read in the background
         dialog = FindReplaceDialog(self.dataset, self.filtered(), self)
-        if not dialog.exec() or not dialog.changes:
-            return
-        changes = dialog.changes
-
-        def apply(forward: bool):
-            self.dataset.apply(changes, undo=not forward)
-            for change in changes:
-                self._changed(change.image)
-
-        self._push(f"replace in {len(changes)} captions", apply)
-        self.status.emit(f"Replaced in {len(changes)} images (Ctrl+Z undoes all of it).")
+        if dialog.exec() and dialog.changes:
+            self.controller.replace(dialog.changes)
 
     def compare(self) -> None:
         if self.current is None:
@@ -672,21 +592,11 @@ class CaptionPanel(QWidget):
         self.server_url.setVisible(self.captioner.currentData() == SERVER)
         self.api_key.setVisible(self.captioner.currentData() == SERVER)
 
-    def captioner_options(self) -> CaptionerOptions:
+    def captioner_choice(self) -> CaptionerChoice:
         chosen = self.captioner.currentData()
         if chosen == SERVER:
-            self.settings.caption_server = self.server_url.text().strip()
-            key = self.api_key.text().strip()
-            if key != os.environ.get(API_KEY_VARIABLE, ""):
-                self.settings.caption_api_key = key
-            return CaptionerOptions(server=self.server_url.text().strip(), api_key=key or None, device=self.device)
-        return CaptionerOptions(model=chosen, device=self.device)
-
-    def _ensure_worker(self) -> None:
-        options = self.captioner_options()
-        if options != self._options or self.client.worker is None:
-            self._options = options
-            self.client.start(options)
+            return CaptionerChoice(server=self.server_url.text().strip(), api_key=self.api_key.text().strip())
+        return CaptionerChoice(model=chosen)
 
     def caption_requested(self) -> None:
         if self.dataset is None:
@@ -707,7 +617,8 @@ class CaptionPanel(QWidget):
             if not plain_text.ask(self, "Overwrite captions",
                                   f"Replace the captions of {count} images, hand edits included?"):
                 return
-        self.submit(styles, mode, images, f"{', '.join(styles)} for {self._describe_scope(scope, images)}")
+        self.controller.caption(self.captioner_choice(), styles, mode, images,
+                                f"{', '.join(styles)} for {self._describe_scope(scope, images)}")
 
     def _scope_images(self, scope: str) -> list[str] | None:
         if scope == "selected":
@@ -722,31 +633,6 @@ class CaptionPanel(QWidget):
         name = self.dataset.folder.name
         return f"{name} (all)" if images is None else f"{len(images)} images of {name} ({scope})"
 
-    def submit(self, styles: list[str], mode: str, images: list[str] | None, label: str) -> None:
-        if not self._may_send_images():
-            return
-        self._ensure_worker()
-        settings = {"folder": str(self.dataset.folder), "styles": styles, "mode": mode, "recursive": True,
-                    "images": images}
-        self.client.submit(CaptionFolder(settings), label)
-        self.status.emit(f"Queued captioning: {label}")
-
-    def _may_send_images(self) -> bool:
-        """A server that is not this computer gets the images only after the person said yes (once per host)."""
-        url = self.server_url.text().strip()
-        if self.captioner.currentData() != SERVER or is_loopback(url):
-            return True
-        host = urlparse(url).hostname or url
-        allowed = self.settings.caption_remote_hosts
-        if host in allowed:
-            return True
-        if not plain_text.ask(self, "Send images to another computer?",
-                              f"{host} is not this computer: every image to caption is sent to it over the network. "
-                              "Send them?"):
-            return False
-        self.settings.caption_remote_hosts = allowed + [host]
-        return True
-
     def regenerate(self) -> None:
         image = self.current
         if image is None or self.dataset is None or not self.dataset.writable:
@@ -758,49 +644,19 @@ class CaptionPanel(QWidget):
                                   "Replace them with new ones?"):
                 return
         styles = [name for name, box in self.styles.items() if box.isChecked()] or ["detailed"]
-        self.submit(styles, "overwrite", [image], f"{', '.join(styles)} for {image}")
+        self.controller.caption(self.captioner_choice(), styles, "overwrite", [image],
+                                f"{', '.join(styles)} for {image}")
 
-    def _progress(self, event) -> None:
-        done, total, eta = event.data.step, event.data.total, event.data.eta
+    def _progress(self, done: int, total: int, eta: float) -> None:
         self.progress.setVisible(True)
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
         self.progress.setFormat(f"{done}/{total} images · {int(eta) // 60}:{int(eta) % 60:02d} left")
 
-    def _result(self, event) -> None:
-        data = event.data
-        if isinstance(data, Summary):
-            text = (f"Captioning finished: {data.captioned} captioned, {data.skipped} skipped, "
-                    f"{len(data.failed)} failed.")
-            if data.repeated:
-                text += (f" {data.repeated} captions repeated themselves: cut, and marked ✎ needs fixing "
-                         "(filter by it to review them).")
-            if data.downscaled:
-                text += f" {data.downscaled} large images were scaled down for the captioner."
-            self.status.emit(text)
-            if data.warnings:
-                self.show_notice(" ".join(data.warnings), error=True)
-            if data.failed:
-                self.show_notice(text + " Not captioned: " + "; ".join(data.failed[:10])
-                                 + (" …" if len(data.failed) > 10 else ""), error=True)
-        elif isinstance(data, ImageOutcome) and self.dataset is not None:
-            self.dataset.forget(data.image)  # the worker wrote its .txt: read it again when shown
-            if not data.error:
-                self._changed(data.image)
-
-    def _finished(self, job_id: int, outcome: str, message: str) -> None:
-        if not self.client.busy:
-            self.progress.setVisible(False)
-        if outcome == "error":
-            self.show_notice(f"Captioning stopped: {message}", error=True)
-
     def stop(self) -> None:
         """Before the window closes: save what was typed, stop the captioner and the image decoders."""
         self.editor.commit()
-        self.captions_read.stop()
         self.settings.caption_split = self.splitter.saveState()
-        self.client.stop()
+        self.controller.stop()
         self.loader.stop()
         QThreadPool.globalInstance().waitForDone(5000)  # a folder's captions still being read
-        if self.dataset is not None:
-            self.dataset.close()

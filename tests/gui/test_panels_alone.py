@@ -76,7 +76,7 @@ def test_a_caption_file_that_is_not_utf8_is_held_until_converted(caption_panel, 
     editor = caption_panel.editor
     assert editor.text.toPlainText() == "a café near the señor's house"
     assert editor.text.isReadOnly() and "not UTF-8" in editor.held.text() and editor.convert_button.isVisible()
-    caption_panel.edit_captions("scene-00000.png", ["x"])  # an edit that got through anyway is refused
+    caption_panel.controller.edit_captions("scene-00000.png", ["x"])  # an edit that got through anyway is refused
     assert "left as it is" in caption_panel.notice.text()
     assert latin.read_bytes() == "a café near the señor's house\n".encode("latin-1")
     editor.convert_button.click()
@@ -176,13 +176,13 @@ def test_a_server_elsewhere_is_asked_about_and_the_key_stays_private(caption_pan
     assert caption_panel.api_key.isVisibleTo(caption_panel)
     caption_panel.api_key.setText("sk-typed")
     caption_panel.server_url.setText("http://192.0.2.7:8000/v1")
-    options = caption_panel.captioner_options()
-    assert options.api_key == "sk-typed" and "sk-typed" not in repr(options)
+    choice = caption_panel.captioner_choice()
+    assert choice.api_key == "sk-typed" and "sk-typed" not in repr(choice)
     asked = []
     monkeypatch.setattr(plain_text, "ask", lambda parent, title, text: asked.append(text) and False)
     started = []
-    monkeypatch.setattr(caption_panel, "_ensure_worker", lambda: started.append(True))
-    caption_panel.submit(["detailed"], "skip", None, "test")
+    monkeypatch.setattr(caption_panel.client, "start", lambda options: started.append(options))
+    assert not caption_panel.controller.caption(choice, ["detailed"], "skip", None, "test")
     assert "192.0.2.7 is not this computer" in asked[0] and not started and not caption_panel.client.jobs()
 
 
@@ -329,7 +329,7 @@ def test_captions_say_where_they_came_from_and_an_empty_filter_says_so(caption_p
     caption_panel.open_folder(folder)
     caption_panel.select_row(0)
     assert "from the file" in caption_panel.editor.info.text()  # written by write_dataset, not by the app
-    caption_panel.edit_captions("scene-00000.png", ["typed in the panel"])
+    caption_panel.controller.edit_captions("scene-00000.png", ["typed in the panel"])
     caption_panel.show_image("scene-00000.png")
     assert "edited by hand" in caption_panel.editor.info.text()
     caption_panel.filter_text.setText("no caption says this")
