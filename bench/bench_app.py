@@ -334,7 +334,7 @@ def fake_runs(count: int, steps: int) -> None:
 def train_tab(home: str) -> dict:
     from PySide6.QtWidgets import QApplication
 
-    from app.main_window import MainWindow, settings_store
+    from app.main_window import MainWindow
     from app.train_wizard import TrainWizard
     from core.scenes.world import write_dataset
     from core.storage import runs_dir
@@ -385,7 +385,7 @@ def train_tab(home: str) -> dict:
         shutil.rmtree(path)
     folder = Path(tempfile.mkdtemp()) / "scenes"
     write_dataset(folder, 64, seed=2)
-    wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
+    wizard = TrainWizard(dataset=folder, parent=window)
     wizard.show()
 
     def until(condition, timeout=300):
@@ -443,10 +443,11 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="lumina-app-bench-")
     os.environ["LUMINA_STUDIO_HOME"] = home
     add_model(build_model_folder(Path(tempfile.mkdtemp()) / "tiny"), name="tiny")
-    from app.main_window import settings_store
+    from app.settings import AppSettings
 
-    settings_store().setValue("form", json.dumps({"backend": "torch"}))
-    settings_store().sync()
+    settings = AppSettings()
+    settings.form = {"backend": "torch"}
+    settings.sync()
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",

@@ -66,8 +66,10 @@ def train(work: Path, scenes: Path, name: str, lr_factor: float, memory: dict, o
 
 
 def losses(run_dir: Path) -> list[float]:
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return [e["loss"] for e in events if e.get("event") == "step"]
+    from trainer.events import Step, parse
+    from trainer.run_folder import RunFolder
+
+    return [e.loss for e in map(parse, RunFolder(run_dir).read_events()) if isinstance(e, Step)]
 
 
 def alignment(model: Path, prompts: int, work: Path) -> dict:

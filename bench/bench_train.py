@@ -36,6 +36,7 @@ from core.models.sources import resolve_source  # noqa: E402
 from trainer.batches import StageData  # noqa: E402
 from trainer.features import FeatureCache  # noqa: E402
 from trainer.objective import flow_matching_loss, noisy_inputs  # noqa: E402
+from trainer.events import Step, parse  # noqa: E402
 from trainer.run_folder import RunFolder  # noqa: E402
 from results import save_results  # noqa: E402
 
@@ -64,7 +65,7 @@ def trainer_steps_per_second(work: Path, model: Path, data: Path, args, name: st
     run = RunFolder(work / name)
     subprocess.run([sys.executable, "-m", "lumina_studio", "train", str(path), "--run-dir", str(run.path)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times = [r["time"] for r in run.read_events() if r["event"] == "step"]
+    times = [r["time"] for r in run.read_events() if isinstance(parse(r), Step)]
     intervals = [b - a for a, b in zip(times[5:], times[6:])]
     return 1.0 / statistics.median(intervals), run
 

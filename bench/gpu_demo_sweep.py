@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.demo import EVAL_SEED, SEED, TRAIN_CONFIG, latest_model, load_engine  # noqa: E402
+from trainer.events import Step, parse  # noqa: E402
+from trainer.run_folder import RunFolder  # noqa: E402
 
 COSINE = {"stages.1.lr_schedule": "cosine"}
 VARIANTS = {
@@ -83,8 +85,7 @@ def train_and_evaluate(name: str, work: Path, base: Path, count: int, small: boo
         subprocess.run([sys.executable, "-m", "trainer", str(config), "--run-dir", str(folder / "run")],
                        check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     train_seconds = time.perf_counter() - started
-    events = [json.loads(line) for line in (folder / "run" / "events.jsonl").read_text().splitlines()]
-    losses = [e["loss"] for e in events if e.get("event") == "step"]
+    losses = [e.loss for e in map(parse, RunFolder(folder / "run").read_events()) if isinstance(e, Step)]
     report = evaluate_model(latest_model(folder / "run"), count, "off")
     return {"name": name, "overrides": VARIANTS[name], "train_seconds": train_seconds,
             "final_loss_mean_of_last_10_logs": sum(losses[-10:]) / max(1, len(losses[-10:])), "alignment": report}

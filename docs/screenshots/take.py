@@ -51,6 +51,7 @@ def settle(app, seconds=1.5):
 def caption_shots(app):
     """The Caption tab on a folder of scenes the demo captioner has just captioned, a few reviewed."""
     from app.main_window import MainWindow
+    from core.captioning.messages import Summary
     from core.scenes.world import write_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="lumina-shots-scenes-")) / "shapes"
@@ -66,7 +67,7 @@ def caption_shots(app):
     for name, box in panel.styles.items():
         box.setChecked(name in ("detailed", "tags"))
     done = []
-    panel.client.result.connect(lambda event: done.append(1) if "summary" in event.data else None)
+    panel.client.result.connect(lambda event: done.append(1) if isinstance(event.data, Summary) else None)
     panel.caption_requested()
     wait(app, lambda: bool(done))
     for _ in range(3):
@@ -99,7 +100,7 @@ def scripted_gpus(*gpus: tuple[str, int]):
 def train_shots(app):
     """The wizard (its stages and review pages) and the monitor of a real CPU fine-tune of the demo model: the
     plot with its validation loss, the checkpoints list and the comparison grid."""
-    from app.main_window import MainWindow, settings_store
+    from app.main_window import MainWindow
     from app.train_wizard import TrainWizard
     from core.scenes.world import write_dataset
 
@@ -110,7 +111,7 @@ def train_shots(app):
     window.show()
     window.tabs.setCurrentWidget(window.train)
     with scripted_gpus(("NVIDIA GeForce RTX 4090", 24564), ("NVIDIA GeForce RTX 3060", 12288)):
-        wizard = TrainWizard(settings_store(), dataset=folder, parent=window)
+        wizard = TrainWizard(dataset=folder, parent=window)
     wizard.show()
     for _ in range(3):
         wait(app, wizard.currentPage().isComplete, 60)
@@ -143,7 +144,7 @@ def train_shots(app):
     wait(app, lambda: not compared.busy, 900)
     shoot(app, compared, "train-compare")
     compared.close()
-    again = TrainWizard(settings_store(), dataset=folder, parent=window)  # the start page, with a run behind it
+    again = TrainWizard(dataset=folder, parent=window)  # the start page, with a run behind it
     again.show()
     again.currentPage().from_earlier.setChecked(True)
     wait(app, again.currentPage().isComplete, 60)
@@ -155,7 +156,7 @@ def train_shots(app):
 
 def memory_shots(app):
     """The hardware page with the 2.6B model's shape (no weights) on one 12 GB card, after Fit to my GPU."""
-    from app.main_window import MainWindow, settings_store
+    from app.main_window import MainWindow
     from app.train_wizard import TrainWizard
     from core.models.registry import add_model
     from core.models.scaffold import build_model_folder, full_size_stand_in
@@ -166,7 +167,7 @@ def memory_shots(app):
     write_dataset(work / "photos", 16, seed=4)
     window = MainWindow(device="cpu")
     with scripted_gpus(("NVIDIA GeForce RTX 3060", 12288)):
-        wizard = TrainWizard(settings_store(), dataset=work / "photos", parent=window)
+        wizard = TrainWizard(dataset=work / "photos", parent=window)
     wizard.resize(900, 640)
     wizard.show()
     for _ in range(2):
