@@ -350,8 +350,8 @@ class CaptionPanel(QWidget):
 
     def _all_read(self) -> None:
         dataset = self.dataset
-        self.notice.setToolTip("\n".join(f"{name}: {why}" for name, why in
-                                          {**dataset.broken, **dataset.unreadable}.items()))
+        self.notice.setToolTip(plain_text.tooltip("\n".join(f"{name}: {why}" for name, why in
+                                                             {**dataset.broken, **dataset.unreadable}.items())))
         if self._filter().active():
             self.apply_filter()
 
