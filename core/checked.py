@@ -48,6 +48,14 @@ def text(longest: int = 100_000) -> Check:
     return check
 
 
+def flag() -> Check:
+    def check(value):
+        if not isinstance(value, bool):
+            raise Invalid("is not true or false")
+        return value
+    return check
+
+
 def one_of(*choices: str) -> Check:
     def check(value):
         if value not in choices or not isinstance(value, str):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from core.checked import flag, integer, list_of, number, optional, text
+
 
 @dataclass(frozen=True)
 class Step:
@@ -97,6 +99,16 @@ KINDS = {"step": Step, "stage_start": StageStart, "validation": Validation, "sam
          "checkpoint": Checkpoint, "checkpoint_damaged": CheckpointDamaged, "resumed": Resumed, "stopped": Stopped,
          "finished": Finished, "failed": Failed}
 NAMES = {kind: name for name, kind in KINDS.items()}
+# Every field of every kind, with the check it gets when a run folder is read back (RunFolder: a field that
+# fails it is left out, and the class's default stands). One check per name, whichever kind has it.
+FIELD_CHECKS = {"event": text(100), "time": number(0), "step": integer(0), "stage": text(200),
+                "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),
+                "samples_per_s": number(0), "eta_s": number(0), "files": list_of(text(1000)), "path": text(),
+                "checkpoint": text(), "message": text(5000), "resolution": integer(1), "batch_size": integer(1),
+                "items": integer(0), "stage_index": integer(0), "stage_step": integer(0),
+                "micro_batch_size": integer(1), "accumulation": integer(1), "processes": integer(1),
+                "resumed_at": integer(0), "images": integer(0), "seconds": number(0), "weights": text(20),
+                "replicas_in_sync": optional(flag())}
 TrainingEvent = Step | StageStart | Validation | Samples | Checkpoint | CheckpointDamaged | Resumed | Stopped | \
     Finished | Failed
 

@@ -54,14 +54,6 @@ CHECKPOINT_FIELDS = {"global_step": integer(0), "stage_name": text(200), "valida
                      "validation_resolution": integer(1)}
 TRANSFORMER_WEIGHTS = Path("model") / "transformer" / "diffusion_pytorch_model.safetensors"
 ALIGNMENT_FILE = "alignment.json"  # prompt alignment per model ("base model", "step-NNNNNNNN"): app/train_alignment
-# Every event has a kind and a time; these fields, where present, are checked (others pass as they are).
-EVENT_FIELDS = {"event": text(100), "time": number(0), "step": integer(0), "stage": text(200),
-                "loss": number(finite=False), "lr": number(finite=False), "grad_norm": number(finite=False),
-                "samples_per_s": number(0), "eta_s": number(0), "files": list_of(text(1000)), "path": text(),
-                "checkpoint": text(), "message": text(5000), "resolution": integer(1), "batch_size": integer(1),
-                "items": integer(0), "stage_index": integer(0), "stage_step": integer(0),
-                "micro_batch_size": integer(1), "accumulation": integer(1), "processes": integer(1),
-                "resumed_at": integer(0), "images": integer(0), "seconds": number(0), "weights": text(20)}
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -106,12 +98,12 @@ def best_checkpoint(checkpoints: list[CheckpointInfo]) -> CheckpointInfo | None:
 def clean_event(record: object) -> dict | None:
     """An events.jsonl record with its known fields checked (a bad field is dropped); None when it is not an
     event at all, or a step without a step number or loss."""
-    clean, _ = check_record(record, EVENT_FIELDS, "event")
+    clean, _ = check_record(record, events.FIELD_CHECKS, "event")
     if "event" not in clean:
         return None
     if clean["event"] == "step" and not ("step" in clean and "loss" in clean):
         return None
-    known = {k: v for k, v in record.items() if k not in EVENT_FIELDS}
+    known = {k: v for k, v in record.items() if k not in events.FIELD_CHECKS}
     return {**known, **clean}
 
 

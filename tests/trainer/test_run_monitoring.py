@@ -199,3 +199,18 @@ def test_every_kind_of_event_reads_back_as_written_and_a_newer_kind_is_left_out(
     read = [events.parse(record) for record in run.read_events()]
     assert read[:len(written)] == written and read[len(written)] is None
     assert read[-1] == events.Step(9, loss=0.5)  # a damaged field is left out: its default stands
+
+
+def test_every_event_field_has_one_check_and_a_damaged_value_is_left_out(tmp_path):
+    from dataclasses import fields
+
+    from trainer import events
+
+    named = {f.name for kind in events.KINDS.values() for f in fields(kind)}
+    assert set(events.FIELD_CHECKS) == named | {"event", "time"}  # no field unchecked, no check for nothing
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.events.write_text(json.dumps({"event": "checkpoint", "time": 1.0, "step": 4, "path": "checkpoints/a",
+                                      "replicas_in_sync": "yes"}) + "\n")
+    [record] = run.read_events()
+    assert events.parse(record) == events.Checkpoint(step=4, path="checkpoints/a", replicas_in_sync=None)
