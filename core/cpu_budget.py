@@ -91,7 +91,7 @@ class CpuWork:
             return self.threads
         self._checked = time.monotonic()
         others = self._others()  # their threads are busy now; this process's own wait between its steps
-        threads = min(cores(), share(cores(), len(others), busy_threads(), sum(others)))
+        threads = share(cores(), len(others), busy_threads(), sum(others))
         if threads != self.threads or force:  # the entry changes only with the count
             import torch
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.checked import check_record, integer, list_of, number, one_of, optional, read_record, text
-from core.processes import same_process, start_time  # noqa: F401 (start_time: for the tests and the app)
+from core.processes import same_process, start_time
 
 from . import events
 from .events import TrainingEvent

@@ -62,17 +62,18 @@ def compile_pattern(text: str, regex: bool) -> re.Pattern:
         raise ReviewError(f"The regular expression cannot be read: {exc}.") from None
 
 
+CaptionFile = tuple[list[str], str | None, str | None]  # captions, why unreadable, the legacy-decoded text
+
+
 @dataclass(frozen=True)
 class FolderRead:
     """What reading a whole folder found (CaptionDataset.read_all), for the GUI thread to take in."""
-    captions: dict[str, list[str]]
-    unreadable: dict[str, str]  # image -> why its caption cannot be read
-    legacy_text: dict[str, str]  # image -> its caption file decoded as Windows-1252 / Latin-1
+    files: dict[str, CaptionFile]  # image -> its caption file, as read_caption_file found it
     broken: dict[str, str]  # image -> why the image itself cannot be read
     lengths: dict[str, int]  # caption text -> tokens
 
 
-def read_caption_file(image: Path) -> tuple[list[str], str | None, str | None]:
+def read_caption_file(image: Path) -> CaptionFile:
     """(captions, why they cannot be read, the file decoded as a legacy encoding) for one image."""
     try:
         return read_captions(image), None, None
@@ -112,8 +113,7 @@ class CaptionDataset:
 
     def captions(self, image: str) -> list[str]:
         if image not in self._captions:
-            lines, why, legacy = read_caption_file(self.path(image))
-            self._take(image, lines, why, legacy)
+            self._take(image, *read_caption_file(self.path(image)))
         return self._captions[image]
 
     def _take(self, image: str, lines: list[str], why: str | None, legacy: str | None) -> None:
@@ -141,18 +141,13 @@ class CaptionDataset:
 
         from ..images import open_image, problem
 
-        found = FolderRead({}, {}, {}, {}, {})
+        found = FolderRead({}, {}, {})
         for image in self.images:
             if should_stop():
                 return None
-            lines, why, legacy = read_caption_file(self.path(image))
-            found.captions[image] = lines
-            if why is not None:
-                found.unreadable[image] = why
-            if legacy is not None:
-                found.legacy_text[image] = legacy
+            found.files[image] = read_caption_file(self.path(image))
             if self.counter is not None:
-                for caption in lines:
+                for caption in found.files[image][0]:
                     if caption not in found.lengths:
                         found.lengths[caption] = self.counter(caption)
             try:
@@ -164,9 +159,9 @@ class CaptionDataset:
 
     def merge(self, found: FolderRead) -> None:
         """Take in a background read; a caption read or written here since is newer and is kept."""
-        for image, lines in found.captions.items():
+        for image, file in found.files.items():
             if image not in self._captions:
-                self._take(image, lines, found.unreadable.get(image), found.legacy_text.get(image))
+                self._take(image, *file)
         self.broken.update(found.broken)
         for text, count in found.lengths.items():
             self._lengths.setdefault(text, count)

@@ -30,7 +30,8 @@ from fake_gpus import fake_nvidia_smi
 from filesystems import mount_tmpfs, unmount_tmpfs
 from core.storage import runs_dir
 from trainer.events import StageStart, Step, Validation
-from trainer.run_folder import RunFolder, start_time
+from core.processes import start_time
+from trainer.run_folder import RunFolder
 
 
 STAGE_STEPS = 30  # each of the demo preset's two stages, in the end-to-end test

@@ -131,7 +131,7 @@ def test_kill_signals_only_a_group_proven_to_be_the_runs(tmp_path, monkeypatch):
         assert run.state() == "interrupted" and not run.alive()
         assert not train_runs.kill(run.path) and signalled == []
         # the right start time, but the stranger does not run trainer.loop on this folder
-        from trainer.run_folder import start_time
+        from core.processes import start_time
 
         run.launcher_file.write_text(json.dumps({"pid": 999_999_999, "group": stranger.pid,
                                                  "group_start": start_time(stranger.pid),
@@ -145,7 +145,7 @@ def test_kill_signals_only_a_group_proven_to_be_the_runs(tmp_path, monkeypatch):
 
 def test_kill_ends_the_training_group_and_the_launcher_it_can_prove(tmp_path):
     from app import train_runs
-    from trainer.run_folder import start_time
+    from core.processes import start_time
 
     run = RunFolder(tmp_path / "run")
     run.path.mkdir()
